@@ -1,0 +1,2 @@
+"""pricegpt: market prices as a language."""
+__version__ = "0.1.0"
