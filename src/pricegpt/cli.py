@@ -1,0 +1,370 @@
+"""The `pricegpt` command line. Each subcommand parses its flags and calls one library function.
+
+Exit codes: 0 ok; 2 a user or data error (one `error: ...` line on stderr, no traceback); 1 a bug
+(traceback). `--debug` shows the traceback for user errors too, for bug reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, PriceGPTError
+
+log = logging.getLogger("pricegpt")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one `error: ...` line (exit 2) instead of usage + message."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = _nonneg_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------- data
+def cmd_data_list(args) -> int:
+    from .data import SAMPLES, load_prices
+
+    print(f"{'name':<22} {'symbols':>7} {'bars':>7}  description")
+    for name, description in SAMPLES.items():
+        frame = load_prices(f"sample:{name}")
+        print(f"{'sample:' + name:<22} {frame['symbol'].nunique():>7} {len(frame):>7}  {description}")
+    return 0
+
+
+def cmd_data_info(args) -> int:
+    from .data import describe, read_prices
+
+    frame, report = read_prices(args.path)
+    table = describe(frame, report.dropped)
+    print(f"{args.path}: {table['symbol'].size} symbol(s), columns: {', '.join(frame.columns[2:])}"
+          + (" (adjusted close)" if report.adjusted else ""))
+    print(table.to_string(index=False))
+    print(f"total: {len(frame)} bars, {table['symbol'].size} symbol(s), {int(table['dropped'].sum())} dropped row(s)")
+    return 0
+
+
+def cmd_data_download(args) -> int:
+    from .data.download import download_yahoo
+
+    tickers = [t.strip() for t in args.tickers.split(",") if t.strip()]
+    path = download_yahoo(tickers, interval=args.interval, start=args.start, end=args.end, out=args.out,
+                          overwrite=args.force)
+    print(f"wrote {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+def cmd_tokenizer_fit(args) -> int:
+    from .data import load_prices
+    from .tokenizer import fit_to_dir
+
+    frame = load_prices(args.data)
+    kwargs = {k: v for k, v in {"patch_len": args.patch_len, "codebook_size": args.codebook_size,
+                                "features": args.features}.items() if v is not None}
+    report = fit_to_dir(frame, args.out, kind=args.kind, train_end=args.train_end, val_end=args.val_end,
+                        seed=args.seed, overwrite=args.force, **kwargs)
+    print(f"tokenizer ({report['kind']}, K={report['codebook_size']}, patch_len={report['patch_len']}) "
+          f"written to {args.out}")
+    print(f"codes used: {report['codes_used']}/{report['codebook_size']} ({report['codes_used_frac']:.0%}), "
+          f"usage perplexity {report['usage_perplexity']:.1f}")
+    print(f"validation recon MSE {report['recon_mse']:.3e} (rmse {report['recon_rmse_bps']:.1f} bps) vs quantile "
+          f"baseline {report['baseline_quantile_recon_mse']:.3e}")
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    from .data import load_prices, time_splits
+    from .tokenizer import load_tokenizer, write_token_store
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    frame = load_prices(args.data)
+    splits = time_splits(frame, train_end=args.train_end or tokenizer.train_end,
+                         val_end=args.val_end or getattr(tokenizer, "val_end", None))
+    out = write_token_store(tokenizer, frame, args.out, splits, overwrite=args.force)
+    print(f"token store written to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- training
+def cmd_train(args) -> int:
+    from .train import train_run
+
+    result = train_run(tokens=args.tokens, out=args.out, preset=args.preset, config_file=args.config,
+                       overrides=args.set or [], max_steps=args.max_steps, resume=args.resume)
+    if result is not None:
+        print(f"best model (val loss {result['best_val_loss']:.4f} at step {result['best_step']}) in "
+              f"{Path(args.out) / 'model'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ generate & co.
+def cmd_generate(args) -> int:
+    from .runs import generate_command
+
+    return generate_command(args)
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_run
+
+    evaluate_run(args.run, data=args.data, split=args.split, allow_overlap=args.allow_overlap,
+                 num_samples=args.num_samples, horizon=args.horizon, max_origins=args.max_origins, seed=args.seed)
+    return 0
+
+
+def cmd_forecast(args) -> int:
+    from .forecast import forecast_command
+
+    return forecast_command(args)
+
+
+def cmd_analyze(args) -> int:
+    from .analysis import analyze_command
+
+    return analyze_command(args)
+
+
+def cmd_backtest(args) -> int:
+    from .backtest import backtest_command
+
+    return backtest_command(args)
+
+
+def cmd_pipeline(args) -> int:
+    from .pipeline import run_pipeline
+
+    run_pipeline(args)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    return run_bench(quick=args.quick, only=args.only)
+
+
+# ------------------------------------------------------------------------------------------------- parsing
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pricegpt", description="Market prices as a language: tokenize, train, forecast, judge.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors (for bug reports)")
+    parser.add_argument("--version", action="version", version=f"pricegpt {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    data = sub.add_parser("data", help="list, inspect and download price data")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
+    data_sub.required = True
+    p = data_sub.add_parser("list", help="list the embedded datasets")
+    p.set_defaults(func=cmd_data_list)
+    p = data_sub.add_parser("info", help="per-symbol summary of a price file, folder or sample:NAME")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_data_info)
+    p = data_sub.add_parser("download", help="download prices from Yahoo Finance (needs the `yahoo` extra)")
+    p.add_argument("--tickers", required=True, help="comma-separated, e.g. AAPL,MSFT,BTC-USD")
+    p.add_argument("--interval", default="1d", help="1m, 5m, 15m, 30m, 1h, 1d, 1wk ... (default 1d)")
+    p.add_argument("--start", required=True)
+    p.add_argument("--end", required=True)
+    p.add_argument("--out", required=True, help="output file (.csv, .csv.gz or .parquet)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_data_download)
+
+    tok = sub.add_parser("tokenizer", help="fit a tokenizer")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION", parser_class=_Parser)
+    tok_sub.required = True
+    p = tok_sub.add_parser("fit", help="fit a tokenizer on the train split and write DIR/report.json")
+    p.add_argument("--data", required=True, help="price file, folder or sample:NAME")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--kind", choices=["vqvae", "quantile", "uniform"], default="vqvae")
+    p.add_argument("--patch-len", type=_positive_int)
+    p.add_argument("--codebook-size", type=_positive_int)
+    p.add_argument("--features", choices=["close", "ohlcv"])
+    p.add_argument("--train-end")
+    p.add_argument("--val-end")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_tokenizer_fit)
+
+    p = sub.add_parser("tokenize", help="turn prices into a token store with a fitted tokenizer")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--train-end", help="default: the tokenizer's")
+    p.add_argument("--val-end", help="default: the tokenizer's")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("train", help="train the GPT on a token store or token file")
+    p.add_argument("--tokens", required=True, help="token store directory or a .txt file of token ids")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--preset", help="tiny | seed | large (default: seed)")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=1e-3")
+    p.add_argument("--max-steps", type=_positive_int)
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="sample token continuations from a trained run")
+    p.add_argument("--run", help="run directory (default: the most recent under runs/)")
+    p.add_argument("--seed-tokens", "--seed_tokens", dest="seed_tokens", required=True,
+                   help='context token ids, e.g. "80 81 83 89 66"')
+    p.add_argument("--num-generate", "--num_generate", dest="num_generate", type=_positive_int, default=50)
+    p.add_argument("--num-samples", "--num_samples", dest="num_samples", type=_positive_int, default=1)
+    p.add_argument("--temperature", type=_nonneg_float, default=1.0)
+    p.add_argument("--top-k", "--top_k", dest="top_k", type=_positive_int)
+    p.add_argument("--top-p", "--top_p", dest="top_p", type=_unit_float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--decode", action="store_true", help="also print decoded log returns and a price path")
+    p.add_argument("--start-price", type=float, default=100.0, help="start price of the decoded path")
+    p.add_argument("--symbol", help="symbol whose scale decodes the returns (default: global scale)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("evaluate", help="token and forecast metrics vs baselines; writes RUN/eval/")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", help="price data (default: the data the run was built from)")
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars")
+    p.add_argument("--num-samples", type=_positive_int)
+    p.add_argument("--max-origins", type=_positive_int, help="cap on forecast origins per symbol")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-overlap", action="store_true", help="allow test origins before the run's train_end")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("forecast", help="quantiles and risk for the next H bars of one symbol")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--symbol", required=True)
+    p.add_argument("--horizon", type=_positive_int, required=True)
+    p.add_argument("--num-samples", type=_positive_int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="fan chart PNG (default: RUN/forecast/SYMBOL.png)")
+    p.set_defaults(func=cmd_forecast)
+
+    p = sub.add_parser("analyze", help="token statistics, transitions, patterns, outliers, entropy")
+    p.add_argument("--tokens", required=True, help="token store directory or a .txt file of token ids")
+    p.add_argument("--out", help="directory for the PNGs and analysis.json")
+    p.add_argument("--tokenizer", help="tokenizer directory, to flag tokens with extreme decoded returns")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("backtest", help="walk-forward backtest of forecast-driven positions after costs")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data")
+    p.add_argument("--cost-bps", type=_nonneg_float, default=1.0)
+    p.add_argument("--slippage-bps", type=_nonneg_float, default=0.0)
+    p.add_argument("--strategy", choices=["sign", "kelly"], default="sign")
+    p.add_argument("--horizon", type=_positive_int, help="holding period in bars (default: the run's horizon)")
+    p.add_argument("--num-samples", type=_positive_int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output directory (default: RUN/backtest)")
+    p.set_defaults(func=cmd_backtest)
+
+    p = sub.add_parser("pipeline", help="data -> tokenizer -> train -> evaluate -> backtest -> report")
+    p.add_argument("--data", required=True, help="price file, folder or sample:NAME")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--train-end")
+    p.add_argument("--val-end")
+    p.add_argument("--max-steps", type=_positive_int)
+    p.add_argument("--tokenizer-kind", choices=["vqvae", "quantile", "uniform"], default="vqvae")
+    p.add_argument("--patch-len", type=_positive_int)
+    p.add_argument("--horizon", type=_positive_int)
+    p.add_argument("--num-samples", type=_positive_int)
+    p.add_argument("--cost-bps", type=_nonneg_float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("bench", help="benchmarks against real peers, as ratios")
+    p.add_argument("--quick", action="store_true", help="short version (< 3 minutes on 2 cores)")
+    p.add_argument("--only", help="comma-separated subset: train,generate,encode,e2e,scaling")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+class _StderrFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        return prefix + record.getMessage()
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StderrFormatter())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging()
+    try:
+        return int(args.func(args) or 0)
+    except PriceGPTError as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split("\n"))
+        sys.stderr.write(f"error: {message}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless condition: for flag combinations argparse cannot express."""
+    if not condition:
+        raise ConfigError(message)

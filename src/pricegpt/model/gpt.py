@@ -1,0 +1,412 @@
+"""The GPT that reads market tokens: config, model, bookkeeping, save/load, presets.
+
+A nanochat-style decoder-only transformer:
+- token embedding (no learned positions) followed by a parameter-free RMSNorm,
+- rotary position embeddings (cos/sin tables precomputed once, non-persistent buffers),
+- pre-norm blocks of grouped-query attention with QK-norm and a ReLU^2 MLP, no biases and no norm weights,
+- a final RMSNorm, an untied lm_head and a tanh logit softcap computed in fp32.
+
+Shapes: B batch, T time, V vocab, E n_embd, H query heads, Hkv key/value heads, D head_dim = E // H.
+
+Token ids are checked against the vocabulary in user-facing paths (`generate`, the engine, and
+`check_token_ids` which the trainer calls once per dataset), not in `forward`: `idx.max()` is a host sync on
+an accelerator and training runs forward millions of times on data validated up front.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import CheckpointError, ConfigError, DataError
+from ..fileio import atomic_path, write_json
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class GPTConfig:
+    sequence_len: int = 256  # tokens of context the model is trained on
+    vocab_size: int = 128  # the tokenizer's codebook size
+    n_layer: int = 6
+    n_head: int = 8  # query heads
+    n_kv_head: int = 8  # key/value heads; fewer than n_head is grouped-query attention
+    n_embd: int = 512
+    mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * n_embd
+    rope_base: float = 10000.0
+    logit_softcap: float | None = 15.0  # logits -> softcap * tanh(logits / softcap); 0 or None disables
+    dropout: float = 0.0  # on attention weights and on each block's residual branch, training only
+    embedding_init_std: float = 1.0  # the embedding is RMS-normed right after lookup, so its scale is free
+    init_std: float | None = None  # std of the input-side matrices; None: 1/sqrt(fan_in) * min(1, sqrt(out/in))
+    zero_init_proj: bool = True  # attention and MLP output projections start at zero (blocks start as identity)
+    zero_init_head: bool = True  # lm_head starts at zero: the initial loss is exactly ln(vocab_size)
+
+    def __post_init__(self):
+        for name in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ConfigError(
+                f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}; "
+                f"pick n_head among the divisors of n_embd"
+            )
+        if self.head_dim % 2 != 0:
+            raise ConfigError(
+                f"model head_dim = n_embd / n_head = {self.head_dim} must be even for rotary embeddings; "
+                f"change n_embd or n_head"
+            )
+        if self.n_head % self.n_kv_head != 0:
+            raise ConfigError(
+                f"model.n_kv_head={self.n_kv_head} must divide model.n_head={self.n_head} "
+                f"(each key/value head serves n_head / n_kv_head query heads)"
+            )
+        if not self.rope_base > 0:
+            raise ConfigError(f"model.rope_base must be > 0, got {self.rope_base!r}")
+        if self.logit_softcap is not None and not self.logit_softcap >= 0:
+            raise ConfigError(f"model.logit_softcap must be >= 0 (0 or null disables it), got {self.logit_softcap!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.embedding_init_std > 0:
+            raise ConfigError(f"model.embedding_init_std must be > 0, got {self.embedding_init_std!r}")
+        if self.init_std is not None and not self.init_std > 0:
+            raise ConfigError(f"model.init_std must be > 0 or null, got {self.init_std!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GPTConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"model config must be a mapping of field -> value, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**d)
+
+
+# tiny: a GQA model that trains in a minute or two on 2 CPU cores (393,216 parameters, ~2.4 MFLOP/token);
+#       n_kv_head=2 keeps the grouped-query path exercised end to end.
+# seed: the reference shape, exactly 19,005,440 parameters.
+# large: 85,131,264 parameters, for a GPU.
+PRESETS: dict[str, GPTConfig] = {
+    "tiny": GPTConfig(sequence_len=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=128),
+    "seed": GPTConfig(),
+    "large": GPTConfig(sequence_len=256, n_layer=12, n_head=12, n_kv_head=12, n_embd=768),
+}
+
+
+def preset_model_config(name: str, **overrides) -> GPTConfig:
+    """A fresh copy of preset `name` with `overrides` applied (e.g. vocab_size from the tokenizer)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; valid presets are {sorted(PRESETS)}")
+    return GPTConfig.from_dict({**PRESETS[name].to_dict(), **overrides})
+
+
+def check_token_ids(ids: torch.Tensor, vocab_size: int, what: str = "token ids", allow_ignore: bool = False):
+    """Raise DataError unless every id is in [0, vocab_size) (or -1 when `allow_ignore`). One host sync."""
+    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise DataError(f"{what} must be an integer tensor, got dtype {ids.dtype}")
+    if ids.numel() == 0:
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < (-1 if allow_ignore else 0) or hi >= vocab_size:
+        raise DataError(
+            f"{what} must lie in [0, {vocab_size}) for this model (vocab_size={vocab_size}), "
+            f"found values in [{lo}, {hi}]; the tokens and the model come from different tokenizers?"
+        )
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free RMSNorm over the last dimension."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_tables(length: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (1, length, 1, head_dim // 2), fp32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+    return angles.cos().float()[None, :, None, :], angles.sin().float()[None, :, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., i], x[..., i + D/2]) of x (B, T, heads, D) by the angles of cos/sin (1, T, 1, D/2)."""
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.dropout = config.dropout
+        # One matmul for q, k and v: same parameters as three Linears, one weight read and one GEMM each way.
+        qkv_out = (config.n_head + 2 * config.n_kv_head) * config.head_dim
+        self.c_qkv = nn.Linear(config.n_embd, qkv_out, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache=None) -> torch.Tensor:
+        """x (B, T, E) -> (B, T, E). With a kv_cache: T tokens at a fresh cache (prefill) or 1 token (decode)."""
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        qk, v = self.c_qkv(x).split([(H + Hkv) * D, Hkv * D], dim=-1)
+        # q and k are adjacent in the fused output, so rotary and QK-norm run once over both.
+        qk = norm(apply_rotary(qk.view(B, T, H + Hkv, D), cos.to(qk.dtype), sin.to(qk.dtype)))
+        q, k = qk.split([H, Hkv], dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, Hkv, D).transpose(1, 2)
+        if kv_cache is None:
+            y = self._attend_causal(q, k, v)
+        else:
+            start = kv_cache.pos
+            k_all, v_all = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, start + T, D) views of the cache
+            if T == 1:
+                # Decode: one query attends to the whole filled cache, no mask needed. Grouping the query heads
+                # of each kv head along the "time" axis turns GQA into plain attention without repeating K/V.
+                q = q.reshape(B, Hkv, H // Hkv, D)
+                y = F.scaled_dot_product_attention(q, k_all, v_all).view(B, H, 1, D)
+            else:
+                assert start == 0, f"multi-token forward with a KV cache needs an empty cache, got pos={start}"
+                y = self._attend_causal(q, k, v)
+        y = y.transpose(1, 2).reshape(B, T, H * D)
+        return self.c_proj(y)
+
+    def _attend_causal(self, q, k, v):
+        dropout_p = self.dropout if self.training else 0.0
+        if self.n_kv_head != self.n_head:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_ratio * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(config.mlp_ratio * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.mlp = MLP(config)
+        self.dropout = config.dropout
+
+    def forward(self, x, cos, sin, kv_cache=None):
+        x = x + F.dropout(self.attn(norm(x), cos, sin, kv_cache), self.dropout, self.training)
+        x = x + F.dropout(self.mlp(norm(x)), self.dropout, self.training)
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Not saved with the weights: they are a pure function of the config.
+        cos, sin = rotary_tables(config.sequence_len, config.head_dim, config.rope_base)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        c = self.config
+        nn.init.normal_(self.wte.weight, mean=0.0, std=c.embedding_init_std)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                fan_out, fan_in = module.weight.shape
+                # https://arxiv.org/abs/2310.17022: keeps activations O(1) whatever the aspect ratio.
+                std = c.init_std if c.init_std is not None else min(1.0, math.sqrt(fan_out / fan_in)) / math.sqrt(fan_in)
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+        if c.zero_init_proj:
+            for block in self.blocks:
+                nn.init.zeros_(block.attn.c_proj.weight)
+                nn.init.zeros_(block.mlp.c_proj.weight)
+        if c.zero_init_head:
+            nn.init.zeros_(self.lm_head.weight)
+
+    def _rotary(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions [start, start + length); tables grow (doubling) past sequence_len."""
+        if start + length > self.cos.size(1):
+            size = max(start + length, 2 * self.cos.size(1))
+            cos, sin = rotary_tables(size, self.config.head_dim, self.config.rope_base)
+            self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
+        return self.cos[:, start : start + length], self.sin[:, start : start + length]
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache=None,
+                reduction: str = "mean") -> torch.Tensor:
+        """idx (B, T) int64 -> logits (B, T, V) fp32, or with targets (B, T) the cross-entropy loss.
+
+        targets equal to -1 are ignored. `reduction` is F.cross_entropy's ("mean" -> scalar, "none" -> (B*T,)).
+        kv_cache (see engine.KVCache) makes positions start at kv_cache.pos and appends this call's K/V to it.
+        """
+        B, T = idx.shape
+        start = 0 if kv_cache is None else kv_cache.pos
+        cos, sin = self._rotary(start, T)
+        x = norm(self.wte(idx))
+        for block in self.blocks:
+            x = block(x, cos, sin, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        logits = self.lm_head(norm(x)).float()
+        softcap = self.config.logit_softcap
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1, reduction=reduction)
+
+    @torch.inference_mode()
+    def generate(self, idx, max_new_tokens: int, *, num_samples: int = 1, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 use_cache: bool = True) -> torch.Tensor:
+        """Sample continuations: idx (B, T) (or a 1-D tensor / list of ints) -> (B, num_samples, max_new_tokens).
+
+        See engine.Engine.generate for cropping, the context window and sampling.
+        """
+        from .engine import Engine  # engine imports this module
+
+        return Engine(self).generate(
+            idx, max_new_tokens, num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
+            seed=seed, use_cache=use_cache,
+        )
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """All parameters, or without the input token embedding (a lookup, no FLOPs) when `non_embedding`."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wte.weight.numel() if non_embedding else n
+
+    def param_breakdown(self) -> dict[str, int]:
+        """Parameter counts: embedding + attention + mlp + head == total (attention/mlp summed over layers)."""
+        attention_per_layer = sum(p.numel() for p in self.blocks[0].attn.parameters())
+        mlp_per_layer = sum(p.numel() for p in self.blocks[0].mlp.parameters())
+        counts = {
+            "embedding": self.wte.weight.numel(),
+            "attention": sum(p.numel() for b in self.blocks for p in b.attn.parameters()),
+            "mlp": sum(p.numel() for b in self.blocks for p in b.mlp.parameters()),
+            "head": self.lm_head.weight.numel(),
+            "attention_per_layer": attention_per_layer,
+            "mlp_per_layer": mlp_per_layer,
+        }
+        counts["total"] = self.num_params()
+        return counts
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward), as in PaLM appendix B and nanochat.
+
+        6 * (matmul parameters: everything but the embedding lookup) for the weight matmuls, plus
+        12 * n_layer * n_embd * T for the attention scores and weighted values (QK^T and AV, 2 FLOPs per MAC,
+        x3 for forward + backward), counted over the full T x T square as is conventional, not the causal half.
+        """
+        c = self.config
+        T = c.sequence_len if seq_len is None else seq_len
+        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
+
+    def estimate_mfu(self, tokens_per_second: float, peak_flops: float, seq_len: int | None = None) -> float:
+        """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak FLOP/s."""
+        return self.flops_per_token(seq_len) * tokens_per_second / peak_flops
+
+    def matrix_params(self) -> list[nn.Parameter]:
+        """The transformer blocks' 2-D weights (the ones a Muon optimizer takes)."""
+        return [p for p in self.blocks.parameters()]
+
+    def embedding_params(self) -> list[nn.Parameter]:
+        return [self.wte.weight]
+
+    def head_params(self) -> list[nn.Parameter]:
+        return [self.lm_head.weight]
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups named "matrix", "embedding", "head" (so each can get its own lr or optimizer).
+
+        Weight decay applies to 2-D tensors only; 1-D tensors (none in this architecture) would go in "no_decay".
+        """
+        groups = []
+        for name, params in (("matrix", self.matrix_params()), ("embedding", self.embedding_params()),
+                             ("head", self.head_params())):
+            decay = [p for p in params if p.dim() >= 2]
+            no_decay = [p for p in params if p.dim() < 2]
+            if decay:
+                groups.append({"name": name, "params": decay, "weight_decay": weight_decay})
+            if no_decay:
+                groups.append({"name": f"{name}_no_decay", "params": no_decay, "weight_decay": 0.0})
+        n_grouped = sum(p.numel() for g in groups for p in g["params"])
+        assert n_grouped == self.num_params(), f"param groups hold {n_grouped} of {self.num_params()} parameters"
+        return groups
+
+    # ---------------------------------------------------------------- save / load
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write directory/config.json and directory/model.safetensors, each atomically."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_path(directory / WEIGHTS_FILE) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        write_json(directory / CONFIG_FILE, self.config.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> GPT:
+        """Rebuild a model from save_pretrained's directory; every problem with the files is a CheckpointError."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise CheckpointError(
+                    f"{path} not found; point at a model directory written by training (it holds "
+                    f"{CONFIG_FILE} and {WEIGHTS_FILE})"
+                )
+        try:
+            config = GPTConfig.from_dict(json.loads(config_path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, ConfigError, TypeError) as err:
+            raise CheckpointError(f"{config_path} is not a valid model config ({err}); re-save the model") from err
+        try:
+            state = load_file(str(weights_path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{weights_path} is truncated or corrupted ({err}); restore it from a backup or retrain"
+            ) from err
+        model = cls(config)
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{weights_path} does not match {config_path}: missing tensors {missing}, unexpected tensors "
+                f"{unexpected}; the two files come from different models, re-save the model"
+            )
+        wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}"
+                 for k, v in expected.items() if state[k].shape != v.shape]
+        if wrong:
+            raise CheckpointError(
+                f"{weights_path} has tensors of the wrong shape for {config_path} ({'; '.join(wrong)}); "
+                f"the two files come from different models, re-save the model"
+            )
+        model.load_state_dict(state)
+        return model.to(map_location)
