@@ -15,7 +15,8 @@ def download(tickers, interval="1d", start=None, end=None, **kwargs):
     from pricegpt.data import load_prices
 
     frame = load_prices("sample:stocks-daily")
-    frame = frame[(frame["timestamp"] >= pd.Timestamp(start, tz="UTC")) & (frame["timestamp"] < pd.Timestamp(end, tz="UTC"))]
+    start, end = pd.Timestamp(start, tz="UTC"), pd.Timestamp(end, tz="UTC")
+    frame = frame[(frame["timestamp"] >= start) & (frame["timestamp"] < end)]
     blocks = {}
     for ticker in tickers:
         part = frame[frame["symbol"] == ticker].set_index("timestamp")
