@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import DataError
 
 SAMPLES: dict[str, str] = {
-    "stocks-daily": "AAPL, IBM, MSFT, GOOG daily OHLCV 2000-2013, adjusted (Quandl WIKI, public domain)",
+    "stocks-daily": "AAPL, IBM, MSFT, GOOG daily OHLCV 2000-03..2013-03, adjusted (Quandl WIKI, public domain)",
     "eurusd-hourly": "EUR/USD hourly OHLC 2017 (gym-anytrading, MIT)",
 }
 

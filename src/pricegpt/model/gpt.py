@@ -130,9 +130,51 @@ def check_token_ids(ids: torch.Tensor, vocab_size: int, what: str = "token ids",
         )
 
 
+class _RMSNorm(torch.autograd.Function):
+    """F.rms_norm without a weight, with a hand-written backward: 2 passes instead of ~8 on CPU eager."""
+
+    @staticmethod
+    def forward(ctx, x):
+        mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_() / x.size(-1)
+        rstd = mean_square.add_(torch.finfo(x.dtype).eps).rsqrt_()  # same eps as F.rms_norm
+        y = x * rstd.to(x.dtype)
+        ctx.save_for_backward(y, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, rstd = ctx.saved_tensors
+        # d/dx of x * rstd(x): rstd * (g - y * mean(g * y))
+        mean_gy = torch.linalg.vecdot(grad, y, dim=-1).unsqueeze(-1) / y.size(-1)
+        return torch.addcmul(grad, y, mean_gy, value=-1).mul_(rstd.to(grad.dtype))
+
+
+class _ReluSquare(torch.autograd.Function):
+    """relu(x)^2 saving relu(x) only: half the time of F.relu(x).square() fwd+bwd on CPU eager."""
+
+    @staticmethod
+    def forward(ctx, x):
+        r = torch.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad):
+        (r,) = ctx.saved_tensors
+        return (grad * r).mul_(2)
+
+
 def norm(x: torch.Tensor) -> torch.Tensor:
     """Parameter-free RMSNorm over the last dimension."""
-    return F.rms_norm(x, (x.size(-1),))
+    if torch.is_grad_enabled():
+        return _RMSNorm.apply(x)
+    return F.rms_norm(x, (x.size(-1),))  # fewer dispatches when decoding tiny tensors
+
+
+def relu_square(x: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled():
+        return _ReluSquare.apply(x)
+    return torch.relu(x).square()
 
 
 def rotary_tables(length: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,7 +241,7 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(config.mlp_ratio * config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.relu(self.c_fc(x)).square())
+        return self.c_proj(relu_square(self.c_fc(x)))
 
 
 class Block(nn.Module):

@@ -1,0 +1,490 @@
+"""Token analysis: what the "language" of a token stream looks like.
+
+`pricegpt analyze --tokens DIR|FILE.txt [--out DIR] [--tokenizer DIR]`, or from Python:
+
+    result = analyze("runs/x/tokens")        # every number, as a dict (matrices as numpy arrays)
+    print(format_report(result))             # aligned tables, one heading per section
+    write_plots(result, "some/dir")          # token_frequency.png, transition_matrix.png
+
+Definitions (all counts are taken within each symbol: no pair, n-gram or block crosses a symbol boundary)
+- vocabulary: count and frequency of each of the K codes (K = the store's vocab_size), unused codes, and per
+  symbol its tokens, distinct codes and unigram entropy.
+- transitions: counts of token -> next token, row-normalised into P(next | token); a code that is never followed
+  by anything has an all-zero row.
+- patterns: bigrams are compared with independence, expected = R_a C_b / N (the product of the first- and
+  second-position marginals). Trigrams are compared with the first-order Markov chain, expected = N_ab N_bc / N_b
+  (given the middle token, first and last are independent), so a trigram is significant only when it is more
+  frequent than its two bigrams explain. Test: one-sided Poisson, p = P(X >= count | expected). Multiple testing:
+  Benjamini-Hochberg at q = 0.05 over every n-gram with a positive expected count (unseen ones are hypotheses
+  with p = 1); `q_value` is the BH-adjusted p.
+- outliers: rare tokens are used codes with frequency below 1/(10 K), a tenth of the uniform share. With a
+  tokenizer (given, or the store's own copy) each code is decoded alone (global scale) and its return is the sum
+  over the patch; a used code with |z| > 3 against the usage-weighted mean and standard deviation of those
+  returns is extreme.
+- entropy, in bits, plug-in: unigram H(X), and H(X_t | X_{t-k..t-1}) for k = 0..3 as H(block of k+1) minus
+  H(its first k tokens) over the same blocks (k = 1 is the conditional entropy given the previous token).
+  Plug-in entropies are biased low by about (B - 1) / (2 N ln 2) bits for B distinct blocks among N; the
+  Miller-Madow column adds that back. The entropy-rate estimate is the Miller-Madow value at the largest k
+  whose blocks were each seen at least 10 times on average: a longer context is undersampled, and its plug-in
+  entropy drops far below the rate (N blocks can never show more than log2 N bits). The maximum is log2 K.
+
+Output: `--out DIR`, else `<store>/analysis` for a store directory and `<stem>_analysis/` beside a token file.
+The directory is built atomically and replaces an existing one only if that is empty or an earlier analysis
+(analysis.json of kind "pricegpt.analysis" and PNGs, nothing else); under a user-named --out, only an earlier
+analysis of the same input. Anything else there is an error and is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, OutputExistsError, TokenizerError
+from .fileio import atomic_dir, atomic_path, write_json
+
+KIND = "pricegpt.analysis"
+FDR_Q = 0.05  # Benjamini-Hochberg false discovery rate
+RARE_SHARE = 0.1  # rare: frequency below RARE_SHARE / K
+Z_EXTREME = 3.0
+MAX_CONTEXT = 3  # entropy H(X_t | k previous) for k = 0..MAX_CONTEXT
+MIN_PER_BLOCK = 10  # average samples per observed block for a context length to count as reliable
+TOP = 10  # rows in the printed "most frequent" tables
+MAX_LISTED = 1000  # significant n-grams / rare / extreme tokens kept in the result
+MAX_DENSE = 1 << 24  # count with bincount (dense) up to this many cells, else sort
+JSON_NAME = "analysis.json"
+PLOT_NAMES = ("token_frequency.png", "transition_matrix.png")
+
+
+# --------------------------------------------------------------------------------------------------- input
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path} does not exist; --tokens takes a token store directory or a .txt file of token ids")
+
+
+def _open(store_or_path, tokenizer):
+    """(store, input path or None, tokenizer object or None) from what the caller passed."""
+    source = None
+    store = store_or_path
+    if isinstance(store_or_path, (str, os.PathLike)):
+        from .tokenizer import TokenStore
+
+        path = Path(store_or_path)
+        _check_exists(path)
+        store, source = TokenStore.open(path), str(path.resolve())
+    if tokenizer is None and getattr(store, "tokenizer_dir", None) is not None:
+        tokenizer = store.tokenizer_dir
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from .tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    return store, source, tokenizer
+
+
+def _sequences(store, where: str) -> tuple[list[str], list[np.ndarray], int]:
+    vocab_size = int(store.vocab_size)
+    symbols = [str(s) for s in store.symbols]
+    seqs = [np.asarray(store.tokens(s)).astype(np.int64, copy=False).ravel() for s in store.symbols]
+    used = [s for s in seqs if s.size]
+    if not used:
+        raise DataError(f"{where} holds no tokens; tokenize some prices first (`pricegpt tokenize`)")
+    lo, hi = min(int(s.min()) for s in used), max(int(s.max()) for s in used)
+    if lo < 0 or hi >= vocab_size:
+        raise DataError(f"{where}: token ids must lie in [0, {vocab_size}) (the vocabulary size); found {lo}..{hi}")
+    if vocab_size * vocab_size > MAX_DENSE:
+        raise DataError(f"{where}: a vocabulary of {vocab_size} codes is too large for a dense transition matrix "
+                        f"(at most {math.isqrt(MAX_DENSE)})")
+    return symbols, seqs, vocab_size
+
+
+# ---------------------------------------------------------------------------------------------- counting
+def _block_counts(tokens: np.ndarray, remaining: np.ndarray, n: int, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct n-blocks inside symbols as sorted (codes, counts), code = sum_j tokens[i+j] * K**(n-1-j).
+
+    `remaining[i]` is the number of tokens from i to the end of its symbol: a block starting at i stays inside
+    the symbol iff remaining[i] >= n.
+    """
+    starts = tokens.size - n + 1
+    if starts <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    codes = tokens[:starts].copy()
+    for j in range(1, n):
+        codes *= K
+        codes += tokens[j:j + starts]
+    codes = codes[remaining[:starts] >= n]
+    if K**n <= MAX_DENSE:
+        counts = np.bincount(codes, minlength=K**n)
+        nonzero = np.flatnonzero(counts)
+        return nonzero, counts[nonzero]
+    return np.unique(codes, return_counts=True)
+
+
+def _entropy_bits(counts: np.ndarray) -> float:
+    counts = np.asarray(counts, dtype=np.float64)
+    counts = counts[counts > 0]
+    if counts.size == 0:
+        return 0.0
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def _conditional_entropy(codes: np.ndarray, counts: np.ndarray, K: int, k: int) -> dict:
+    """H(X_t | k previous tokens) from the (k+1)-blocks: H(blocks) - H(their first k tokens)."""
+    samples = int(counts.sum())
+    _, context_of = np.unique(codes // K, return_inverse=True)
+    context_counts = np.bincount(context_of, weights=counts)
+    plug_in = max(_entropy_bits(counts) - _entropy_bits(context_counts), 0.0)
+    correction = (codes.size - context_counts.size) / (2 * samples * math.log(2)) if samples else 0.0
+    per_block = samples / codes.size if codes.size else 0.0
+    return {"k": k, "plug_in_bits": plug_in, "miller_madow_bits": plug_in + correction, "samples": samples,
+            "distinct_blocks": int(codes.size), "samples_per_block": per_block,
+            "reliable": bool(samples) and (k == 0 or per_block >= MIN_PER_BLOCK)}
+
+
+# -------------------------------------------------------------------------------------------- patterns
+def _poisson_upper_tail(counts: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """P(X >= count) for X ~ Poisson(expected), count >= 1: the regularized lower incomplete gamma P(count, mu)."""
+    import torch  # already a dependency; scipy is not
+
+    return torch.special.gammainc(torch.as_tensor(counts, dtype=torch.float64),
+                                  torch.as_tensor(expected, dtype=torch.float64)).numpy()
+
+
+def _benjamini_hochberg(p_values: np.ndarray, hypotheses: int) -> np.ndarray:
+    """BH-adjusted p-values (q-values) when `hypotheses` - len(p_values) further hypotheses have p = 1."""
+    order = np.argsort(p_values, kind="stable")
+    ranks = np.arange(1, p_values.size + 1)
+    adjusted = np.minimum.accumulate((p_values[order] * hypotheses / ranks)[::-1])[::-1]
+    q_values = np.empty_like(p_values)
+    q_values[order] = np.minimum(adjusted, 1.0)
+    return q_values
+
+
+def _ngram_rows(tokens, counts, expected, p_values, q_values, index) -> list[dict]:
+    return [{"tokens": [int(t) for t in tokens[i]], "count": int(counts[i]), "expected": float(expected[i]),
+             "ratio": float(counts[i] / expected[i]), "p_value": float(p_values[i]), "q_value": float(q_values[i])}
+            for i in index]
+
+
+def _patterns(codes: np.ndarray, counts: np.ndarray, n: int, K: int) -> dict:
+    """Most frequent n-grams (n = 2, 3) and those significantly above their expected count."""
+    digits = [codes // K**(n - 1 - j) % K for j in range(n)]  # the n tokens of each code
+    weights = counts.astype(np.float64)
+    if n == 2:
+        first, second = digits
+        rows, cols = np.bincount(first, weights, K), np.bincount(second, weights, K)
+        expected = rows[first] * cols[second] / weights.sum()
+        hypotheses = int(np.count_nonzero(rows)) * int(np.count_nonzero(cols))
+        expected_from = "independence: product of the first- and second-position marginals, R_a C_b / N"
+    else:
+        first, middle, last = digits
+        head, tail = first * K + middle, middle * K + last
+        head_counts, tail_counts = np.bincount(head, weights, K * K), np.bincount(tail, weights, K * K)
+        middle_counts = np.bincount(middle, weights, K)
+        expected = head_counts[head] * tail_counts[tail] / middle_counts[middle]
+        heads_per_middle = np.count_nonzero(head_counts.reshape(K, K), axis=0)
+        tails_per_middle = np.count_nonzero(tail_counts.reshape(K, K), axis=1)
+        hypotheses = int((heads_per_middle * tails_per_middle).sum())
+        expected_from = "first-order Markov chain: N_ab N_bc / N_b"
+    p_values = _poisson_upper_tail(counts, expected) if counts.size else np.zeros(0)
+    q_values = _benjamini_hochberg(p_values, hypotheses)
+    grams = np.stack(digits, axis=1) if counts.size else np.zeros((0, n), np.int64)
+    significant = np.flatnonzero(q_values <= FDR_Q)
+    significant = significant[np.lexsort((-counts[significant], p_values[significant]))]
+    frequent = np.lexsort((codes, -counts))[:TOP]
+    return {"n": n, "total": int(counts.sum()), "distinct": int(counts.size), "expected_from": expected_from,
+            "test": f"one-sided Poisson P(X >= count | expected), Benjamini-Hochberg q = {FDR_Q}",
+            "hypotheses": hypotheses, "n_significant": int(significant.size),
+            "most_frequent": _ngram_rows(grams, counts, expected, p_values, q_values, frequent),
+            "significant": _ngram_rows(grams, counts, expected, p_values, q_values, significant[:MAX_LISTED])}
+
+
+# -------------------------------------------------------------------------------------------- outliers
+def _decoded_returns(tokenizer, counts: np.ndarray) -> dict:
+    """Each code decoded alone (global scale), summed over its patch, z-scored against usage-weighted moments."""
+    codebook = int(tokenizer.vocab_size)
+    used = np.flatnonzero(counts)
+    if used[-1] >= codebook:
+        raise TokenizerError(f"the tokenizer has {codebook} codes but the tokens go up to {used[-1]}; "
+                             "pass the tokenizer these tokens were made with (--tokenizer DIR)")
+    patches = tokenizer.decode(np.arange(codebook, dtype=np.int64)[:, None])
+    if hasattr(patches, "detach"):
+        patches = patches.detach().cpu().numpy()
+    returns = np.asarray(patches, dtype=np.float64).reshape(codebook, -1).sum(axis=1)
+    weights = counts[:codebook].astype(np.float64)
+    mean = float(np.average(returns, weights=weights))
+    std = float(np.sqrt(np.average((returns - mean) ** 2, weights=weights)))
+    result = {"returns": returns, "mean": mean, "std": std, "threshold_z": Z_EXTREME, "extreme": []}
+    if std > 0:
+        z = (returns[used] - mean) / std
+        extreme = np.flatnonzero(np.abs(z) > Z_EXTREME)
+        extreme = extreme[np.argsort(-np.abs(z[extreme]), kind="stable")][:MAX_LISTED]
+        result["extreme"] = [{"token": int(used[i]), "count": int(counts[used[i]]),
+                              "decoded_return": float(returns[used[i]]), "z": float(z[i])} for i in extreme]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- analyze
+def analyze(store_or_path, tokenizer=None) -> dict:
+    """All the numbers of a token analysis (see the module docstring for the definitions).
+
+    `store_or_path`: a token store directory, a .txt file of token ids, or an opened TokenStore.
+    `tokenizer`: a tokenizer directory or object, to flag tokens with extreme decoded returns; default: the
+    store's own copy when it has one. Matrices are numpy arrays: transitions["counts"] and
+    transitions["probabilities"] are (K, K), vocabulary["counts"] is (K,).
+    """
+    store, source, tokenizer = _open(store_or_path, tokenizer)
+    symbols, seqs, K = _sequences(store, source or "the token store")
+    lengths = np.array([s.size for s in seqs], dtype=np.int64)
+    tokens = np.concatenate(seqs)
+    ends = np.cumsum(lengths)
+    remaining = np.repeat(ends, lengths) - np.arange(tokens.size)
+    blocks = {n: _block_counts(tokens, remaining, n, K) for n in range(1, MAX_CONTEXT + 2) if K**n < 2**62}
+
+    counts = np.bincount(tokens, minlength=K)
+    frequencies = counts / tokens.size
+    rare = np.flatnonzero((counts > 0) & (frequencies < RARE_SHARE / K))
+    rare = rare[np.lexsort((rare, counts[rare]))]
+    per_symbol = []
+    for symbol, seq in zip(symbols, seqs):
+        symbol_counts = np.bincount(seq, minlength=K)
+        per_symbol.append({"symbol": symbol, "tokens": int(seq.size),
+                           "distinct_codes": int(np.count_nonzero(symbol_counts)),
+                           "most_common": int(symbol_counts.argmax()) if seq.size else None,
+                           "unigram_entropy_bits": _entropy_bits(symbol_counts)})
+
+    pair_codes, pair_counts = blocks[2]
+    transition_counts = np.zeros(K * K, dtype=np.int64)
+    transition_counts[pair_codes] = pair_counts
+    transition_counts = transition_counts.reshape(K, K)
+    row_totals = transition_counts.sum(axis=1, keepdims=True)
+    probabilities = np.round(transition_counts / np.maximum(row_totals, 1), 6)
+    top_pairs = pair_codes[np.lexsort((pair_codes, -pair_counts))[:TOP]]
+    n_pairs = int(pair_counts.sum())
+
+    conditional = [_conditional_entropy(*blocks[k + 1], K, k) for k in range(MAX_CONTEXT + 1) if k + 1 in blocks]
+    rate = [c for c in conditional if c["reliable"]][-1]
+
+    return {
+        "kind": KIND,
+        "input": source,
+        "vocab_size": K,
+        "n_tokens": int(tokens.size),
+        "n_symbols": len(symbols),
+        "vocabulary": {"counts": counts, "frequencies": frequencies, "codes_used": int(np.count_nonzero(counts)),
+                       "unused_codes": np.flatnonzero(counts == 0).tolist(),
+                       "most_frequent": [{"token": int(t), "count": int(counts[t]), "frequency": float(frequencies[t])}
+                                         for t in np.lexsort((np.arange(K), -counts))[:TOP]]},
+        "symbols": per_symbol,
+        "transitions": {
+            "n_pairs": n_pairs,
+            "self_transition_share": float(np.trace(transition_counts) / n_pairs) if n_pairs else 0.0,
+            "counts": transition_counts, "probabilities": probabilities,
+            "most_frequent": [{"from": int(c // K), "to": int(c % K), "count": int(transition_counts.flat[c]),
+                               "probability": float(probabilities.flat[c])} for c in top_pairs]},
+        "patterns": {name: _patterns(*blocks[n], n, K) for name, n in (("bigrams", 2), ("trigrams", 3))},
+        "outliers": {
+            "rare_definition": f"used codes with frequency below {RARE_SHARE:g}/K",
+            "rare_threshold": RARE_SHARE / K,
+            "rare": [{"token": int(t), "count": int(counts[t]), "frequency": float(frequencies[t])}
+                     for t in rare[:MAX_LISTED]],
+            "n_rare": int(rare.size),
+            "decoded_returns": None if tokenizer is None else _decoded_returns(tokenizer, counts)},
+        "entropy": {
+            "max_bits": math.log2(K),
+            "unigram_bits": _entropy_bits(counts),
+            "conditional_bits": conditional[1]["plug_in_bits"] if len(conditional) > 1 else None,
+            "rate_bits": rate["miller_madow_bits"],
+            "rate_context": rate["k"],
+            "rate_method": (f"Miller-Madow H(X_t | k previous) at the largest k <= {MAX_CONTEXT} whose blocks were "
+                            f"seen >= {MIN_PER_BLOCK} times each on average"),
+            "by_context": conditional},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _table(headers: list[str], rows: list[list[str]], left: int = 1, indent: str = "  ") -> str:
+    """Aligned columns: the first `left` left-aligned (labels), the rest right-aligned (numbers)."""
+    cells = [headers] + rows
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [indent + "  ".join(cell.ljust(w) if i < left else cell.rjust(w)
+                                for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+             for row in cells]
+    return "\n".join(lines)
+
+
+def _p(value: float) -> str:
+    return "<1e-300" if value < 1e-300 else f"{value:.1e}"
+
+
+def _ids(ids: list[int], limit: int = 20) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def _context_name(k: int) -> str:
+    return {0: "H(X_t)", 1: "H(X_t|X_{t-1})"}.get(k, f"H(X_t|X_{{t-{k}..t-1}})")
+
+
+def _ngram_table(rows: list[dict]) -> str:
+    return _table(["tokens", "count", "expected", "ratio", "p-value", "q (BH)"],
+                  [[" ".join(map(str, r["tokens"])), f"{r['count']:,}", f"{r['expected']:.1f}", f"{r['ratio']:.2f}",
+                    _p(r["p_value"]), _p(r["q_value"])] for r in rows])
+
+
+def format_report(result: dict) -> str:
+    """The analysis as plain text: one heading per section, aligned tables, entropies by name."""
+    K, vocab, entropy = result["vocab_size"], result["vocabulary"], result["entropy"]
+    out = [f"== token analysis: {result['input'] or '(in-memory store)'} ==",
+           f"{result['n_tokens']:,} tokens in {result['n_symbols']} symbol(s), vocabulary K={K}, "
+           f"codes used {vocab['codes_used']}/{K} ({vocab['codes_used'] / K:.1%})", "",
+           "== vocabulary: most frequent tokens ==",
+           _table(["token", "count", "frequency"], [[str(r["token"]), f"{r['count']:,}", f"{r['frequency']:.4f}"]
+                                                    for r in vocab["most_frequent"]]),
+           f"unused codes ({len(vocab['unused_codes'])}): {_ids(vocab['unused_codes']) or 'none'}", ""]
+    if result["n_symbols"] > 1:
+        out += ["== per symbol ==",
+                _table(["symbol", "tokens", "distinct codes", "unigram entropy (bits)", "most common"],
+                       [[s["symbol"], f"{s['tokens']:,}", str(s["distinct_codes"]), f"{s['unigram_entropy_bits']:.2f}",
+                         "-" if s["most_common"] is None else str(s["most_common"])] for s in result["symbols"]]), ""]
+
+    trans = result["transitions"]
+    pairs = [[str(r["from"]), str(r["to"]), f"{r['count']:,}", f"{r['probability']:.3f}"]
+             for r in trans["most_frequent"]]
+    out += ["== transitions (token -> next token, within symbols) ==",
+            f"{trans['n_pairs']:,} pairs, self-transitions {trans['self_transition_share']:.1%}",
+            _table(["from", "to", "count", "P(to|from)"], pairs), ""]
+
+    for name, pattern in result["patterns"].items():
+        out += [f"== patterns: {name} ==",
+                f"expected count from {pattern['expected_from']}; {pattern['test']}",
+                f"{pattern['total']:,} {name}, {pattern['distinct']:,} distinct; most frequent:",
+                _ngram_table(pattern["most_frequent"]),
+                f"significant: {pattern['n_significant']:,} of {pattern['hypotheses']:,} hypotheses"
+                + (":" if pattern["n_significant"] else ""),
+                *([_ngram_table(pattern["significant"][:TOP])] if pattern["n_significant"] else []), ""]
+
+    outliers = result["outliers"]
+    out += ["== outliers ==",
+            f"rare tokens ({outliers['rare_definition']} = {outliers['rare_threshold']:.2e}): {outliers['n_rare']}"]
+    if outliers["rare"]:
+        rare = [[str(r["token"]), f"{r['count']:,}", f"{r['frequency']:.2e}"] for r in outliers["rare"][:TOP]]
+        out.append(_table(["token", "count", "frequency"], rare))
+    decoded = outliers["decoded_returns"]
+    if decoded is None:
+        out.append("extreme decoded returns: no tokenizer (pass --tokenizer DIR to check them)")
+    else:
+        out.append(f"extreme decoded returns (|z| > {decoded['threshold_z']:g}; usage-weighted mean "
+                   f"{decoded['mean']:.2e}, std {decoded['std']:.2e}): {len(decoded['extreme'])}")
+        if decoded["extreme"]:
+            out.append(_table(["token", "count", "decoded return", "z"],
+                              [[str(r["token"]), f"{r['count']:,}", f"{r['decoded_return']:+.4f}", f"{r['z']:+.1f}"]
+                               for r in decoded["extreme"][:TOP]]))
+    out.append("")
+
+    label = "conditional entropy H(X_t|X_{t-1}):"
+    conditional = "n/a" if entropy["conditional_bits"] is None else f"{entropy['conditional_bits']:.2f} bits (plug-in)"
+    out += ["== entropy (bits) ==",
+            f"{'unigram entropy:':<{len(label)}} {entropy['unigram_bits']:.2f} bits (max {entropy['max_bits']:.2f})",
+            f"{label} {conditional}",
+            f"{'entropy rate estimate:':<{len(label)}} {entropy['rate_bits']:.2f} bits "
+            f"({_context_name(entropy['rate_context'])}, Miller-Madow)",
+            f"{'maximum log2(K):':<{len(label)}} {entropy['max_bits']:.2f} bits",
+            _table(["k", "H(X_t | k previous)", "plug-in", "Miller-Madow", "samples/block", "reliable"],
+                   [[str(c["k"]), _context_name(c["k"]), f"{c['plug_in_bits']:.3f}", f"{c['miller_madow_bits']:.3f}",
+                     f"{c['samples_per_block']:.1f}", "yes" if c["reliable"] else "no"]
+                    for c in entropy["by_context"]], left=2),
+            f"plug-in entropies are biased low by about (distinct blocks - 1) / (2 N ln 2) bits; the estimate uses "
+            f"the longest context seen >= {MIN_PER_BLOCK} times per block"]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------- plots
+def write_plots(result: dict, out_dir) -> list[Path]:
+    """token_frequency.png (histogram by token id + rank plot) and transition_matrix.png (heatmap) in out_dir."""
+    from matplotlib.figure import Figure
+
+    out_dir = Path(out_dir)
+    counts = np.asarray(result["vocabulary"]["counts"])
+    frequencies = counts / counts.sum()
+    paths = [out_dir / name for name in PLOT_NAMES]
+
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    by_id, by_rank = fig.subplots(1, 2)
+    by_id.bar(np.arange(counts.size), frequencies, width=1.0, color="tab:blue")
+    by_id.axhline(1 / counts.size, color="gray", linestyle="--", linewidth=1, label="uniform 1/K")
+    by_id.set(xlabel="token id", ylabel="frequency", title="token frequency")
+    by_id.legend()
+    ranked = np.sort(frequencies[frequencies > 0])[::-1]
+    by_rank.loglog(np.arange(1, ranked.size + 1), ranked, marker=".", linestyle="-")
+    by_rank.set(xlabel="rank", ylabel="frequency", title="rank-frequency")
+    _save(fig, paths[0])
+
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.asarray(result["transitions"]["probabilities"]), cmap="viridis", aspect="auto",
+                      interpolation="nearest", origin="upper")
+    fig.colorbar(image, ax=ax, label="P(next | token)")
+    ax.set(xlabel="next token", ylabel="token", title="transition matrix (within symbols)")
+    _save(fig, paths[1])
+    return paths
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+# ------------------------------------------------------------------------------------------------- output
+def default_out_dir(tokens_path) -> Path:
+    """`<store>/analysis` for a store directory, `<stem>_analysis` beside a token file."""
+    path = Path(tokens_path)
+    return path / "analysis" if path.is_dir() else path.with_name(f"{path.stem}_analysis")
+
+
+def _check_out_dir(out: Path, source: str | None, user_named: bool) -> None:
+    """Raise OutputExistsError unless `out` is absent, empty, or an earlier analysis it may replace."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a directory; choose another --out")
+    names = [p.name for p in out.iterdir()]
+    if not names:
+        return
+    earlier = None
+    if JSON_NAME in names and all(n == JSON_NAME or n.endswith(".png") for n in names):
+        try:
+            meta = json.loads((out / JSON_NAME).read_text())
+            earlier = meta.get("input") if meta.get("kind") == KIND else None
+        except (OSError, ValueError, AttributeError):
+            earlier = None
+    if earlier is None:
+        raise OutputExistsError(f"{out} already exists and is not an earlier token analysis; "
+                                "choose another --out or remove it")
+    if user_named and earlier != source:
+        raise OutputExistsError(f"{out} holds an analysis of {earlier}, not of {source}; "
+                                "choose another --out or remove it")
+
+
+def _write_outputs(result: dict, out: Path, user_named: bool) -> list[str]:
+    _check_out_dir(out, result["input"], user_named)
+    with atomic_dir(out, overwrite=True) as tmp:
+        write_json(tmp / JSON_NAME, result)
+        write_plots(result, tmp)
+    return [JSON_NAME, *PLOT_NAMES]
+
+
+def analyze_command(args) -> int:
+    """`pricegpt analyze`: print the report, write analysis.json and the PNGs (see the module docstring)."""
+    source = Path(args.tokens)
+    _check_exists(source)
+    out = Path(args.out) if args.out else default_out_dir(source)
+    _check_out_dir(out, str(source.resolve()), user_named=bool(args.out))  # fail before the work, not after
+    result = analyze(source, tokenizer=getattr(args, "tokenizer", None))
+    print(format_report(result))
+    names = _write_outputs(result, out, user_named=bool(args.out))
+    print(f"\nwrote {out}/: {', '.join(names)}")
+    return 0

@@ -1,0 +1,198 @@
+"""Forecast metrics for the H-bar cumulative log return: CRPS, interval coverage and width, PIT, direction.
+
+Every forecast is a *predictive distribution* for one number per origin. Three kinds share one interface
+(`crps`, `cdf`, `quantile`), so the model and every baseline are scored by the same code:
+
+- `SamplePredictive(samples (n, S))`: the model's paths and the bootstrap baseline,
+- `NormalPredictive(mean (n,), std (n,))`: random walk, HistVol20, EWMA (closed-form CRPS),
+- `StudentTPredictive(mean, scale, df)`: GARCH(1,1)-t (closed-form CRPS; needs scipy, which `arch` brings).
+
+CRPS from samples is the energy form E|X - y| - 0.5 E|X - X'|, with the pair term computed in O(S log S) from
+the sorted samples (sum_{i,j} |x_i - x_j| = 2 sum_i (2i - S - 1) x_(i), i = 1..S). We use the *fair* estimator
+(pairs i != j, divisor S(S - 1)): it is unbiased for the CRPS of the distribution the samples come from, so a
+sampled forecast is not penalised against a closed-form one for having finitely many samples.
+
+Conventions: central intervals [q((1-c)/2), q((1+c)/2)]; PIT = F(y) (for samples: the fraction below y plus
+half the ties); direction is the sign of the predictive median against the sign of the outcome, and a zero
+median or a zero outcome counts as half a hit (a coin flip), so a zero-drift forecast scores exactly 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+COVERAGE_LEVELS = (0.5, 0.9)
+PIT_BINS = 10
+_INV_SQRT_PI = 1.0 / math.sqrt(math.pi)
+
+
+# ------------------------------------------------------------------------------------------------ CRPS
+def crps_samples(samples: np.ndarray, y: np.ndarray, fair: bool = True) -> np.ndarray:
+    """CRPS of sample forecasts: samples (..., S), outcomes y (...) -> (...).
+
+    fair=True divides the pair term by S(S - 1) (unbiased); fair=False by S^2 (the CRPS of the empirical CDF).
+    """
+    x = np.sort(np.asarray(samples, dtype=np.float64), axis=-1)
+    y = np.asarray(y, dtype=np.float64)
+    S = x.shape[-1]
+    assert x.shape[:-1] == y.shape, f"samples {x.shape} and outcomes {y.shape} disagree"
+    assert S >= 2 or not fair, "the fair CRPS needs at least 2 samples"
+    abs_err = np.abs(x - y[..., None]).mean(axis=-1)
+    weights = 2.0 * np.arange(1, S + 1) - S - 1
+    pair_sum = 2.0 * (x * weights).sum(axis=-1)  # sum over all ordered pairs of |x_i - x_j|
+    return abs_err - 0.5 * pair_sum / (S * (S - 1) if fair else S * S)
+
+
+def normal_cdf(z) -> np.ndarray:
+    return torch.special.ndtr(torch.as_tensor(np.asarray(z, dtype=np.float64))).numpy()
+
+
+def normal_ppf(p) -> np.ndarray:
+    return torch.special.ndtri(torch.as_tensor(np.asarray(p, dtype=np.float64))).numpy()
+
+
+def crps_normal(mean, std, y) -> np.ndarray:
+    """Closed-form CRPS of N(mean, std^2) at y (Gneiting & Raftery 2007)."""
+    mean, std, y = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (mean, std, y)))
+    z = (y - mean) / std
+    pdf = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    return std * (z * (2 * normal_cdf(z) - 1) + 2 * pdf - _INV_SQRT_PI)
+
+
+def crps_student_t(mean, scale, df, y) -> np.ndarray:
+    """Closed-form CRPS of a location-scale Student-t (df > 1) at y (Jordan, Krueger & Lerch 2019, scoringRules)."""
+    from scipy import special, stats
+
+    mean, scale, df, y = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (mean, scale, df, y)))
+    assert np.all(df > 1), "the Student-t CRPS is finite only for df > 1"
+    z = (y - mean) / scale
+    cdf, pdf = stats.t.cdf(z, df), stats.t.pdf(z, df)
+    const = 2 * np.sqrt(df) * special.beta(0.5, df - 0.5) / ((df - 1) * special.beta(0.5, df / 2) ** 2)
+    return scale * (z * (2 * cdf - 1) + 2 * pdf * (df + z * z) / (df - 1) - const)
+
+
+# ----------------------------------------------------------------------------------------- predictives
+class SamplePredictive:
+    """An ensemble forecast: samples (n, S)."""
+
+    def __init__(self, samples: np.ndarray):
+        self.samples = np.sort(np.asarray(samples, dtype=np.float64), axis=-1)
+        assert self.samples.ndim == 2, f"samples must be (origins, samples), got {self.samples.shape}"
+
+    def crps(self, y):
+        return crps_samples(self.samples, y)
+
+    def cdf(self, y):
+        y = np.asarray(y, dtype=np.float64)[:, None]
+        return ((self.samples < y).sum(-1) + 0.5 * (self.samples == y).sum(-1)) / self.samples.shape[-1]
+
+    def quantile(self, q: float):
+        return np.quantile(self.samples, q, axis=-1)
+
+
+class NormalPredictive:
+    def __init__(self, mean, std):
+        self.mean, self.std = np.broadcast_arrays(np.asarray(mean, dtype=np.float64), np.asarray(std, np.float64))
+        assert np.all(self.std > 0), "normal predictive needs std > 0"
+
+    def crps(self, y):
+        return crps_normal(self.mean, self.std, y)
+
+    def cdf(self, y):
+        return normal_cdf((np.asarray(y, dtype=np.float64) - self.mean) / self.std)
+
+    def quantile(self, q: float):
+        return self.mean + self.std * float(normal_ppf(q))
+
+
+class StudentTPredictive:
+    def __init__(self, mean, scale, df):
+        self.mean, self.scale, self.df = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64)
+                                                               for a in (mean, scale, df)))
+
+    def crps(self, y):
+        return crps_student_t(self.mean, self.scale, self.df, y)
+
+    def cdf(self, y):
+        from scipy import stats
+
+        return stats.t.cdf((np.asarray(y, dtype=np.float64) - self.mean) / self.scale, self.df)
+
+    def quantile(self, q: float):
+        from scipy import stats
+
+        return self.mean + self.scale * stats.t.ppf(q, self.df)
+
+
+# -------------------------------------------------------------------------------------- other metrics
+def interval(pred, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Central `level` interval (lower, upper) per origin."""
+    return pred.quantile((1 - level) / 2), pred.quantile((1 + level) / 2)
+
+
+def coverage_and_width(pred, y, level: float) -> tuple[float, float]:
+    """Fraction of outcomes inside the central `level` interval (bounds included) and its mean width."""
+    lo, hi = interval(pred, level)
+    y = np.asarray(y, dtype=np.float64)
+    return float(np.mean((y >= lo) & (y <= hi))), float(np.mean(hi - lo))
+
+
+def pit_histogram(pit: np.ndarray, bins: int = PIT_BINS) -> list[int]:
+    """Counts of PIT values in `bins` equal bins of [0, 1] (a calibrated forecast gives a flat histogram)."""
+    counts, _ = np.histogram(np.clip(pit, 0.0, 1.0), bins=bins, range=(0.0, 1.0))
+    return counts.astype(int).tolist()
+
+
+def direction_hits(median: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """1 where sign(median) == sign(y), 0 where they differ, 0.5 where either is exactly zero."""
+    s_pred, s_true = np.sign(median), np.sign(y)
+    return np.where((s_pred == 0) | (s_true == 0), 0.5, (s_pred == s_true).astype(np.float64))
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (successes may be fractional: half-hits for ties)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    z = float(normal_ppf(0.5 + confidence / 2))
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(max(p * (1 - p) / n + z * z / (4 * n * n), 0.0)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def score(pred, y: np.ndarray) -> dict:
+    """All forecast metrics of one predictive against outcomes y (n,), plus per-origin arrays for plots.
+
+    The returned dict's scalar entries are JSON-ready; `per_origin` holds numpy arrays (crps, pit) and is meant
+    to be dropped (or aggregated) before writing.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    crps = pred.crps(y)
+    pit = pred.cdf(y)
+    median = pred.quantile(0.5)
+    hits = direction_hits(median, y)
+    out = {"crps": float(np.mean(crps))}
+    for level in COVERAGE_LEVELS:
+        cov, width = coverage_and_width(pred, y, level)
+        out[f"coverage_{round(level * 100)}"] = cov
+        out[f"width_{round(level * 100)}"] = width
+    lo, hi = wilson_interval(float(hits.sum()), len(hits))
+    out.update({
+        "directional_accuracy": float(hits.mean()),
+        "directional_accuracy_ci95": [lo, hi],
+        "mae_median": float(np.mean(np.abs(median - y))),
+        "pit_histogram": pit_histogram(pit),
+        "per_origin": {"crps": crps, "pit": pit},
+    })
+    return out
+
+
+def coverage_by_horizon(paths_cum: np.ndarray, realised_cum: np.ndarray, level: float = 0.9) -> list[float]:
+    """Coverage of the central `level` interval at each horizon step: paths (n, S, H), realised (n, H) -> (H,)."""
+    lo = np.quantile(paths_cum, (1 - level) / 2, axis=1)
+    hi = np.quantile(paths_cum, (1 + level) / 2, axis=1)
+    return np.mean((realised_cum >= lo) & (realised_cum <= hi), axis=0).tolist()

@@ -1,0 +1,206 @@
+"""Sampling continuations from a GPT: a preallocated KV cache, the sampling rule, and the generation loop.
+
+Generation of `num_samples` paths for each of B contexts:
+1. crop each context to its last `sequence_len` tokens,
+2. prefill the B contexts once (one cache row per context, not per sample),
+3. copy each cache row to its `num_samples` sample rows (N = B * num_samples rows),
+4. decode all N rows together, one token per step, attending over the filled part of the cache.
+
+Context window. Rotary positions must stay in [0, sequence_len), the lengths the model was trained on, so the
+tokens the model sees form a window tokens[start:n] of at most sequence_len tokens. When one more token would
+overflow it, the window restarts at the last `refill_len` tokens (default 3/4 of sequence_len) and the cache is
+re-prefilled from them: the context never shrinks below refill_len tokens, and the re-prefill costs about
+refill_len / (sequence_len - refill_len) = 3 token-forwards per generated token, amortised. `use_cache=False`
+recomputes a full forward over the same window every step: it is the reference the cache is tested against,
+so both paths see exactly the same tokens at the same positions and draw random numbers in the same order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError, DataError
+from .gpt import GPT, check_token_ids
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated: k, v of shape (n_layer, rows, n_kv_head, max_len, head_dim).
+
+    `pos` is how many positions are filled; each layer writes its new K/V at [pos, pos + T) and the model
+    advances `pos` after its last layer. self.k[layer] is the (rows, n_kv_head, max_len, head_dim) cache of one layer.
+    """
+
+    def __init__(self, n_layer: int, rows: int, n_kv_head: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        shape = (n_layer, rows, n_kv_head, max_len, head_dim)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.pos = 0
+
+    @classmethod
+    def for_model(cls, model: GPT, rows: int, max_len: int | None = None) -> KVCache:
+        c = model.config
+        weight = model.wte.weight
+        return cls(c.n_layer, rows, c.n_kv_head, max_len or c.sequence_len, c.head_dim, weight.dtype, weight.device)
+
+    @property
+    def rows(self) -> int:
+        return self.k.size(1)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (rows, n_kv_head, T, head_dim) at [pos, pos + T); return the filled (.., pos + T, ..) views."""
+        end = self.pos + k.size(2)
+        assert end <= self.max_len, f"KV cache overflow: {end} positions > max_len {self.max_len}"
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, num_tokens: int) -> None:
+        self.pos += num_tokens
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def repeat_rows(self, repeats: int) -> KVCache:
+        """A cache with each row repeated `repeats` times in a row (row r -> rows r*repeats ... r*repeats+repeats-1)."""
+        n_layer, rows, n_kv_head, max_len, head_dim = self.k.shape
+        out = KVCache(n_layer, rows * repeats, n_kv_head, max_len, head_dim, self.k.dtype, self.k.device)
+        for src, dst in ((self.k, out.k), (self.v, out.v)):
+            # Broadcast copy of the filled part only; no repeated intermediate tensor.
+            dst.view(n_layer, rows, repeats, n_kv_head, max_len, head_dim)[..., : self.pos, :] = (
+                src[:, :, None, :, : self.pos]
+            )
+        out.pos = self.pos
+        return out
+
+
+def sample_next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits (N, V) -> token ids (N,) int64.
+
+    temperature 0 is greedy (argmax). Otherwise logits / temperature, then top-k (keep the k largest logits;
+    ties with the k-th are kept), then top-p (keep the smallest set of most likely tokens whose probability
+    reaches top_p), then one multinomial draw per row from `generator`.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        # A token stays if the more likely tokens before it have not yet reached top_p (so the first always stays).
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def check_sampling_args(max_new_tokens, num_samples, temperature, top_k, top_p) -> None:
+    """Raise ConfigError for sampling settings a user passed that make no sense."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ConfigError(f"number of tokens to generate must be an integer >= 0, got {max_new_tokens!r}")
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError(f"--num-samples must be an integer >= 1, got {num_samples!r}")
+    if not temperature >= 0:
+        raise ConfigError(f"--temperature must be >= 0 (0 is greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ConfigError(f"--top-k must be an integer >= 1 (or unset), got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"--top-p must be in (0, 1] (or unset), got {top_p!r}")
+
+
+def as_contexts(idx, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A (B, T) int64 tensor from a (B, T) or (T,) integer tensor or a list of ints (one context)."""
+    if not isinstance(idx, torch.Tensor):
+        try:
+            idx = torch.tensor(idx, dtype=torch.long)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise DataError(f"context tokens must be a list of integers or an integer tensor ({err})") from err
+    if idx.dim() == 1:
+        idx = idx[None, :]
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise DataError(
+            f"context tokens must have shape (batch, time) or (time,) with at least one token, got {tuple(idx.shape)}"
+        )
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise DataError(f"context tokens must be integers, got dtype {idx.dtype}")
+    return idx.to(device=device, dtype=torch.long)
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded with `seed`, or from OS entropy when seed is None (different paths every call)."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+class Engine:
+    """Generation around one model: `Engine(model).generate(contexts, 50, num_samples=100, seed=0)`."""
+
+    def __init__(self, model: GPT):
+        self.model = model
+
+    @torch.inference_mode()
+    def generate(self, idx, max_new_tokens: int, *, num_samples: int = 1, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 use_cache: bool = True, refill_len: int | None = None) -> torch.Tensor:
+        """Sample `num_samples` continuations of each context: idx (B, T) -> (B, num_samples, max_new_tokens).
+
+        idx may also be a (T,) tensor or a list of ints (B = 1). Contexts longer than sequence_len keep their
+        last sequence_len tokens. `refill_len` (default 3/4 sequence_len) is the window kept when it is full,
+        see the module docstring. Same seed -> same paths; seed None -> fresh randomness.
+        """
+        model, L = self.model, self.model.config.sequence_len
+        check_sampling_args(max_new_tokens, num_samples, temperature, top_k, top_p)
+        refill_len = refill_len if refill_len is not None else max(1, L - L // 4)
+        if not isinstance(refill_len, int) or not 1 <= refill_len <= L:
+            raise ConfigError(f"refill_len must be an integer in [1, sequence_len={L}], got {refill_len!r}")
+        device = model.wte.weight.device
+        contexts = as_contexts(idx, device)
+        check_token_ids(contexts, model.config.vocab_size, "context tokens")
+        contexts = contexts[:, -L:]
+        B, T = contexts.shape
+        rows = B * num_samples
+        if max_new_tokens == 0:
+            return torch.empty(B, num_samples, 0, dtype=torch.long, device=device)
+
+        # Every row's context followed by its samples; the model always reads a window tokens[:, start:n].
+        tokens = torch.empty(rows, T + max_new_tokens, dtype=torch.long, device=device)
+        tokens[:, :T] = contexts.repeat_interleave(num_samples, dim=0)
+        generator = make_generator(seed, device)
+        sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+
+        was_training = model.training
+        model.eval()
+        try:
+            start = 0
+            if use_cache:
+                cache = KVCache.for_model(model, rows=B, max_len=L)
+                logits = model(contexts, kv_cache=cache)[:, -1].repeat_interleave(num_samples, dim=0)
+                cache = cache.repeat_rows(num_samples)
+            else:
+                logits = model(tokens[:, :T])[:, -1]
+            tokens[:, T] = sample_next_token(logits, **sample)
+            for n in range(T + 1, T + max_new_tokens):  # n tokens known, predict token n
+                refill = n - start > L
+                if refill:
+                    start = n - refill_len
+                if not use_cache:
+                    logits = model(tokens[:, start:n])[:, -1]
+                elif refill:
+                    cache.reset()
+                    logits = model(tokens[:, start:n], kv_cache=cache)[:, -1]
+                else:
+                    logits = model(tokens[:, n - 1 : n], kv_cache=cache)[:, -1]
+                tokens[:, n] = sample_next_token(logits, **sample)
+        finally:
+            model.train(was_training)
+        return tokens[:, T:].reshape(B, num_samples, max_new_tokens).clone()

@@ -1,0 +1,160 @@
+"""`pricegpt pipeline`: prices -> tokenizer -> tokens -> GPT -> calibration -> evaluation -> backtest -> report.
+
+Every stage writes its own part of the run directory atomically and is skipped when its output is already
+complete, so a pipeline that was killed (or a quickstart run twice) picks up where it stopped. `RUN/run.json`
+records the settings; rerunning into the same RUN with different settings is an error unless --force.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from .errors import OutputExistsError
+from .fileio import write_json
+
+log = logging.getLogger("pricegpt")
+
+FORMAT_VERSION = 1
+
+
+def _source_id(source: str) -> str:
+    return source if source.startswith("sample:") else str(Path(source).resolve())
+
+
+def run_pipeline(args) -> dict:
+    """Run (or finish) every stage for args.data into args.out. Returns the evaluation and backtest metrics."""
+    from .data import load_prices, time_splits
+
+    out = Path(args.out)
+    frame = load_prices(args.data)
+    splits = time_splits(frame, train_end=args.train_end, val_end=args.val_end)
+    settings = {"format_version": FORMAT_VERSION, "data": _source_id(args.data), **splits.to_dict(),
+                "preset": args.preset, "tokenizer_kind": args.tokenizer_kind, "patch_len": args.patch_len,
+                "max_steps": args.max_steps, "config": args.config, "set": list(args.set or []),
+                "seed": args.seed}
+    _prepare_run_dir(out, settings, force=args.force)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, done: bool, fn):
+        if done:
+            log.info(f"[{name}] already complete, skipped")
+            return
+        log.info(f"[{name}] ...")
+        start = time.perf_counter()
+        fn()
+        timings[name] = time.perf_counter() - start
+        log.info(f"[{name}] done in {timings[name]:.1f}s")
+
+    from .tokenizer import fit_to_dir, load_tokenizer, write_token_store
+
+    tok_dir = out / "tokenizer"
+    stage("tokenizer", (tok_dir / "report.json").is_file(),
+          lambda: fit_to_dir(frame, tok_dir, kind=args.tokenizer_kind, train_end=splits.train_end,
+                             val_end=splits.val_end, seed=args.seed,
+                             **({"patch_len": args.patch_len} if args.patch_len else {})))
+    tokens_dir = out / "tokens"
+    stage("tokenize", (tokens_dir / "index.json").is_file(),
+          lambda: write_token_store(load_tokenizer(tok_dir), frame, tokens_dir, splits))
+
+    from .train import train_run
+
+    def train():
+        resume = (out / "checkpoints" / "last" / "meta.json").is_file()
+        train_run(tokens=tokens_dir, out=out, preset=args.preset, config_file=args.config,
+                  overrides=list(args.set or []), max_steps=args.max_steps, resume=resume, allow_existing=True)
+
+    stage("train", (out / "model" / "meta.json").is_file() and _training_finished(out), train)
+
+    from .evaluate import evaluate_run
+    from .forecast import calibrate_temperature
+    from .runs import load_run
+
+    horizon = args.horizon or load_tokenizer(tok_dir).patch_len
+    stage("calibrate", (out / "calibration.json").is_file(),
+          lambda: calibrate_temperature(load_run(out), frame, splits, horizon=horizon,
+                                        num_samples=args.num_samples or 256))
+    stage("evaluate", (out / "eval" / "metrics.json").is_file(),
+          lambda: evaluate_run(out, data=args.data, split="test", horizon=horizon, num_samples=args.num_samples,
+                               seed=args.seed))
+
+    from .backtest import run_backtest
+
+    stage("backtest", (out / "backtest" / "metrics.json").is_file(),
+          lambda: run_backtest(out, data=args.data, cost_bps=args.cost_bps, horizon=horizon, seed=args.seed))
+    if timings:
+        write_json(out / "timings.json", {**_read_timings(out), **{k: round(v, 2) for k, v in timings.items()}})
+    return print_headline(out)
+
+
+def _training_finished(out: Path) -> bool:
+    import json
+
+    try:
+        meta = json.loads((out / "model" / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(meta.get("finished", True))
+
+
+def _read_timings(out: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((out / "timings.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _prepare_run_dir(out: Path, settings: dict, *, force: bool) -> None:
+    import json
+
+    marker = out / "run.json"
+    if out.exists():
+        previous = None
+        if marker.is_file():
+            try:
+                previous = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                previous = None
+        if previous == settings:
+            log.info(f"{out} exists with the same settings: finishing any incomplete stage")
+            return
+        if not force:
+            what = "was made with different settings" if previous is not None else "exists and is not a pipeline run"
+            raise OutputExistsError(f"{out} {what}; choose another --out, or pass --force to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    write_json(marker, settings)
+
+
+def print_headline(out: Path) -> dict:
+    """Print the model-vs-baselines table and the backtest line; return both metrics dicts."""
+    import json
+
+    evaluation = json.loads((out / "eval" / "metrics.json").read_text())
+    backtest = json.loads((out / "backtest" / "metrics.json").read_text())
+    print(headline_table(evaluation))
+    from .backtest import headline
+
+    print(headline(backtest))
+    print(f"report: {out / 'eval' / 'report.html'}")
+    return {"eval": evaluation, "backtest": backtest}
+
+
+def headline_table(evaluation: dict) -> str:
+    tokens, forecast = evaluation["tokens"], evaluation["forecast"]
+    lines = [f"tokens ({evaluation['split']} split, {evaluation['n_tokens']} tokens): perplexity "
+             + ", ".join(f"{name} {tokens[name]['perplexity']:.2f}" for name in ("model", "unigram", "bigram")),
+             f"forecast of the {forecast['horizon_bars']}-bar log return over {forecast['n_origins']} origins:",
+             f"  {'':<12} {'CRPS':>10} {'cov50':>6} {'cov90':>6} {'dir.acc':>7}"]
+    for name in ("model", "random_walk", "histvol20", "ewma", "bootstrap", "garch"):
+        m = forecast.get(name)
+        if m is None:
+            lines.append(f"  {name:<12} {'n/a':>10}")
+            continue
+        lines.append(f"  {name:<12} {m['crps']:>10.5f} {m['coverage_50']:>6.1%} {m['coverage_90']:>6.1%} "
+                     f"{m['directional_accuracy']:>7.1%}")
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""Run directories: loading a trained run (model + tokenizer + metadata) and the `generate` command.
+
+A run directory (see ARCHITECTURE.md) holds `model/` (best weights, config.json, meta.json), `tokenizer/`,
+`config.yaml`, `metrics.csv` and, after evaluation, `calibration.json` and `eval/`. `run.json`, written by the
+pipeline, records the price source the run was built from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CheckpointError, DataError
+from .fileio import write_json
+
+RUNS_ROOT = Path("runs")
+
+
+@dataclass
+class Run:
+    """A trained run: the model in eval mode, its tokenizer (None for a bare token-file run) and metadata."""
+
+    dir: Path
+    model: object
+    tokenizer: object | None
+    meta: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+
+    def save_calibration(self, calibration: dict) -> None:
+        write_json(self.dir / "calibration.json", calibration)
+        self.calibration = dict(calibration)
+
+    @property
+    def train_end(self) -> str | None:
+        return self.meta.get("train_end")
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the run directory is damaged") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} should hold a JSON object; the run directory is damaged")
+    return value
+
+
+def find_tokenizer_dir(run_dir: Path) -> Path | None:
+    for candidate in (run_dir / "model" / "tokenizer", run_dir / "tokenizer"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+def load_run(run_dir: str | os.PathLike, device: str = "cpu", *, need_tokenizer: bool = False) -> Run:
+    """Load RUN/model (best weights) and the run's tokenizer. Every problem is a CheckpointError naming the file."""
+    from .model import GPT
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} not found; train one with `pricegpt train` or "
+                              "`pricegpt pipeline`")
+    model_dir = run_dir / "model"
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{run_dir} has no model/ directory: training has not saved a best model yet "
+                              "(or this is not a run directory)")
+    model = GPT.from_pretrained(model_dir, map_location=device)
+    model.eval()
+    meta = {**_read_json(run_dir / "run.json"), **_read_json(model_dir / "meta.json")}
+    _check_version(meta, model_dir / "meta.json")
+    tokenizer = None
+    tok_dir = find_tokenizer_dir(run_dir)
+    if tok_dir is not None:
+        from .tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tok_dir)
+        if tokenizer.codebook_size != model.config.vocab_size:
+            raise CheckpointError(
+                f"{tok_dir} has {tokenizer.codebook_size} codes but the model in {model_dir} has a vocabulary of "
+                f"{model.config.vocab_size}; they come from different runs — retrain or restore the tokenizer")
+        expected = meta.get("tokenizer_hash")
+        if expected and getattr(tokenizer, "hash", expected) != expected:
+            raise CheckpointError(f"{tok_dir} is not the tokenizer the model in {model_dir} was trained with "
+                                  "(hash differs); restore the run's tokenizer")
+    elif need_tokenizer:
+        raise CheckpointError(f"{run_dir} has no tokenizer (expected {run_dir}/tokenizer/config.json); it was "
+                              "trained on a bare token file, so its tokens cannot be decoded to returns")
+    return Run(dir=run_dir, model=model, tokenizer=tokenizer, meta=meta,
+               calibration=_read_json(run_dir / "calibration.json"))
+
+
+def _check_version(meta: dict, path: Path) -> None:
+    version = meta.get("format_version")
+    if version is not None and int(version) > 1:
+        raise CheckpointError(f"{path} was written by a newer pricegpt (format {version}); upgrade pricegpt")
+
+
+def latest_run(root: str | os.PathLike = RUNS_ROOT) -> Path:
+    """The most recently trained run under `root` (by the time its best model was written)."""
+    root = Path(root)
+    candidates = [p for p in root.glob("*") if (p / "model" / "model.safetensors").is_file()] if root.is_dir() else []
+    if not candidates:
+        raise CheckpointError(f"no trained run found under {root}/; run ./quickstart.sh or `pricegpt train` first, "
+                              "or pass --run")
+    return max(candidates, key=lambda p: (p / "model" / "model.safetensors").stat().st_mtime)
+
+
+def parse_token_ids(text: str, vocab_size: int, flag: str = "--seed-tokens") -> list[int]:
+    """Parse space/comma separated ids and check them against the vocabulary (DataError otherwise)."""
+    parts = text.replace(",", " ").split()
+    if not parts:
+        raise DataError(f"{flag} is empty; give token ids such as \"80 81 83 89 66\"")
+    ids = []
+    for part in parts:
+        try:
+            ids.append(int(part))
+        except ValueError:
+            raise DataError(f"{flag}: '{part}' is not a token id; ids are whole numbers in [0, {vocab_size})") from None
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise DataError(f"{flag}: token id(s) {bad[:5]} outside the vocabulary [0, {vocab_size}) of this model")
+    return ids
+
+
+def generate_command(args) -> int:
+    """`pricegpt generate`: one line of generated ids per sample; with --decode also returns and a price path."""
+    import numpy as np
+    import torch
+
+    run_dir = Path(args.run) if args.run else latest_run()
+    run = load_run(run_dir, need_tokenizer=args.decode)
+    ids = parse_token_ids(args.seed_tokens, run.model.config.vocab_size)
+    context = torch.tensor([ids], dtype=torch.long)
+    out = run.model.generate(context, args.num_generate, num_samples=args.num_samples,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    samples = out[0].tolist()
+    for i, row in enumerate(samples):
+        print(" ".join(map(str, row)) if args.num_samples == 1 else f"sample {i}: " + " ".join(map(str, row)))
+    if args.decode:
+        symbol = args.symbol
+        for i, row in enumerate(samples):
+            returns = np.asarray(run.tokenizer.decode(np.asarray(row), symbol=symbol), dtype=np.float64).ravel()
+            prices = args.start_price * np.exp(np.cumsum(returns))
+            print(f"sample {i} log returns: " + " ".join(f"{r:+.5f}" for r in returns))
+            print(f"sample {i} prices from {args.start_price:g}: " + " ".join(f"{p:.4f}" for p in prices))
+    return 0

@@ -1,0 +1,433 @@
+"""What every tokenizer kind shares: patching, per-bar features, per-symbol scaling, decode, save/load, hash.
+
+A tokenizer turns each symbol's bars into a stream of token ids, one id per *patch* of `patch_len` consecutive
+bars. Per symbol, the per-bar features (the first bar has none: it has no return) are cut into non-overlapping
+patches anchored at the symbol's first return; a trailing incomplete patch is not encoded. Appending future bars
+therefore never changes a past token. A patch belongs to the split of its last bar, so no train patch contains
+a bar after `train_end`.
+
+Features per bar (`features=`):
+  "close"  the close-to-close log return (default; all a close-only file has);
+  "ohlcv"  the log return, log(high/close), log(low/close), log(open/close) and the change of log(1 + volume).
+
+Scaling (no leakage, no per-window normalisation): each feature of each symbol is divided by that symbol's
+standard deviation of the feature over its train bars (timestamp <= train_end). A symbol with fewer than
+`min_scale_returns` train bars, or none at all, uses the global scale: the median of the per-symbol scales.
+The scales live in config.json; `decode(tokens, symbol)` multiplies back by the symbol's close scale, so the
+volatility level of a symbol is part of what its tokens mean.
+
+Kinds subclass `Tokenizer` and implement `_fit_scaled` (train patches in scaled units), `_encode_scaled`,
+`_tensors` / `_load_tensors`; they fill `decode_table` (K, patch_len) with each token's patch of scaled close
+returns. Files: `config.json` (the flat config, the scales, fit facts) + `model.safetensors` (no pickle).
+Fitting is deterministic given the seed and the train split alone, so fitting on data truncated at `train_end`
+writes byte-identical files to fitting on all the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import safetensors.torch
+import torch
+
+from ..data import iso, parse_time, time_splits
+from ..errors import ConfigError, DataError, TokenizerError
+from ..fileio import write_bytes
+
+log = logging.getLogger("pricegpt")
+
+DEFAULT_PATCH_LEN = 4
+FEATURES: dict[str, tuple[str, ...]] = {
+    "close": ("log_return",),
+    "ohlcv": ("log_return", "log_high_close", "log_low_close", "log_open_close", "log_volume_change"),
+}
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TokenizerConfig:
+    """Settings every kind has. `train_end` is filled in by `fit` (ISO UTC)."""
+
+    kind: str = ""
+    patch_len: int = DEFAULT_PATCH_LEN
+    codebook_size: int = 128
+    features: str = "close"
+    seed: int = 0
+    min_scale_returns: int = 20  # fewer train bars than this: the symbol uses the global scale
+    train_end: str | None = None
+
+    def validate(self) -> None:
+        if not isinstance(self.patch_len, int) or self.patch_len < 1:
+            raise ConfigError(f"--patch-len must be a positive integer, got {self.patch_len!r}")
+        if not isinstance(self.codebook_size, int) or not 2 <= self.codebook_size <= 65536:
+            raise ConfigError(f"--codebook-size must be an integer in [2, 65536], got {self.codebook_size!r}")
+        if self.features not in FEATURES:
+            raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {self.features!r}")
+        if not isinstance(self.min_scale_returns, int) or self.min_scale_returns < 2:
+            raise ConfigError(f"min_scale_returns must be an integer >= 2, got {self.min_scale_returns!r}")
+
+
+@dataclass
+class Patches:
+    """One symbol's complete patches: `features` (n_patches, patch_len, n_features) raw (unscaled) values,
+    `starts` / `ends` the timestamps (datetime64[ns], UTC) of each patch's first and last bar."""
+
+    symbol: str
+    features: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+# ---------------------------------------------------------------------------------------------- features
+def _utc_ns(values) -> np.ndarray:
+    ts = pd.to_datetime(pd.Series(values), utc=True)
+    return ts.dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
+
+
+def _cutoff_ns(ts: pd.Timestamp) -> np.datetime64:
+    return np.datetime64(ts.tz_convert("UTC").tz_localize(None).as_unit("ns"))
+
+
+def bar_features(frame: pd.DataFrame, features: str = "close") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per symbol (sorted): (timestamps of bars 1..n-1 as datetime64[ns], features (n-1, n_features) float64).
+
+    Vectorised numpy per symbol; a 10M-bar series takes well under a second."""
+    missing = [c for c in ("timestamp", "symbol", "close") if c not in frame.columns]
+    if missing:
+        raise DataError(f"price frame lacks column(s) {', '.join(missing)}; read files with pricegpt.load_prices")
+    if len(frame) == 0:
+        raise DataError("the price frame is empty; nothing to tokenize")
+    if features == "ohlcv":
+        lacking = [c for c in ("open", "high", "low", "volume") if c not in frame.columns]
+        if lacking:
+            raise DataError(f"features='ohlcv' needs open, high, low and volume columns; the data lacks "
+                            f"{', '.join(lacking)}: use features='close' (--features close)")
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for symbol, group in frame.groupby("symbol", sort=True):
+        symbol = str(symbol)
+        ts = _utc_ns(group["timestamp"])
+        if len(ts) > 1 and not np.all(ts[1:] > ts[:-1]):
+            raise DataError(f"symbol {symbol}: timestamps are not strictly increasing; "
+                            "read the data with pricegpt.load_prices (it sorts and removes duplicates)")
+        close = group["close"].to_numpy(dtype=np.float64)
+        _check_prices(close, symbol, "close")
+        log_close = np.log(close)
+        cols = [np.diff(log_close)]
+        if features == "ohlcv":
+            for name in ("high", "low", "open"):
+                values = group[name].to_numpy(dtype=np.float64)
+                _check_prices(values, symbol, name)
+                cols.append(np.log(values[1:]) - log_close[1:])
+            volume = group["volume"].to_numpy(dtype=np.float64)
+            if not np.all(np.isfinite(volume) & (volume >= 0)):
+                raise DataError(f"symbol {symbol}: volume has missing, negative or infinite values; "
+                                "use features='close'")
+            cols.append(np.diff(np.log1p(volume)))
+        out[symbol] = (ts[1:], np.stack(cols, axis=1))
+    return out
+
+
+def _check_prices(values: np.ndarray, symbol: str, column: str) -> None:
+    if not np.all(np.isfinite(values) & (values > 0)):
+        raise DataError(f"symbol {symbol}: column {column} has missing, non-positive or infinite prices; "
+                        "read the data with pricegpt.load_prices")
+
+
+def cut_patches(symbol: str, times: np.ndarray, values: np.ndarray, patch_len: int) -> Patches:
+    """Non-overlapping patches anchored at the first return; the trailing incomplete patch is dropped."""
+    n = len(values) // patch_len
+    used = n * patch_len
+    return Patches(symbol, values[:used].reshape(n, patch_len, values.shape[1]),
+                   times[0:used:patch_len], times[patch_len - 1:used:patch_len])
+
+
+def summed(x: np.ndarray) -> np.ndarray:
+    """Sum over the bars of each patch, (n, P) -> (n,), in a fixed order so that a patch's sum never depends on
+    how many other patches are in the batch."""
+    total = x[:, 0].copy()
+    for j in range(1, x.shape[1]):
+        total += x[:, j]
+    return total
+
+
+# ---------------------------------------------------------------------------------------------- interface
+_KINDS: dict[str, type[Tokenizer]] = {}
+
+
+def register(cls: type[Tokenizer]) -> type[Tokenizer]:
+    _KINDS[cls.kind] = cls
+    return cls
+
+
+class Tokenizer:
+    """Base class; use `create_tokenizer(kind, ...)` or a subclass. Shapes: tokens (..., n_patches) int ids in
+    [0, K); `decode` gives (..., n_patches * patch_len) log returns."""
+
+    kind: ClassVar[str] = ""
+    config_class: ClassVar[type[TokenizerConfig]] = TokenizerConfig
+
+    def __init__(self, config: TokenizerConfig | None = None, **overrides):
+        config = config or self.config_class(kind=self.kind)
+        for key, value in overrides.items():
+            if key not in {f.name for f in fields(config)}:
+                raise ConfigError(f"unknown {self.kind} tokenizer option '{key}'; valid: "
+                                  f"{', '.join(f.name for f in fields(config))}")
+            setattr(config, key, value)
+        config.kind = self.kind
+        config.validate()
+        self.config = config
+        self.symbol_scales: dict[str, np.ndarray] = {}
+        self.global_scale: np.ndarray | None = None
+        self.n_train_patches = 0
+        self.decode_table: np.ndarray | None = None  # (K, patch_len) scaled close returns
+        self._hash: str | None = None
+
+    # -- properties the rest of the package reads
+    @property
+    def vocab_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def patch_len(self) -> int:
+        return self.config.patch_len
+
+    @property
+    def n_features(self) -> int:
+        return len(FEATURES[self.config.features])
+
+    @property
+    def fitted(self) -> bool:
+        return self.decode_table is not None
+
+    @property
+    def train_end(self) -> pd.Timestamp | None:
+        return None if self.config.train_end is None else pd.Timestamp(self.config.train_end)
+
+    def scale(self, symbol: str | None = None) -> np.ndarray:
+        """Per-feature scale (n_features,) of `symbol`; the global scale for None or an unknown symbol."""
+        if self.global_scale is None:
+            self._require_fitted()
+        return self.symbol_scales.get(symbol, self.global_scale) if symbol is not None else self.global_scale
+
+    # -- fitting
+    def fit(self, frame: pd.DataFrame, train_end=None, *, progress: bool | None = None) -> Tokenizer:
+        """Fit on the train patches of `frame` (last bar <= train_end; default: the 70% cutoff of time_splits).
+
+        Data after `train_end` is never read, so a truncated frame gives the same tokenizer."""
+        t_end = parse_time(train_end, "--train-end") if train_end is not None else time_splits(frame).train_end
+        cutoff = _cutoff_ns(t_end)
+        per_symbol = bar_features(frame, self.config.features)
+        self._fit_scales({s: values[times <= cutoff] for s, (times, values) in per_symbol.items()}, t_end)
+        train = []
+        for symbol, (times, values) in per_symbol.items():
+            patches = cut_patches(symbol, times, values, self.patch_len)
+            train.append(patches.features[patches.ends <= cutoff] / self.scale(symbol))
+        x_train = np.concatenate(train) if train else np.zeros((0, self.patch_len, self.n_features))
+        if len(x_train) < self.vocab_size:
+            raise DataError(f"only {len(x_train)} complete train patches (of {self.patch_len} bars up to "
+                            f"train_end {iso(t_end)}) for a codebook of {self.vocab_size} codes; use more data, "
+                            "a later --train-end, a smaller --codebook-size or a smaller --patch-len")
+        self.config.train_end = iso(t_end)
+        self.n_train_patches = len(x_train)
+        self._hash = None
+        self._fit_scaled(x_train, progress=progress)
+        return self
+
+    def _fit_scales(self, train_values: dict[str, np.ndarray], t_end: pd.Timestamp) -> None:
+        names = FEATURES[self.config.features]
+        candidates = {s: v.std(axis=0) for s, v in train_values.items() if len(v) >= self.config.min_scale_returns}
+        if not candidates:
+            raise DataError(f"no symbol has {self.config.min_scale_returns} or more bars up to train_end "
+                            f"{iso(t_end)}; use a later --train-end or more history")
+        stacked = np.stack(list(candidates.values()))
+        valid = np.isfinite(stacked) & (stacked > 0)
+        if not valid[:, 0].any():
+            raise DataError(f"every log return up to train_end {iso(t_end)} is zero (constant prices); "
+                            "nothing to tokenize")
+        global_scale = np.ones(len(names))
+        for f in range(len(names)):
+            if valid[:, f].any():
+                global_scale[f] = float(np.median(stacked[valid[:, f], f]))
+        self.global_scale = global_scale
+        self.symbol_scales = {s: np.where(valid[i], stacked[i], global_scale)
+                              for i, s in enumerate(candidates) if valid[i, 0]}
+
+    def _fit_scaled(self, x_train: np.ndarray, *, progress: bool | None) -> None:
+        raise NotImplementedError
+
+    # -- encoding and decoding
+    def patchify(self, frame: pd.DataFrame) -> dict[str, Patches]:
+        """Every complete patch of every symbol (sorted by symbol), raw features."""
+        return {s: cut_patches(s, times, values, self.patch_len)
+                for s, (times, values) in bar_features(frame, self.config.features).items()}
+
+    def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Token ids (n_patches,) int64 per symbol of `frame`, symbols sorted."""
+        self._require_fitted()
+        return {s: self.encode_patches(p.features, s) for s, p in self.patchify(frame).items()}
+
+    def encode_patches(self, patches: np.ndarray, symbol: str | None = None) -> np.ndarray:
+        """Raw patches (n, patch_len) or (n, patch_len, n_features) of `symbol` -> ids (n,) int64."""
+        self._require_fitted()
+        x = np.asarray(patches, dtype=np.float64)
+        if x.ndim == 2:
+            x = x[:, :, None]
+        assert x.ndim == 3 and x.shape[1:] == (self.patch_len, self.n_features), \
+            f"patches must be (n, {self.patch_len}, {self.n_features}), got {x.shape}"
+        if len(x) == 0:
+            return np.zeros(0, dtype=np.int64)
+        ids = self._encode_scaled(x / self.scale(symbol))
+        assert ids.dtype == np.int64 and (len(ids) == 0 or 0 <= ids.min() <= ids.max() < self.vocab_size)
+        return ids
+
+    def _encode_scaled(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode(self, tokens, symbol: str | None = None) -> np.ndarray:
+        """Token ids (..., n) -> log returns (..., n * patch_len) in the units of `symbol` (global scale when None
+        or unknown)."""
+        self._require_fitted()
+        ids = np.asarray(tokens)
+        if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise TokenizerError(f"token ids must be integers in [0, {self.vocab_size}) for this tokenizer; got "
+                                 f"{ids.dtype} values in [{ids.min()}, {ids.max()}]")
+        returns = self.decode_table[ids.astype(np.int64)] * self.scale(symbol)[0]
+        return returns.reshape(*ids.shape[:-1], -1) if ids.ndim else returns
+
+    def reconstruct(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """decode(encode(frame)) per symbol: (n_patches, patch_len) log returns, for measuring the error."""
+        return {s: self.decode(ids, s).reshape(len(ids), self.patch_len) for s, ids in self.encode(frame).items()}
+
+    # -- files
+    def config_dict(self) -> dict:
+        self._require_fitted()
+        return {**asdict(self.config), "format_version": FORMAT_VERSION,
+                "feature_names": list(FEATURES[self.config.features]),
+                "n_train_patches": self.n_train_patches,
+                "scales": {"global": [float(v) for v in self.global_scale],
+                           "symbols": {s: [float(v) for v in scale] for s, scale in self.symbol_scales.items()}}}
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def to_bytes(self) -> tuple[bytes, bytes]:
+        """The exact bytes of config.json and model.safetensors."""
+        config = (json.dumps(self.config_dict(), indent=2, allow_nan=False) + "\n").encode("utf-8")
+        tensors = {name: t.detach().contiguous() for name, t in self._tensors().items()}
+        return config, safetensors.torch.save(tensors, metadata={"format": "pt", "kind": self.kind})
+
+    @property
+    def hash(self) -> str:
+        """sha256 over the bytes of config.json followed by model.safetensors."""
+        if self._hash is None:
+            config, weights = self.to_bytes()
+            self._hash = hashlib.sha256(config + weights).hexdigest()
+        return self._hash
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        config, weights = self.to_bytes()
+        write_bytes(directory / WEIGHTS_FILE, weights)
+        write_bytes(directory / CONFIG_FILE, config)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> Tokenizer:
+        """Load a saved tokenizer; a missing, truncated or corrupted directory is a TokenizerError."""
+        directory = Path(directory)
+        config_bytes, weights_bytes = _read_files(directory)
+        try:
+            raw = json.loads(config_bytes)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise TokenizerError(f"{directory / CONFIG_FILE} is not valid JSON ({err}); the tokenizer directory is "
+                                 "corrupted: fit it again with `pricegpt tokenizer fit`") from err
+        kind = raw.get("kind") if isinstance(raw, dict) else None
+        if kind not in _KINDS:
+            raise TokenizerError(f"{directory / CONFIG_FILE}: unknown tokenizer kind {kind!r}; "
+                                 f"expected one of {', '.join(sorted(_KINDS))}")
+        target = _KINDS[kind]
+        if cls is not Tokenizer and not issubclass(target, cls):
+            raise TokenizerError(f"{directory} holds a {kind} tokenizer, not a {cls.kind} one; use load_tokenizer")
+        try:
+            tokenizer = target._from_files(raw, weights_bytes)
+        except (KeyError, TypeError, ValueError, ConfigError, AssertionError, RuntimeError) as err:
+            raise TokenizerError(f"{directory}: tokenizer files are inconsistent or corrupted ({err}); "
+                                 "fit the tokenizer again with `pricegpt tokenizer fit`") from err
+        tokenizer._hash = hashlib.sha256(config_bytes + weights_bytes).hexdigest()
+        return tokenizer
+
+    @classmethod
+    def _from_files(cls, raw: dict, weights_bytes: bytes) -> Tokenizer:
+        names = {f.name for f in fields(cls.config_class)}
+        config = cls.config_class(**{k: v for k, v in raw.items() if k in names})
+        config.validate()
+        tokenizer = cls(config)
+        n_features = tokenizer.n_features
+        scales = raw["scales"]
+        tokenizer.global_scale = _scale_vector(scales["global"], n_features)
+        tokenizer.symbol_scales = {str(s): _scale_vector(v, n_features) for s, v in scales["symbols"].items()}
+        tokenizer.n_train_patches = int(raw["n_train_patches"])
+        try:
+            tensors = safetensors.torch.load(weights_bytes)
+        except Exception as err:  # safetensors raises its own error types for truncated or garbled files
+            raise ValueError(f"{WEIGHTS_FILE} cannot be read: {err}") from err
+        tokenizer._load_tensors(tensors)
+        assert tokenizer.decode_table is not None and tokenizer.decode_table.shape == (
+            tokenizer.vocab_size, tokenizer.patch_len), "decode table does not match the config"
+        return tokenizer
+
+    def _require_fitted(self) -> None:
+        if self.decode_table is None:
+            raise TokenizerError(f"the {self.kind} tokenizer is not fitted; call fit() or load one with "
+                                 "load_tokenizer(DIR)")
+
+    def __repr__(self) -> str:
+        state = f"train_end={self.config.train_end}" if self.fitted else "unfitted"
+        return (f"{type(self).__name__}(K={self.vocab_size}, patch_len={self.patch_len}, "
+                f"features={self.config.features!r}, {state})")
+
+
+def _scale_vector(values, n_features: int) -> np.ndarray:
+    scale = np.asarray(values, dtype=np.float64)
+    if scale.shape != (n_features,) or not np.all(np.isfinite(scale) & (scale > 0)):
+        raise ValueError(f"a scale must be {n_features} positive numbers, got {values!r}")
+    return scale
+
+
+def _read_files(directory: Path) -> tuple[bytes, bytes]:
+    if not directory.is_dir():
+        raise TokenizerError(f"{directory}: no such tokenizer directory; fit one with `pricegpt tokenizer fit`")
+    out = []
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        try:
+            out.append((directory / name).read_bytes())
+        except OSError as err:
+            raise TokenizerError(f"{directory / name} cannot be read ({err.strerror or err}); the tokenizer "
+                                 "directory is incomplete: fit it again with `pricegpt tokenizer fit`") from err
+    return out[0], out[1]
+
+
+def create_tokenizer(kind: str = "vqvae", **options) -> Tokenizer:
+    """An unfitted tokenizer of `kind` ("vqvae", "quantile", "uniform"); options are config fields."""
+    if kind not in _KINDS:
+        raise ConfigError(f"unknown tokenizer kind '{kind}'; use one of {', '.join(sorted(_KINDS))}")
+    return _KINDS[kind](**options)
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Load any kind from DIR/config.json + DIR/model.safetensors (dispatches on the saved kind)."""
+    return Tokenizer.from_pretrained(directory)

@@ -1,0 +1,166 @@
+"""Training and validation windows cut from a token store.
+
+A window is `sequence_len + 1` consecutive tokens of one symbol inside one split: inputs are its first
+`sequence_len` tokens, targets the last `sequence_len`. Windows never cross a symbol boundary or a split
+boundary, because each (symbol, split) piece is a separate segment and a window start is only drawn where the
+whole window fits in its segment.
+
+The batch of optimizer step `s` is a pure function of (seed, s): `WindowSet.sample_ids(seed, s, n)`. Nothing
+about the data order needs saving for an exact resume, and every process of a distributed run computes the same
+global batch and takes its own slice of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+log = logging.getLogger("pricegpt")
+
+MIN_CONTEXT = 16  # a window shorter than this many context tokens is not worth training on
+
+
+class WindowSet:
+    """All windows of `length` tokens lying entirely inside one of `segments` (1-D integer arrays).
+
+    Window ids 0 .. num_windows-1 enumerate them segment after segment; segments shorter than a window hold none.
+    """
+
+    def __init__(self, segments: list[np.ndarray], length: int):
+        assert length >= 2, f"a window needs an input and a target token, got length {length}"
+        self.length = length
+        lengths = np.array([len(s) for s in segments], dtype=np.int64)
+        self.segment_offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self.window_counts = np.maximum(lengths - length + 1, 0)
+        self.cum_windows = np.cumsum(self.window_counts)
+        self.num_windows = int(self.cum_windows[-1]) if len(segments) else 0
+        flat = np.concatenate(segments) if segments else np.zeros(0, dtype=np.int64)
+        self.tokens = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.int32))
+        self._positions = torch.arange(length, dtype=torch.int64)
+
+    def window_starts(self, window_ids: np.ndarray) -> np.ndarray:
+        """Positions in `self.tokens` where the windows with these ids start."""
+        window_ids = np.asarray(window_ids, dtype=np.int64)
+        assert window_ids.size == 0 or (window_ids.min() >= 0 and window_ids.max() < self.num_windows), \
+            f"window ids must lie in [0, {self.num_windows})"
+        segment = np.searchsorted(self.cum_windows, window_ids, side="right")
+        first_id = self.cum_windows[segment] - self.window_counts[segment]
+        return self.segment_offsets[segment] + (window_ids - first_id)
+
+    def gather(self, window_ids: np.ndarray) -> torch.Tensor:
+        """The windows as an int64 tensor of shape (len(window_ids), length)."""
+        starts = torch.from_numpy(self.window_starts(window_ids))
+        return self.tokens[starts.unsqueeze(1) + self._positions].long()
+
+    def sample_ids(self, seed: int, step: int, n: int) -> np.ndarray:
+        """n window ids drawn uniformly (with replacement) for optimizer step `step`: a pure function of its args."""
+        return np.random.default_rng([seed, step]).integers(0, self.num_windows, size=n)
+
+    def eval_ids(self, n: int) -> np.ndarray:
+        """Up to n window ids spread evenly over the whole set (all of them when there are fewer)."""
+        if n >= self.num_windows:
+            return np.arange(self.num_windows)
+        return np.linspace(0, self.num_windows - 1, n).round().astype(np.int64)
+
+
+@dataclass
+class TokenData:
+    """The train and validation windows of a token source, and what a checkpoint records about the source."""
+
+    train: WindowSet
+    val: WindowSet
+    source: dict = field(default_factory=dict)  # path, train_end, val_end, tokenizer_hash, vocab_size, ...
+    tokenizer_dir: Path | None = None
+
+    @classmethod
+    def from_series(cls, series: dict[str, tuple[np.ndarray, dict]], sequence_len: int, vocab_size: int,
+                    source: dict | None = None, tokenizer_dir: Path | None = None, where: str = "tokens"):
+        """series: symbol -> (tokens, {"train": (start, stop), "val": (start, stop), ...}) with index ranges."""
+        check_vocab(series, vocab_size, where)
+        windows = {}
+        for split in ("train", "val"):
+            segments = []
+            for symbol, (tokens, bounds) in series.items():
+                start, stop = bounds.get(split, (0, 0))
+                assert 0 <= start <= stop <= len(tokens), f"{symbol} {split} bounds {bounds[split]} outside 0..{len(tokens)}"
+                segments.append(np.asarray(tokens[start:stop]))
+            length = window_length(segments, sequence_len + 1, split, where)
+            windows[split] = WindowSet(segments, length)
+        n_tokens = {split: int(sum(stop - start for _, b in series.values() for start, stop in [b.get(split, (0, 0))]))
+                    for split in ("train", "val")}
+        source = {**(source or {}), "symbols": list(series), "train_tokens": n_tokens["train"],
+                  "val_tokens": n_tokens["val"]}
+        return cls(train=windows["train"], val=windows["val"], source=source, tokenizer_dir=tokenizer_dir)
+
+
+def read_token_source(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarray, dict]], dict, Path | None]:
+    """Open a token store directory or a plain .txt token file: (series, source record, tokenizer dir or None).
+
+    series: symbol -> (tokens, split bounds); the source record is what checkpoints and RUN/model/meta.json keep.
+    """
+    from ..tokenizer import TokenStore
+
+    store = TokenStore.open(path)
+    series = {symbol: (store.tokens(symbol), store.split_bounds(symbol)) for symbol in store.symbols}
+    tokenizer_dir = getattr(store, "tokenizer_dir", None)
+    source = {
+        "tokens": str(Path(path).resolve()),
+        "train_end": _plain(getattr(store, "train_end", None)),
+        "val_end": _plain(getattr(store, "val_end", None)),
+        "tokenizer_hash": getattr(store, "tokenizer_hash", None),
+        "vocab_size": _plain(getattr(store, "vocab_size", None)),
+        "patch_len": _plain(getattr(store, "patch_len", None)),
+    }
+    return series, source, Path(tokenizer_dir) if tokenizer_dir else None
+
+
+def check_vocab(series: dict[str, tuple[np.ndarray, dict]], vocab_size: int, where: str) -> None:
+    """DataError unless every token id lies in [0, vocab_size): the only pass over all tokens."""
+    for symbol, (tokens, _) in series.items():
+        if len(tokens) == 0:
+            continue
+        if not np.issubdtype(np.asarray(tokens).dtype, np.integer):
+            raise DataError(f"{where}: tokens of {symbol} are not integers (dtype {np.asarray(tokens).dtype})")
+        lo, hi = int(np.min(tokens)), int(np.max(tokens))
+        if lo < 0 or hi >= vocab_size:
+            raise DataError(
+                f"{where}: symbol {symbol} has token ids in [{lo}, {hi}] but the model's vocabulary is "
+                f"[0, {vocab_size}); set model.vocab_size={hi + 1} or use tokens from the model's tokenizer"
+            )
+
+
+def window_length(segments: list[np.ndarray], wanted: int, split: str, where: str) -> int:
+    """`wanted` when some segment holds a full window; else the longest segment if it gives MIN_CONTEXT tokens of
+    context; else a DataError saying how many tokens are needed."""
+    longest = max((len(s) for s in segments), default=0)
+    if longest >= wanted:
+        return wanted
+    needed = min(wanted, MIN_CONTEXT + 1)
+    if longest >= needed:
+        log.warning(f"{where}: no symbol has {wanted} tokens (model.sequence_len + 1) in its {split} split; the "
+                    f"longest has {longest}, so {split} windows are {longest} tokens long. Set "
+                    f"model.sequence_len={longest - 1} or less to silence this.")
+        return longest
+    raise DataError(
+        f"{where}: the {split} split is too short: a {split} window needs {needed} consecutive tokens of one symbol "
+        f"(model.sequence_len={wanted - 1}), the longest {split} series has {longest}; use more data, a longer "
+        f"{split} split, or a smaller model.sequence_len"
+    )
+
+
+def _plain(value):
+    """Timestamps and numpy scalars as JSON-friendly values."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)

@@ -1,0 +1,84 @@
+"""Distributed data parallel helpers for `torchrun --nproc-per-node=N -m pricegpt train ...`.
+
+torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for every process; the process group is
+initialised from them (env://), so multi-node runs work exactly as torchrun's own documentation describes.
+NCCL on CUDA, gloo on CPU. Without those variables everything here is a no-op on a world of one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_env() -> DistInfo:
+    """This process's place in the world, from torchrun's environment variables."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    return DistInfo(rank=int(os.environ["RANK"]), local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                    world_size=world_size)
+
+
+def init(info: DistInfo, device: torch.device) -> None:
+    """Join the process group (once) when this is one process of several."""
+    if not info.enabled or torch_dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch_dist.init_process_group(backend="nccl", init_method="env://", device_id=device)
+    else:
+        torch_dist.init_process_group(backend="gloo", init_method="env://")
+
+
+def shutdown() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled and torch_dist.is_initialized():
+        torch_dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum `tensor` over all processes in place (no-op on one process) and return it."""
+    if info.enabled:
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_process(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every process when `flag` is true on at least one (e.g. a Ctrl-C seen by one rank)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device, dtype=torch.int32)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast_error(message: str | None, info: DistInfo) -> str | None:
+    """Rank 0's error message (or None) on every process, so all ranks raise the same user error together."""
+    if not info.enabled:
+        return message
+    box = [message]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]

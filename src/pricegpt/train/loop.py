@@ -1,0 +1,455 @@
+"""The trainer: `train_run(tokens=, out=, ...)` for the CLI, `Trainer` for Python.
+
+One optimizer step of step index s:
+  window ids = WindowSet.sample_ids(seed, s, global_batch)   pure function of (seed, s): exact resume, and the same
+                                                             global batch whatever the number of processes
+  dropout RNG = torch.manual_seed(f(seed, s, rank))          also a pure function of the step
+  for each micro-batch (grad accumulation; DDP syncs gradients on the last one): forward, backward
+  clip the global gradient norm, step AdamW (or Muon + AdamW) at lr = peak * lr_factor(s)
+
+Every `eval_every` steps (and at step 0 and the last step) the validation loss is measured on a fixed, evenly
+spread set of validation windows; a better loss replaces RUN/model. Every `save_every` steps, at the end and on
+Ctrl-C / SIGTERM, RUN/checkpoints/last is replaced atomically. Only rank 0 logs and writes.
+Host syncs happen only at log, eval and checkpoint steps: the training loss accumulates on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import RunConfig, apply_overrides, explicit_keys, load_config, resolve_config, save_config
+from ..errors import CheckpointError, ConfigError, OutputExistsError
+from ..fileio import write_json
+from ..model.gpt import GPT
+from . import dist
+from .checkpoint import (
+    META_FILE,
+    MODEL_DIR,
+    copy_tokenizer,
+    find_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_best_model,
+    save_checkpoint,
+    set_rng_state,
+)
+from .data import TokenData, read_token_source
+from .metrics import MetricsLog
+from .optim import build_optimizers, lr_factor, set_lr
+
+log = logging.getLogger("pricegpt")
+
+CONFIG_FILE = "config.yaml"
+FORMAT_VERSION = 1
+# bf16 dense peak FLOP/s of common accelerators, for MFU when train.peak_flops is 0 (CPUs: unknown, left empty)
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,
+              "RTX 4090": 165e12, "RTX 3090": 71e12}
+# source-record keys that must match for a resumed run to continue the same run on the same data
+RESUME_KEYS = ("tokenizer_hash", "train_end", "val_end", "train_tokens", "val_tokens", "symbols")
+
+
+class Trainer:
+    """Trains a GPT on `data` into `run_dir`. `Trainer(config, data, run_dir).train()` -> result dict."""
+
+    def __init__(self, config: RunConfig, data: TokenData, run_dir: str | os.PathLike, *,
+                 dist_info: dist.DistInfo | None = None):
+        self.config, self.data, self.run_dir = config, data, Path(run_dir)
+        self.dist = dist_info or dist.DistInfo()
+        t = config.train
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        self.device = pick_device(t.device, self.dist)
+        dist.init(self.dist, self.device)
+        self.accum_steps = t.grad_accum_steps(self.dist.world_size)
+        self.global_batch = t.batch_size * self.dist.world_size * self.accum_steps
+        self.tokens_per_step = self.global_batch * (data.train.length - 1)
+
+        torch.manual_seed(t.seed)  # the same initial weights on every process
+        self.model = GPT(config.model).to(self.device)
+        self.optimizers = build_optimizers(self.model, t)
+        self.forward_model = torch.compile(self.model) if t.compile else self.model
+        if self.dist.enabled:
+            self.forward_model = DistributedDataParallel(
+                self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.autocast_dtype = torch.bfloat16 if t.dtype == "bf16" else None
+
+        self.step = 0  # optimizer steps done
+        self.best_val_loss: float | None = None
+        self.best_step: int | None = None
+        self.evals_since_best = 0
+        self.last_val_loss: float | None = None
+        self.last_train_loss: float | None = None
+        self.stopped_early = False
+        self.interrupted = False
+        self._stop_signal: int | None = None
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_count = 0
+        self.metrics = MetricsLog(self.run_dir, vocab_size=config.model.vocab_size,
+                                  tensorboard=t.tensorboard) if self.dist.is_main else None
+        self.peak_flops = t.peak_flops or _known_peak_flops(self.device)
+
+    # --------------------------------------------------------------------------------------------- resume
+    def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
+        """Continue from RUN/checkpoints/last (or `path`): weights, optimizer state, step, best loss, RNG states."""
+        path = Path(path) if path else find_checkpoint(self.run_dir)
+        if path is None:
+            raise CheckpointError(f"{self.run_dir} has no checkpoint to resume from "
+                                  f"(expected {self.run_dir / 'checkpoints' / 'last' / META_FILE})")
+        weights, state, meta = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(weights)
+            for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+                optimizer.load_state_dict(saved)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"checkpoint {path} does not fit this model and optimizer ({err}); "
+                                  f"resume with the run's own config.yaml") from err
+        if state["global_batch_size"] != self.global_batch:
+            raise ConfigError(f"checkpoint {path} was trained with a global batch of {state['global_batch_size']} "
+                              f"windows, this run has {self.global_batch}; set train.global_batch_size="
+                              f"{state['global_batch_size']} to continue the same run")
+        self.step = int(state["step"])
+        self.best_val_loss, self.best_step = state["best_val_loss"], state["best_step"]
+        self.evals_since_best = int(state["evals_since_best"])
+        self.last_val_loss = state.get("last_val_loss")
+        set_rng_state(state["rng"])
+        if self.metrics is not None:
+            self.metrics.resume(self.step)
+
+    def _trainer_state(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "evals_since_best": self.evals_since_best,
+            "last_val_loss": self.last_val_loss,
+            # the data position: batches are a pure function of (seed, step) and the global batch size
+            "data": {"seed": self.config.train.seed, "step": self.step},
+            "global_batch_size": self.global_batch,
+            "schedule": {"lr_factor": self._lr_factor(max(self.step - 1, 0))},
+            "rng": rng_state(),
+        }
+
+    def _meta(self, **extra) -> dict:
+        return {"format_version": FORMAT_VERSION, "step": self.step, "max_steps": self.config.train.max_steps,
+                "best_val_loss": self.best_val_loss, "best_step": self.best_step,
+                "world_size": self.dist.world_size, "global_batch_size": self.global_batch,
+                **self.data.source, **extra}
+
+    def save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir, self.model, self._trainer_state(), self._meta())
+            self.metrics.flush(plot=False)
+        dist.barrier(self.dist)
+
+    # ------------------------------------------------------------------------------------------------ train
+    def _lr_factor(self, step: int) -> float:
+        t = self.config.train
+        return lr_factor(step, t.warmup_steps, t.max_steps, t.min_lr_frac)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _batch(self, windows, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = windows.gather(ids)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return batch[:, :-1], batch[:, 1:]
+
+    def train_step(self) -> None:
+        """One optimizer step on the global batch of step `self.step`."""
+        t, step, rank, world = self.config.train, self.step, self.dist.rank, self.dist.world_size
+        ids = self.data.train.sample_ids(t.seed, step, self.global_batch)
+        torch.manual_seed(_step_seed(t.seed, step, rank))  # dropout: a pure function of the step too
+        set_lr(self.optimizers, self._lr_factor(step))
+        B = t.batch_size
+        for micro in range(self.accum_steps):
+            lo = (micro * world + rank) * B
+            x, y = self._batch(self.data.train, ids[lo : lo + B])
+            last = micro == self.accum_steps - 1
+            no_sync = self.forward_model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
+            with no_sync:
+                with self._autocast():
+                    loss = self.forward_model(x, y)
+                (loss / self.accum_steps).backward()
+            self._loss_sum += loss.detach()
+            self._loss_count += 1
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        for optimizer in self.optimizers:
+            optimizer.step()
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over a fixed, evenly spread set of validation windows (all processes together)."""
+        t, rank, world = self.config.train, self.dist.rank, self.dist.world_size
+        ids = self.data.val.eval_ids(t.eval_batches * self.global_batch)[rank::world]
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)
+        self.model.eval()
+        for lo in range(0, len(ids), t.batch_size):
+            x, y = self._batch(self.data.val, ids[lo : lo + t.batch_size])
+            with self._autocast():
+                loss = self.model(x, y)
+            total[0] += loss.double() * len(x)
+            total[1] += len(x)
+        self.model.train()
+        dist.all_reduce_sum(total, self.dist)
+        return (total[0] / total[1]).item()
+
+    def _take_train_loss(self) -> float | None:
+        if not self._loss_count:
+            return None
+        total = torch.stack([self._loss_sum.double(), torch.tensor(float(self._loss_count), device=self.device,
+                                                                 dtype=torch.float64)])
+        dist.all_reduce_sum(total, self.dist)
+        self._loss_sum.zero_()
+        self._loss_count = 0
+        return (total[0] / total[1]).item()
+
+    def _after_eval(self, val_loss: float) -> None:
+        self.last_val_loss = val_loss
+        if self.best_val_loss is None or val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_step, self.evals_since_best = val_loss, self.step, 0
+            if self.dist.is_main:
+                meta = self._meta(val_loss=val_loss, train_loss=self.last_train_loss, finished=False)
+                save_best_model(self.run_dir, self.model, meta, self.data.tokenizer_dir)
+        else:
+            self.evals_since_best += 1
+        patience = self.config.train.early_stopping_patience
+        if patience and self.evals_since_best >= patience:
+            self.stopped_early = True
+
+    def train(self) -> dict:
+        """Train from `self.step` to `train.max_steps` (or early stopping, or a signal); return the result."""
+        from tqdm.auto import tqdm
+
+        t = self.config.train
+        show = self.dist.is_main
+        bar = tqdm(total=t.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (show and sys.stderr.isatty()))
+        say = (bar.write if not bar.disable else log.info) if show else (lambda *_: None)
+        say(self._describe())
+        started = time.perf_counter()
+        with self._signals_caught():
+            if self.step == 0 and self.best_val_loss is None:
+                val_loss = self.evaluate()
+                self._after_eval(val_loss)
+                self._log(0, val_loss=val_loss, lr=0.0)
+                say(f"step 0: val loss {val_loss:.4f} (uniform: ln {self.config.model.vocab_size} = "
+                    f"{math.log(self.config.model.vocab_size):.4f})")
+            interval_start, interval_steps = time.perf_counter(), 0
+            while self.step < t.max_steps and not self.stopped_early:
+                self.train_step()
+                interval_steps += 1
+                bar.update(1)
+                step, done = self.step, self.step >= t.max_steps
+                is_eval = step % t.eval_every == 0 or done
+                if step % t.log_every == 0 or is_eval:
+                    elapsed = time.perf_counter() - interval_start
+                    tok_per_s = interval_steps * self.tokens_per_step / max(elapsed, 1e-9)
+                    self.last_train_loss = self._take_train_loss()
+                    mfu = (self.model.flops_per_token(self.data.train.length - 1) * tok_per_s / self.peak_flops
+                           if self.peak_flops else None)
+                    lr = self._lr_factor(step - 1) * t.lr
+                    self._log(step, lr=lr, train_loss=self.last_train_loss, tok_per_s=tok_per_s, mfu=mfu)
+                    bar.set_postfix(loss=f"{self.last_train_loss:.4f}", lr=f"{lr:.2e}",
+                                    tok_s=f"{tok_per_s:,.0f}", refresh=False)
+                    interval_start, interval_steps = time.perf_counter(), 0
+                if is_eval:
+                    val_loss = self.evaluate()
+                    self._after_eval(val_loss)
+                    self._log(step, val_loss=val_loss)
+                    say(f"step {step}/{t.max_steps}: train loss {self.last_train_loss:.4f}, val loss "
+                        f"{val_loss:.4f} (best {self.best_val_loss:.4f} at step {self.best_step})")
+                    if self.metrics is not None:
+                        self.metrics.flush()
+                    if self.stopped_early:
+                        say(f"early stopping: no better validation loss in {t.early_stopping_patience} evaluations")
+                stop = dist.any_process(self._stop_signal is not None, self.dist, self.device)
+                if step % t.save_every == 0 or done or stop or self.stopped_early:
+                    self.save_checkpoint()
+                if is_eval or step % t.save_every == 0:
+                    interval_start, interval_steps = time.perf_counter(), 0  # tokens/s: training time only
+                if stop:
+                    self.interrupted = True
+                    name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another rank"
+                    say(f"stopped by {name} at step {step}: checkpoint saved; continue with --resume")
+                    break
+        bar.close()
+        finished = not self.interrupted
+        if self.dist.is_main:
+            self._mark_model(finished)
+            self.metrics.flush()
+            self.metrics.close()
+        dist.barrier(self.dist)
+        return {"best_val_loss": self.best_val_loss, "best_step": self.best_step, "steps": self.step,
+                "out": str(self.run_dir), "model_dir": str(self.run_dir / MODEL_DIR),
+                "final_train_loss": self.last_train_loss, "final_val_loss": self.last_val_loss,
+                "stopped_early": self.stopped_early, "interrupted": self.interrupted,
+                "seconds": time.perf_counter() - started}
+
+    # ------------------------------------------------------------------------------------------- plumbing
+    def _log(self, step: int, **values) -> None:
+        if self.metrics is not None:
+            self.metrics.log(step, **values)
+
+    def _mark_model(self, finished: bool) -> None:
+        """Record in RUN/model/meta.json whether training finished (the pipeline resumes unfinished runs)."""
+        import json
+
+        path = self.run_dir / MODEL_DIR / META_FILE
+        if path.is_file():
+            meta = json.loads(path.read_text())
+            write_json(path, {**meta, "finished": finished, "steps_trained": self.step})
+
+    def _describe(self) -> str:
+        m, t = self.config.model, self.config.train
+        return (f"training {self.model.num_params():,} parameters ({m.n_layer} layers, n_embd {m.n_embd}) on "
+                f"{self.device} x{self.dist.world_size}, {t.dtype}, {t.optimizer}; global batch {self.global_batch} "
+                f"windows x {self.data.train.length - 1} tokens (accumulation {self.accum_steps}); "
+                f"{self.data.train.num_windows:,} train / {self.data.val.num_windows:,} val windows; "
+                f"steps {self.step} -> {t.max_steps}")
+
+    @contextlib.contextmanager
+    def _signals_caught(self):
+        """SIGINT / SIGTERM finish the current step, save a checkpoint and return; a second Ctrl-C aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+# -------------------------------------------------------------------------------------------------- train_run
+def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | None = None,
+              config_file: str | os.PathLike | None = None, overrides: list[str] | None = None,
+              max_steps: int | None = None, resume: bool = False, allow_existing: bool = False) -> dict:
+    """Train on a token store directory or .txt token file into run directory `out`; see the module docstring.
+
+    A fresh run refuses an existing non-empty `out` (OutputExistsError) unless `allow_existing` (the pipeline's
+    run directory, which already holds the tokenizer and tokens) and `out` holds no model or checkpoint yet.
+    `resume` continues RUN/checkpoints/last with RUN/config.yaml (plus `overrides` / `max_steps`; the model
+    section cannot change) and reproduces the uninterrupted run exactly.
+    Returns {"best_val_loss", "best_step", "steps", "out", "model_dir", ...}.
+    """
+    out = Path(out)
+    info = dist.dist_env()
+    try:
+        if resume:
+            config, checkpoint = _resume_config(out, preset, config_file, overrides, max_steps)
+            explicit = {"model.vocab_size"}
+        else:
+            _check_fresh_out(out, allow_existing)
+            config = resolve_config(preset, config_file, overrides, max_steps)
+            explicit, checkpoint = explicit_keys(config_file, overrides), None
+        series, source, tokenizer_dir = read_token_source(tokens)
+        if "model.vocab_size" not in explicit and source.get("vocab_size"):
+            config.model = dataclasses.replace(config.model, vocab_size=int(source["vocab_size"]))
+        data = TokenData.from_series(series, config.model.sequence_len, config.model.vocab_size, source=source,
+                                     tokenizer_dir=tokenizer_dir, where=str(tokens))
+        if checkpoint is not None:
+            _check_same_data(checkpoint, data.source)
+        trainer = Trainer(config, data, out, dist_info=info)
+        if checkpoint is not None:
+            trainer.load_checkpoint(checkpoint)
+        dist.barrier(info)  # every process has checked `out` before rank 0 writes to it
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(config, out / CONFIG_FILE)
+            copy_tokenizer(out, data.tokenizer_dir)
+        return trainer.train()
+    finally:
+        dist.shutdown()
+
+
+def _check_fresh_out(out: Path, allow_existing: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputExistsError(f"--out {out} exists and is not a directory; choose another --out")
+    if allow_existing:
+        taken = [name for name in (MODEL_DIR, "checkpoints") if (out / name).exists()]
+        if taken:
+            raise OutputExistsError(f"{out} already holds training output ({', '.join(taken)}); resume it with "
+                                    f"--resume or choose another --out")
+    elif any(out.iterdir()):
+        raise OutputExistsError(f"run directory {out} already exists and is not empty; choose another --out, "
+                                f"remove it, or continue it with --resume")
+
+
+def _resume_config(out: Path, preset, config_file, overrides, max_steps) -> tuple[RunConfig, Path]:
+    if preset or config_file:
+        raise ConfigError("--resume continues with the run's own config.yaml; drop --preset/--config "
+                          "(use --set or --max-steps to change training settings)")
+    checkpoint = find_checkpoint(out)
+    if checkpoint is None:
+        raise CheckpointError(f"cannot resume {out}: it has no checkpoint (expected "
+                              f"{out / 'checkpoints' / 'last' / META_FILE}); start a new run without --resume")
+    if not (out / CONFIG_FILE).is_file():
+        raise CheckpointError(f"cannot resume {out}: {out / CONFIG_FILE} is missing")
+    saved = load_config(out / CONFIG_FILE)
+    config = apply_overrides(saved, overrides or [])
+    if config.model != saved.model:
+        raise ConfigError("--resume cannot change the model section (the checkpoint's weights fix its shape); "
+                          "drop the model.* overrides")
+    if max_steps is not None:
+        config.train = dataclasses.replace(config.train, max_steps=max_steps)
+    return config, checkpoint
+
+
+def _check_same_data(checkpoint: Path, source: dict) -> None:
+    import json
+
+    meta = json.loads((checkpoint / META_FILE).read_text())
+    changed = [key for key in RESUME_KEYS if key in meta and meta[key] != source.get(key)]
+    if changed:
+        details = "; ".join(f"{k}: checkpoint {meta[k]!r}, now {source.get(k)!r}" for k in changed)
+        raise CheckpointError(f"--tokens is not the data checkpoint {checkpoint} was trained on ({details}); "
+                              f"resume with the same tokens ({meta.get('tokens')})")
+
+
+def pick_device(name: str, info: dist.DistInfo) -> torch.device:
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
+    return torch.device("cuda", info.local_rank)
+
+
+def _known_peak_flops(device: torch.device) -> float:
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), 0.0)
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)

@@ -1,0 +1,150 @@
+"""Generation: KV cache vs recompute, cropping, seeds, top-k / top-p, argument checks."""
+
+import pytest
+import torch
+
+from pricegpt.errors import ConfigError, DataError
+from pricegpt.model import GPT, Engine, GPTConfig, KVCache, sample_next_token
+
+
+def tiny_model(seed: int = 0, **overrides) -> GPT:
+    # Random head and projections (not the zero init), so every generated token depends on the context.
+    base = dict(sequence_len=16, vocab_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                zero_init_proj=False, zero_init_head=False)
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**base, **overrides})).eval()
+
+
+@pytest.mark.parametrize("context_len, new_tokens", [(5, 8), (10, 40), (16, 3), (30, 25)])
+def test_cached_and_uncached_greedy_generation_are_identical(context_len, new_tokens):
+    # (10, 40), (16, 3) and (30, 25) overflow sequence_len=16: the window refills and both paths must agree.
+    model = tiny_model()
+    contexts = torch.randint(0, 32, (2, context_len))
+    cached = model.generate(contexts, new_tokens, num_samples=2, temperature=0.0)
+    uncached = model.generate(contexts, new_tokens, num_samples=2, temperature=0.0, use_cache=False)
+    assert cached.shape == (2, 2, new_tokens) and cached.dtype == torch.long
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached[:, 0], cached[:, 1])  # greedy: every sample of a context is the same path
+
+
+def test_cached_and_uncached_seeded_sampling_are_identical():
+    model = tiny_model()
+    contexts = torch.randint(0, 32, (2, 12))
+    kwargs = dict(num_samples=4, temperature=1.0, seed=123)
+    cached = model.generate(contexts, 30, **kwargs)
+    uncached = model.generate(contexts, 30, use_cache=False, **kwargs)
+    assert torch.equal(cached, uncached)
+    assert not torch.equal(cached[:, 0], cached[:, 1])  # samples of one context differ from each other
+
+
+def test_refill_window_matches_a_fresh_forward_over_the_kept_tokens():
+    # After the window refills, the next token is what a plain forward over the last refill_len tokens predicts.
+    model = tiny_model()
+    context = torch.randint(0, 32, (1, 16))
+    path = model.generate(context, 2, temperature=0.0)[0, 0]
+    with torch.no_grad():
+        first = model(context)[0, -1].argmax()
+        window = torch.cat([context[0], path[:1]])[-12:]  # refill_len = 16 - 16 // 4
+        second = model(window[None])[0, -1].argmax()
+    assert path.tolist() == [first.item(), second.item()]
+
+
+def test_same_seed_same_samples_different_seed_different_samples():
+    model = tiny_model()
+    context = [1, 2, 3, 4, 5]
+    a = model.generate(context, 20, num_samples=8, seed=7)
+    b = model.generate(context, 20, num_samples=8, seed=7)
+    c = model.generate(context, 20, num_samples=8, seed=8)
+    d, e = model.generate(context, 20, num_samples=8), model.generate(context, 20, num_samples=8)
+    assert a.shape == (1, 8, 20)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert not torch.equal(d, e)  # seed=None draws fresh randomness
+
+
+def test_contexts_longer_than_sequence_len_keep_their_last_tokens():
+    model = tiny_model()
+    long_context = torch.randint(0, 32, (2, 40))
+    for use_cache in (True, False):
+        a = model.generate(long_context, 10, num_samples=3, seed=0, use_cache=use_cache)
+        b = model.generate(long_context[:, -16:], 10, num_samples=3, seed=0, use_cache=use_cache)
+        assert torch.equal(a, b)
+
+
+def test_context_forms_and_bad_ids():
+    model = tiny_model()
+    as_list = model.generate([3, 1, 4, 1, 5], 4, temperature=0.0)
+    as_1d = model.generate(torch.tensor([3, 1, 4, 1, 5]), 4, temperature=0.0)
+    assert as_list.shape == (1, 1, 4) and torch.equal(as_list, as_1d)
+    with pytest.raises(DataError, match="vocab_size=32"):
+        model.generate([3, 32], 4)
+    with pytest.raises(DataError):
+        model.generate([-1, 3], 4)
+    with pytest.raises(DataError):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5), dict(num_samples=0)]
+)
+def test_bad_sampling_arguments_are_config_errors(kwargs):
+    with pytest.raises(ConfigError):
+        tiny_model().generate([1, 2], 3, **kwargs)
+
+
+def test_generation_restores_training_mode_and_max_new_tokens_zero():
+    model = tiny_model().train()
+    out = model.generate([1, 2, 3], 0, num_samples=5)
+    assert out.shape == (1, 5, 0)
+    model.generate([1, 2, 3], 2)
+    assert model.training
+
+
+def test_top_k_never_samples_outside_the_top_k():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.5, -1.0, 2.0, 0.5, 1.5]]).repeat(4000, 1)
+    generator = torch.Generator().manual_seed(0)
+    tokens = sample_next_token(logits, temperature=1.5, top_k=3, generator=generator)
+    assert set(tokens.tolist()) == {1, 3, 5}  # exactly the three largest logits, each drawn at least once
+
+
+def test_top_p_never_samples_outside_the_nucleus():
+    probs = torch.tensor([[0.05, 0.5, 0.1, 0.3, 0.05]])
+    logits = probs.log().repeat(4000, 1)
+    generator = torch.Generator().manual_seed(0)
+    # Sorted: 0.5, 0.3 (mass 0.8 >= 0.75), so the nucleus is {1, 3}; 0.1 would only be needed for p > 0.8.
+    tokens = sample_next_token(logits, top_p=0.75, generator=generator)
+    assert set(tokens.tolist()) == {1, 3}
+    tokens = sample_next_token(logits, top_p=0.85, generator=generator)
+    assert set(tokens.tolist()) == {1, 2, 3}
+    tokens = sample_next_token(logits, top_p=0.4, generator=generator)
+    assert set(tokens.tolist()) == {1}  # the most likely token always stays
+
+
+def test_unrestricted_sampling_follows_the_softmax():
+    probs = torch.tensor([0.1, 0.6, 0.3])
+    generator = torch.Generator().manual_seed(0)
+    tokens = sample_next_token(probs.log().repeat(20000, 1), generator=generator)
+    freq = torch.bincount(tokens, minlength=3).float() / 20000
+    torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
+    assert torch.equal(sample_next_token(probs.log()[None], temperature=0.0), torch.tensor([1]))
+
+
+def test_kv_cache_repeat_rows_copies_each_context_to_its_samples():
+    model = tiny_model()
+    cache = KVCache.for_model(model, rows=2)
+    with torch.inference_mode():
+        model(torch.randint(0, 32, (2, 5)), kv_cache=cache)
+    repeated = cache.repeat_rows(3)
+    assert repeated.k.shape == (2, 6, 2, 16, 8) and repeated.pos == 5
+    assert torch.equal(repeated.k[:, 3:6, :, :5], cache.k[:, 1:2, :, :5].expand(-1, 3, -1, -1, -1))
+    assert torch.equal(repeated.v[:, 0:3, :, :5], cache.v[:, 0:1, :, :5].expand(-1, 3, -1, -1, -1))
+
+
+def test_engine_refill_len_is_validated_and_used():
+    model = tiny_model()
+    with pytest.raises(ConfigError, match="refill_len"):
+        Engine(model).generate([1, 2], 3, refill_len=17)
+    context = torch.randint(0, 32, (1, 16))
+    a = Engine(model).generate(context, 20, temperature=0.0, refill_len=4)
+    b = Engine(model).generate(context, 20, temperature=0.0, refill_len=4, use_cache=False)
+    assert torch.equal(a, b)

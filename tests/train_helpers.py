@@ -1,0 +1,65 @@
+"""Helpers for the training tests: learnable token streams, tiny configs, reading weights."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# A model that trains a few hundred steps a second on one CPU thread.
+TINY = [
+    "model.sequence_len=16", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_kv_head=2",
+    "train.batch_size=8", "train.eval_batches=2", "train.log_every=5", "train.warmup_steps=10",
+    "train.num_threads=1", "train.lr=3e-3",
+]
+
+
+def markov_tokens(n: int, vocab: int = 16, p_follow: float = 0.9, seed: int = 0) -> np.ndarray:
+    """A Markov chain: the next token is (3 * current + 1) % vocab with probability p_follow, else uniform.
+
+    Its entropy rate is far below ln(vocab), so a model that learns anything beats the uniform loss clearly.
+    """
+    rng = np.random.default_rng(seed)
+    tokens = np.zeros(n, dtype=np.int64)
+    follow = rng.random(n) < p_follow
+    noise = rng.integers(0, vocab, n)
+    for i in range(1, n):
+        tokens[i] = (3 * tokens[i - 1] + 1) % vocab if follow[i] else noise[i]
+    return tokens
+
+
+def entropy_rate(vocab: int, p_follow: float) -> float:
+    """Nats per token of markov_tokens: the best loss any model can reach."""
+    p_top = p_follow + (1 - p_follow) / vocab
+    p_other = (1 - p_follow) / vocab
+    return float(-(p_top * np.log(p_top) + (vocab - 1) * p_other * np.log(p_other)))
+
+
+def write_token_file(path: Path, tokens: np.ndarray) -> Path:
+    path = Path(path)
+    path.write_text(" ".join(map(str, tokens.tolist())) + "\n")
+    return path
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs: max |diff| {(a[name] - b[name]).abs().max()}"
+
+
+@contextlib.contextmanager
+def torch_threads_kept():
+    """Training sets torch's thread count from its config; give the rest of the test session its own back."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
