@@ -144,15 +144,17 @@ def test_rare_tokens_and_extreme_decoded_returns():
     assert "extreme decoded returns" in format_report(result)
 
 
-def test_store_tokenizer_copy_is_used(stocks_frame, tmp_path):
-    from pricegpt.tokenizer import create_tokenizer
+def test_store_directory_uses_its_symbols_and_its_tokenizer_copy(stocks_frame, tmp_path):
+    from pricegpt.tokenizer import create_tokenizer, write_token_store
 
     tokenizer = create_tokenizer("quantile", codebook_size=16).fit(stocks_frame)
-    tokenizer.save_pretrained(tmp_path / "tokenizer")
-    store = Store(tokenizer.encode(stocks_frame), 16, tokenizer_dir=tmp_path / "tokenizer")
-    decoded = analyze(store)["outliers"]["decoded_returns"]
-    expected = tokenizer.decode(np.arange(16)[:, None]).sum(axis=1)
-    np.testing.assert_allclose(decoded["returns"], expected)
+    write_token_store(tokenizer, stocks_frame, tmp_path / "tokens")
+    result = analyze(tmp_path / "tokens")
+    encoded = tokenizer.encode(stocks_frame)
+    assert [s["symbol"] for s in result["symbols"]] == list(encoded)
+    assert result["transitions"]["n_pairs"] == sum(len(t) - 1 for t in encoded.values())
+    decoded = result["outliers"]["decoded_returns"]
+    np.testing.assert_allclose(decoded["returns"], tokenizer.decode(np.arange(16)[:, None]).sum(axis=1))
     assert np.all(np.diff(decoded["returns"]) > 0)  # quantile bins are ordered by summed return
 
 

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import torch
-from train_helpers import TINY, markov_tokens, read_weights, torch_threads_kept, write_token_file
 
 from pricegpt.train import train_run
+from train_helpers import TINY, markov_tokens, read_weights, torch_threads_kept, write_token_file
 
 V = 16
 STEPS = 30

@@ -130,3 +130,158 @@ def test_baseline_volatility_rules():
     assert preds["histvol20"].std[0] > 3 * preds["random_walk"].std[0]  # it adapts to the volatile regime
     assert 0.025 * 2 < preds["ewma"].std[0] < 0.06 * 2  # about 16 bars of memory: noisy, but in the new regime
     assert np.std(preds["bootstrap"].samples[0]) == pytest.approx(np.std(returns["X"][130:380]) * 2, rel=0.1)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+SCRIPT_SYMBOL = '<script>alert("x")</script>'
+TINY_TRAIN = ["model.sequence_len=16", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_kv_head=2",
+              "train.batch_size=8", "train.eval_batches=2", "train.eval_every=10", "train.warmup_steps=5",
+              "train.num_threads=1", "train.lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, stocks_frame):
+    """A real run on two symbols of sample:stocks-daily (IBM renamed to a <script> tag): quantile tokenizer,
+    token store, 30 training steps of a very small GPT."""
+    import torch
+
+    from pricegpt.data import load_prices
+    from pricegpt.tokenizer import fit_to_dir, load_tokenizer, write_token_store
+    from pricegpt.train import train_run
+
+    root = tmp_path_factory.mktemp("eval_e2e")
+    frame = stocks_frame[stocks_frame["symbol"].isin(["IBM", "MSFT"])
+                         & (stocks_frame["timestamp"] >= pd.Timestamp("2006-01-01", tz="UTC"))].copy()
+    frame["symbol"] = frame["symbol"].replace({"IBM": SCRIPT_SYMBOL})
+    csv = root / "prices.csv"
+    frame.to_csv(csv, index=False)
+    frame = load_prices(csv)
+    splits = time_splits(frame)
+    run = root / "run"
+    fit_to_dir(frame, run / "tokenizer", kind="quantile", train_end=splits.train_end, val_end=splits.val_end,
+               codebook_size=16)
+    write_token_store(load_tokenizer(run / "tokenizer"), frame, run / "tokens", splits)
+    threads = torch.get_num_threads()
+    try:
+        train_run(tokens=run / "tokens", out=run, preset="tiny", overrides=TINY_TRAIN, max_steps=30,
+                  allow_existing=True)
+    finally:
+        torch.set_num_threads(threads)
+    return run, csv, splits
+
+
+METRIC_KEYS = {"crps", "coverage_50", "coverage_90", "directional_accuracy", "mae_median"}
+
+
+def test_evaluate_end_to_end(tiny_run):
+    import json
+
+    from pricegpt.evaluate import evaluate_run
+
+    run, csv, splits = tiny_run
+    metrics = evaluate_run(run, data=str(csv), horizon=4, num_samples=32, max_origins=4, seed=0,
+                           ablation_runs={"quantile": run})
+    assert json.loads((run / "eval" / "metrics.json").read_text()) == metrics
+    assert metrics["split"] == "test" and metrics["train_end"] == splits.to_dict()["train_end"]
+    assert metrics["n_symbols"] == 2 and metrics["n_tokens"] > 0
+    for name in ("model", "unigram", "bigram"):
+        assert set(metrics["tokens"][name]) >= {"loss", "perplexity", "top1", "top5"}
+        assert metrics["tokens"][name]["perplexity"] == pytest.approx(np.exp(metrics["tokens"][name]["loss"]))
+    fc = metrics["forecast"]
+    assert fc["horizon_bars"] == 4 and fc["num_samples"] == 32 and fc["n_origins"] == 8
+    for name in ("model", *BASELINES):
+        assert fc[name] is not None, fc["notes"]
+        assert set(fc[name]) >= METRIC_KEYS | {"width_50", "width_90", "pit_histogram", "directional_accuracy_ci95"}
+        assert sum(fc[name]["pit_histogram"]) == fc["n_origins"]  # every forecaster scored on the same origins
+        assert fc[name]["crps"] > 0 and 0 <= fc[name]["coverage_50"] <= fc[name]["coverage_90"] <= 1
+    assert fc["crps_relative_to_histvol20"]["histvol20"] == 1.0
+    assert sum(row["n_origins"] for row in fc["per_symbol"].values()) == fc["n_origins"]
+    assert set(fc["risk"]) == {SCRIPT_SYMBOL, "MSFT"}
+    assert {"p_up", "var_95", "es_95", "var_99", "es_99", "p_touch_up"} <= set(fc["risk"]["MSFT"])
+    # the same run as an "ablation" on the same origins with the same seed reproduces the model exactly
+    assert fc["ablations"]["quantile"]["crps"] == pytest.approx(fc["model"]["crps"], rel=1e-12)
+
+    html_text = (run / "eval" / "report.html").read_text()
+    assert "<script>" not in html_text and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html_text
+    assert "data:image/png;base64," in html_text and 'src="fan_' not in html_text  # self-contained
+    assert (run / "eval" / "report.md").is_file() and list((run / "eval").glob("fan_*.png"))
+    assert all("<" not in p.name for p in (run / "eval").iterdir())
+
+
+def test_failed_evaluation_leaves_previous_results(tiny_run, monkeypatch):
+    from pricegpt.evaluate import evaluate_run, report
+
+    run, csv, _ = tiny_run
+    evaluate_run(run, data=str(csv), horizon=4, num_samples=8, max_origins=1)
+    before = (run / "eval" / "metrics.json").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        evaluate_run(run, data=str(csv), horizon=2, num_samples=8, max_origins=1)
+    assert (run / "eval" / "metrics.json").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".eval")) == []
+
+
+def test_evaluation_refuses_test_origins_inside_the_training_period(tiny_run, tmp_path):
+    from pricegpt.data import load_prices
+    from pricegpt.evaluate import evaluate_run
+
+    run, csv, splits = tiny_run
+    frame = load_prices(csv)
+    # files that end soon after the run's train_end (val_end): their own test splits lie in the training
+    # (validation) period, which the model was fit (selected) on
+    for end in (splits.train_end + pd.Timedelta(days=30), splits.val_end - pd.Timedelta(days=10)):
+        path = tmp_path / "early.csv"
+        frame[frame["timestamp"] <= end].to_csv(path, index=False)
+        with pytest.raises(PriceGPTError, match="before the run's val_end.*--allow-overlap"):
+            evaluate_run(run, data=str(path), horizon=4, num_samples=8, max_origins=2)
+    allowed = evaluate_run(run, data=str(path), horizon=4, num_samples=8, max_origins=2, allow_overlap=True,
+                           out=tmp_path / "eval")
+    assert allowed["overlap_allowed"] and allowed["overlapping_origins"] == allowed["forecast"]["n_origins"] > 0
+    assert "WARNING" in (tmp_path / "eval" / "report.md").read_text()
+    # the validation split is guarded against the training period
+    frame[frame["timestamp"] <= splits.train_end].to_csv(path, index=False)
+    with pytest.raises(PriceGPTError, match="before the run's train_end"):
+        evaluate_run(run, data=str(path), split="val", horizon=4, num_samples=8, max_origins=2)
+
+
+def test_forecast_command_prints_risk_and_writes_a_safely_named_chart(tiny_run, capsys):
+    from argparse import Namespace
+
+    from pricegpt.errors import DataError
+    from pricegpt.forecast import forecast_command
+
+    run, csv, _ = tiny_run
+    args = Namespace(run=str(run), data=str(csv), symbol=SCRIPT_SYMBOL, horizon=6, num_samples=64, seed=0, out=None)
+    assert forecast_command(args) == 0
+    out = capsys.readouterr().out
+    assert "VaR 95%" in out and "P(up over 6 bars)" in out and "P(touch +5%)" in out
+    charts = list((run / "forecast").iterdir())
+    assert len(charts) == 1 and charts[0].suffix == ".png" and "<" not in charts[0].name
+    args.symbol = "AAPL"
+    with pytest.raises(DataError, match=r"AAPL.*available: .*MSFT"):
+        forecast_command(args)
+
+
+def test_calibrated_temperature_is_chosen_on_validation_and_used(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    from pricegpt.data import load_prices
+    from pricegpt.forecast import Forecaster, calibrate_temperature
+    from pricegpt.runs import load_run
+
+    run_dir, csv, splits = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    run = load_run(copy)
+    frame = load_prices(csv)
+    result = calibrate_temperature(run, frame, splits, horizon=4, num_samples=16, grid=(0.5, 1.0, 2.0),
+                                   max_origins=2)
+    saved = json.loads((copy / "calibration.json").read_text())
+    assert saved == result and saved["split"] == "val" and saved["n_origins"] == 4
+    assert saved["temperature"] == min((0.5, 1.0, 2.0), key=lambda t: saved["crps"][f"{t:g}"])
+    assert Forecaster.from_run(copy).temperature == saved["temperature"]

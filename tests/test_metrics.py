@@ -5,9 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pricegpt.evaluate.metrics import (NormalPredictive, SamplePredictive, StudentTPredictive, crps_normal,
-                                       crps_samples, crps_student_t, direction_hits, pit_histogram, score,
-                                       wilson_interval)
+from pricegpt.evaluate.metrics import (
+    NormalPredictive,
+    SamplePredictive,
+    StudentTPredictive,
+    crps_normal,
+    crps_samples,
+    crps_student_t,
+    direction_hits,
+    pit_histogram,
+    score,
+    wilson_interval,
+)
 
 
 def _crps_brute_force(samples: np.ndarray, y: float, fair: bool) -> float:

@@ -12,7 +12,11 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from conftest import assert_user_error, run_cli
+from pricegpt.cli import main
+from pricegpt.train import train_run
+from pricegpt.train.checkpoint import find_checkpoint
 from train_helpers import (
     TINY,
     assert_same_weights,
@@ -22,12 +26,8 @@ from train_helpers import (
     write_token_file,
 )
 
-from pricegpt.cli import main
-from pricegpt.train import train_run
-from pricegpt.train.checkpoint import find_checkpoint
-
 V = 16
-MAX_STEPS = 240
+MAX_STEPS = 120
 # dropout on, so the resumed run must also reproduce the random numbers; batches big enough that a step takes a
 # few milliseconds and the run is still going when the test kills it
 SETTINGS = [*TINY, f"model.vocab_size={V}", "model.dropout=0.1", "train.batch_size=32", "train.save_every=10",

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 
 import numpy as np
 import pytest
 import torch
-from conftest import assert_user_error, run_cli
-from train_helpers import TINY, entropy_rate, markov_tokens, torch_threads_kept, write_token_file
 
+from conftest import assert_user_error, run_cli
 from pricegpt.cli import main
 from pricegpt.config import load_config
-from pricegpt.errors import DataError
+from pricegpt.errors import ConfigError, DataError
 from pricegpt.model.gpt import GPT
 from pricegpt.train import TokenData, WindowSet, train_run
+from pricegpt.train.metrics import MetricsLog
 from pricegpt.train.optim import lr_factor, zeropower_via_newtonschulz5
+from train_helpers import TINY, entropy_rate, markov_tokens, torch_threads_kept, write_token_file
 
 V = 16
 
@@ -145,3 +147,27 @@ def test_bad_config_file_is_a_clear_user_error(markov_file, tmp_path, capsys):
     config.write_text("model:\n  n_layers: 3\n")
     result = _main(capsys, "train", "--tokens", markov_file, "--out", tmp_path / "run", "--config", config)
     assert_user_error(result, "unknown key 'model.n_layers'", "n_layer")
+
+
+def test_early_stopping_keeps_the_best_model_when_validation_gets_worse(tmp_path):
+    # train split: a fixed cycle; val split (last 20%): random tokens. Learning the cycle only hurts val.
+    cycle = np.tile(np.arange(V), 200)
+    noise = np.random.default_rng(0).integers(0, V, len(cycle) // 4)
+    tokens = write_token_file(tmp_path / "tokens.txt", np.concatenate([cycle, noise]))
+    with torch_threads_kept():
+        result = train_run(tokens=tokens, out=tmp_path / "run", preset="tiny", max_steps=200,
+                           overrides=[*TINY, f"model.vocab_size={V}", "train.eval_every=10",
+                                      "train.early_stopping_patience=2"])
+    assert result["stopped_early"] and result["steps"] == 20
+    assert result["best_step"] == 0 and result["best_val_loss"] == pytest.approx(math.log(V))
+    assert json.loads((tmp_path / "run" / "model" / "meta.json").read_text())["step"] == 0
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"pip install 'pricegpt\[tensorboard\]'"):
+            MetricsLog(tmp_path, tensorboard=True)
+    else:
+        pytest.skip("tensorboard is installed")

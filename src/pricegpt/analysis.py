@@ -132,14 +132,15 @@ def _entropy_bits(counts: np.ndarray) -> float:
 
 
 def _conditional_entropy(codes: np.ndarray, counts: np.ndarray, K: int, k: int) -> dict:
-    """H(X_t | k previous tokens) from the (k+1)-blocks: H(blocks) - H(their first k tokens)."""
+    """H(X_t | k previous tokens) from the (k+1)-blocks: H(blocks) - H(their first k tokens), within [0, log2 K]."""
     samples = int(counts.sum())
     _, context_of = np.unique(codes // K, return_inverse=True)
     context_counts = np.bincount(context_of, weights=counts)
     plug_in = max(_entropy_bits(counts) - _entropy_bits(context_counts), 0.0)
     correction = (codes.size - context_counts.size) / (2 * samples * math.log(2)) if samples else 0.0
     per_block = samples / codes.size if codes.size else 0.0
-    return {"k": k, "plug_in_bits": plug_in, "miller_madow_bits": plug_in + correction, "samples": samples,
+    return {"k": k, "plug_in_bits": plug_in, "miller_madow_bits": min(plug_in + correction, math.log2(K)),
+            "samples": samples,
             "distinct_blocks": int(codes.size), "samples_per_block": per_block,
             "reliable": bool(samples) and (k == 0 or per_block >= MIN_PER_BLOCK)}
 
@@ -360,7 +361,8 @@ def format_report(result: dict) -> str:
 
     for name, pattern in result["patterns"].items():
         out += [f"== patterns: {name} ==",
-                f"expected count from {pattern['expected_from']}; {pattern['test']}",
+                f"expected count: {pattern['expected_from']}",
+                f"test: {pattern['test']}",
                 f"{pattern['total']:,} {name}, {pattern['distinct']:,} distinct; most frequent:",
                 _ngram_table(pattern["most_frequent"]),
                 f"significant: {pattern['n_significant']:,} of {pattern['hypotheses']:,} hypotheses"

@@ -265,8 +265,12 @@ def calibrate_temperature(run, frame: pd.DataFrame, splits, horizon: int, num_sa
         crps[f"{temperature:g}"] = float(np.mean(crps_samples(cum[..., -1], realised)))
         log.info(f"calibration: temperature {temperature:g} -> val CRPS {crps[f'{temperature:g}']:.6f}")
     best = min(grid, key=lambda t: crps[f"{t:g}"])
+    at_edge = len(grid) > 1 and best in (min(grid), max(grid))
+    if at_edge:
+        log.warning(f"calibration: the best temperature {best:g} is at the edge of the grid {list(grid)}; "
+                    "a wider grid may find a better one")
     calibration = {"temperature": float(best), "crps": crps, "split": "val", "n_origins": origins.n,
-                   "horizon_bars": horizon, "num_samples": num_samples, "seed": seed}
+                   "horizon_bars": horizon, "num_samples": num_samples, "seed": seed, "at_grid_edge": at_edge}
     run.save_calibration(calibration)
     return calibration
 
@@ -291,9 +295,9 @@ def format_forecast(table: pd.DataFrame, summary: dict, symbol: str, horizon: in
     lines.append("price quantiles at the horizon: " + "  ".join(
         f"q{lv} {table['price_q' + lv].iloc[-1]:.4f}" for lv in levels))
     lines.append(f"P(up over {horizon} bars) {summary['p_up']:.1%}   expected return {summary['expected_return']:+.2%}")
-    lines.append("VaR/ES (loss as a positive fraction of value): " + "  ".join(
-        f"{key.replace('_', ' ').upper()} {summary[key]:.2%}" for key in summary
-        if key.startswith(("var_", "es_"))))
+    levels_pct = [key[len("var_"):] for key in summary if key.startswith("var_")]
+    lines.append("loss as a positive fraction of value: " + "  ".join(
+        f"VaR {lv}% {summary['var_' + lv]:.2%}  ES {lv}% {summary['es_' + lv]:.2%}" for lv in levels_pct))
     for k in summary["p_touch_up"]:
         lines.append(f"P(touch +{float(k):.0%}) {summary['p_touch_up'][k]:.1%}   "
                      f"P(touch -{float(k):.0%}) {summary['p_touch_down'][k]:.1%}")

@@ -78,9 +78,9 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu", *, need_tokenizer:
         from .tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(tok_dir)
-        if tokenizer.codebook_size != model.config.vocab_size:
+        if tokenizer.vocab_size != model.config.vocab_size:
             raise CheckpointError(
-                f"{tok_dir} has {tokenizer.codebook_size} codes but the model in {model_dir} has a vocabulary of "
+                f"{tok_dir} has {tokenizer.vocab_size} codes but the model in {model_dir} has a vocabulary of "
                 f"{model.config.vocab_size}; they come from different runs — retrain or restore the tokenizer")
         expected = meta.get("tokenizer_hash")
         if expected and getattr(tokenizer, "hash", expected) != expected:

@@ -12,7 +12,8 @@ Guards:
   data given has no origins under those cutoffs (a different file that ends earlier), its own 70/85% cutoffs are
   used instead, and then
 - any origin whose target starts at or before the run's train_end (the model trained on it) is refused with a
-  PriceGPTError, unless `allow_overlap`; such a run is then flagged in metrics.json ("overlap_allowed").
+  PriceGPTError, unless `allow_overlap`; such a run is then flagged in metrics.json ("overlap_allowed"). For the
+  test split the cutoff is the run's val_end: the validation bars chose the best checkpoint and the temperature.
 - baselines fit their parameters on the train split only and see only bars before each origin (baselines.py).
 """
 
@@ -114,21 +115,20 @@ def select_origins(series: dict[str, SymbolSeries], split: str, horizon: int, ma
     return Origins(np.array(symbols, dtype=object), np.array(index, dtype=np.int64))
 
 
-def check_no_overlap(origins: Origins, series: dict[str, SymbolSeries], train_end: pd.Timestamp | None,
-                     allow_overlap: bool = False) -> int:
-    """Refuse (PriceGPTError) origins whose target starts at or before the run's train_end; returns how many
-    there are (non-zero only with allow_overlap)."""
-    if train_end is None or origins.n == 0:
+def check_no_overlap(origins: Origins, series: dict[str, SymbolSeries], cutoff: pd.Timestamp | None,
+                     allow_overlap: bool = False, what: str = "train_end") -> int:
+    """Refuse (PriceGPTError) origins whose target starts at or before `cutoff` (the run's `what`: train_end, or
+    val_end for the test split); returns how many there are (non-zero only with allow_overlap)."""
+    if cutoff is None or origins.n == 0:
         return 0
-    cutoff = np.datetime64(train_end.tz_convert("UTC").tz_localize(None).as_unit("ns"))
     starts = origins.target_start(series)
-    overlapping = int(np.sum(starts <= cutoff))
+    overlapping = int(np.sum(starts <= np.datetime64(cutoff.tz_convert("UTC").tz_localize(None).as_unit("ns"))))
     if overlapping and not allow_overlap:
         first = pd.Timestamp(starts.min()).tz_localize("UTC")
         raise PriceGPTError(
             f"{overlapping} of {origins.n} evaluation origins (from {iso(first)}) are at or before the run's "
-            f"train_end {iso(train_end)}: the model was trained on those bars, so the scores would be leaked. "
-            "Evaluate on data after train_end, or pass --allow-overlap to do it anyway (the report is flagged)")
+            f"{what} {iso(cutoff)}: the model was trained (or selected) on those bars, so the scores would be "
+            f"leaked. Evaluate on data after {what}, or pass --allow-overlap to do it anyway (the report is flagged)")
     return overlapping
 
 
@@ -162,7 +162,11 @@ def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = Fals
     run_train_end = _run_train_end(run)
     features = forecaster.features(frame)
     splits, series, origins = _origins_for(run, frame, features, split, horizon, max_origins, forecaster.patch_len)
-    overlapping = check_no_overlap(origins, series, run_train_end, allow_overlap)
+    run_val_end = parse_time(run.meta["val_end"], "the run's val_end") if run.meta.get("val_end") else None
+    if split == "test" and run_val_end is not None:
+        overlapping = check_no_overlap(origins, series, run_val_end, allow_overlap, what="val_end")
+    else:
+        overlapping = check_no_overlap(origins, series, run_train_end, allow_overlap)
     log.info(f"evaluate: {origins.n} origins of the {split} split, horizon {horizon} bars, {num_samples} samples")
 
     token_metrics = tokens.token_metrics(run.model, run.tokenizer, frame, splits, split)
@@ -247,6 +251,8 @@ def _per_symbol(origins: Origins, scored: dict) -> dict:
     for symbol in sorted({str(s) for s in origins.symbols}):
         mask = origins.symbols == symbol
         row = {"n_origins": int(mask.sum())}
+        for level in ("50", "90"):
+            row[f"model_coverage_{level}"] = float(np.mean(scored["model"]["per_origin"][f"inside_{level}"][mask]))
         for name, result in scored.items():
             row[f"crps_{name}"] = None if result is None else float(np.mean(result["per_origin"]["crps"][mask]))
         out[symbol] = row

@@ -167,8 +167,8 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
 def score(pred, y: np.ndarray) -> dict:
     """All forecast metrics of one predictive against outcomes y (n,), plus per-origin arrays for plots.
 
-    The returned dict's scalar entries are JSON-ready; `per_origin` holds numpy arrays (crps, pit) and is meant
-    to be dropped (or aggregated) before writing.
+    The returned dict's scalar entries are JSON-ready; `per_origin` holds numpy arrays (crps, pit, inside_50,
+    inside_90) and is meant to be dropped (or aggregated) before writing.
     """
     y = np.asarray(y, dtype=np.float64)
     crps = pred.crps(y)
@@ -176,17 +176,20 @@ def score(pred, y: np.ndarray) -> dict:
     median = pred.quantile(0.5)
     hits = direction_hits(median, y)
     out = {"crps": float(np.mean(crps))}
+    per_origin = {"crps": crps, "pit": pit}
     for level in COVERAGE_LEVELS:
-        cov, width = coverage_and_width(pred, y, level)
-        out[f"coverage_{round(level * 100)}"] = cov
-        out[f"width_{round(level * 100)}"] = width
+        lo, hi = interval(pred, level)
+        inside = (y >= lo) & (y <= hi)
+        out[f"coverage_{round(level * 100)}"] = float(np.mean(inside))
+        out[f"width_{round(level * 100)}"] = float(np.mean(hi - lo))
+        per_origin[f"inside_{round(level * 100)}"] = inside
     lo, hi = wilson_interval(float(hits.sum()), len(hits))
     out.update({
         "directional_accuracy": float(hits.mean()),
         "directional_accuracy_ci95": [lo, hi],
         "mae_median": float(np.mean(np.abs(median - y))),
         "pit_histogram": pit_histogram(pit),
-        "per_origin": {"crps": crps, "pit": pit},
+        "per_origin": per_origin,
     })
     return out
 

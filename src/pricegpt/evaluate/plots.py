@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
@@ -82,6 +83,7 @@ def coverage_by_horizon(path, coverage: dict[str, list[float]]) -> None:
         line, = ax.plot(steps, values, marker="o", ms=3, label=f"{level}% interval")
         ax.axhline(int(level) / 100, color=line.get_color(), lw=0.8, ls="--")
     ax.set_ylim(0, 1)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("horizon step (bars)")
     ax.set_ylabel("coverage")
     ax.legend(fontsize=8)

@@ -116,9 +116,9 @@ def build_sections(out: Path, metrics: dict, run, series, origins, cum, realised
 
     s = Section("Per symbol")
     names = [n for n in FORECASTERS if fc.get(n) is not None]
-    s.table(["symbol", "origins"] + [f"CRPS {n}" for n in names],
-            [[sym, row["n_origins"]] + [_fmt(row[f"crps_{n}"]) for n in names]
-             for sym, row in fc["per_symbol"].items()])
+    s.table(["symbol", "origins", "model cov 50%", "model cov 90%"] + [f"CRPS {n}" for n in names],
+            [[sym, row["n_origins"], _pct(row["model_coverage_50"]), _pct(row["model_coverage_90"])]
+             + [_fmt(row[f"crps_{n}"]) for n in names] for sym, row in fc["per_symbol"].items()])
     s.p("Risk from the paths of each symbol's last origin. VaR/ES are losses as positive fractions of the "
         "position's value (loss = 1 - exp(R_H)); barrier touches are on bar closes.")
     risk_rows = []

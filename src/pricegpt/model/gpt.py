@@ -135,7 +135,8 @@ class _RMSNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_() / x.size(-1)
+        accumulate = torch.promote_types(x.dtype, torch.float32)  # bf16 inputs reduce in fp32
+        mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=accumulate).square_() / x.size(-1)
         rstd = mean_square.add_(torch.finfo(x.dtype).eps).rsqrt_()  # same eps as F.rms_norm
         y = x * rstd.to(x.dtype)
         ctx.save_for_backward(y, rstd)
@@ -278,7 +279,7 @@ class GPT(nn.Module):
             if isinstance(module, nn.Linear):
                 fan_out, fan_in = module.weight.shape
                 # https://arxiv.org/abs/2310.17022: keeps activations O(1) whatever the aspect ratio.
-                std = c.init_std if c.init_std is not None else min(1.0, math.sqrt(fan_out / fan_in)) / math.sqrt(fan_in)
+                std = min(1.0, math.sqrt(fan_out / fan_in)) / math.sqrt(fan_in) if c.init_std is None else c.init_std
                 nn.init.normal_(module.weight, mean=0.0, std=std)
         if c.zero_init_proj:
             for block in self.blocks:

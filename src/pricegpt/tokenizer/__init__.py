@@ -1,11 +1,26 @@
-"""Tokenizers: price patches -> token ids -> log returns. One interface, three kinds (vqvae, quantile, uniform),
-a token store for the trainer, and `fit_to_dir` which fits, measures and writes a tokenizer directory."""
+"""Tokenizers: price patches -> token ids -> log returns.
 
-from .base import (DEFAULT_PATCH_LEN, FEATURES, Patches, Tokenizer, TokenizerConfig, bar_features, create_tokenizer,
-                   load_tokenizer)
-from .bins import QuantileTokenizer, UniformTokenizer
-from .vqvae import VQVAETokenizer, benchmark_encode
+One interface (`Tokenizer`: fit, encode, decode, save_pretrained, from_pretrained, hash), three kinds (`vqvae`, the
+default; `quantile`; `uniform`), the token store the trainer reads, and `fit_to_dir`, which fits, measures and
+writes a tokenizer directory. The tokenizer knows nothing of the model.
+"""
 
-__all__ = ["DEFAULT_PATCH_LEN", "FEATURES", "Patches", "QuantileTokenizer", "Tokenizer", "TokenizerConfig",
-           "UniformTokenizer", "VQVAETokenizer", "bar_features", "benchmark_encode", "create_tokenizer",
-           "load_tokenizer"]
+from .base import (
+    DEFAULT_PATCH_LEN,
+    FEATURES,
+    Patches,
+    Tokenizer,
+    TokenizerConfig,
+    bar_features,
+    create_tokenizer,
+    load_tokenizer,
+)
+from .bins import QuantileConfig, QuantileTokenizer, UniformConfig, UniformTokenizer
+from .report import fit_to_dir, tokenizer_report
+from .store import TokenStore, token_dtype, write_token_store
+from .vqvae import VQVAEConfig, VQVAETokenizer, benchmark_encode
+
+__all__ = ["DEFAULT_PATCH_LEN", "FEATURES", "Patches", "QuantileConfig", "QuantileTokenizer", "TokenStore",
+           "Tokenizer", "TokenizerConfig", "UniformConfig", "UniformTokenizer", "VQVAEConfig", "VQVAETokenizer",
+           "bar_features", "benchmark_encode", "create_tokenizer", "fit_to_dir", "load_tokenizer", "token_dtype",
+           "tokenizer_report", "write_token_store"]

@@ -37,7 +37,7 @@ import pandas as pd
 import safetensors.torch
 import torch
 
-from ..data import iso, parse_time, time_splits
+from ..data import Splits, iso, parse_time, time_splits
 from ..errors import ConfigError, DataError, TokenizerError
 from ..fileio import write_bytes
 
@@ -90,9 +90,16 @@ class Patches:
 
 
 # ---------------------------------------------------------------------------------------------- features
-def _utc_ns(values) -> np.ndarray:
-    ts = pd.to_datetime(pd.Series(values), utc=True)
-    return ts.dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
+def _utc_ns(column: pd.Series) -> np.ndarray:
+    """Timestamps as naive-UTC datetime64[ns] (naive input is taken as UTC)."""
+    try:
+        index = pd.DatetimeIndex(column) if pd.api.types.is_datetime64_any_dtype(column) \
+            else pd.DatetimeIndex(pd.to_datetime(column, utc=True))
+    except (ValueError, TypeError) as err:
+        raise DataError("the timestamp column cannot be read as dates; read files with pricegpt.load_prices") from err
+    if index.tz is not None:
+        index = index.tz_convert("UTC").tz_localize(None)
+    return index.as_unit("ns").to_numpy()
 
 
 def _cutoff_ns(ts: pd.Timestamp) -> np.datetime64:
@@ -102,40 +109,54 @@ def _cutoff_ns(ts: pd.Timestamp) -> np.datetime64:
 def bar_features(frame: pd.DataFrame, features: str = "close") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per symbol (sorted): (timestamps of bars 1..n-1 as datetime64[ns], features (n-1, n_features) float64).
 
-    Vectorised numpy per symbol; a 10M-bar series takes well under a second."""
+    Vectorised numpy over symbol slices (no per-group frames): a 10M-bar series takes about a second."""
     missing = [c for c in ("timestamp", "symbol", "close") if c not in frame.columns]
     if missing:
         raise DataError(f"price frame lacks column(s) {', '.join(missing)}; read files with pricegpt.load_prices")
     if len(frame) == 0:
         raise DataError("the price frame is empty; nothing to tokenize")
+    columns = ["close"]
     if features == "ohlcv":
         lacking = [c for c in ("open", "high", "low", "volume") if c not in frame.columns]
         if lacking:
             raise DataError(f"features='ohlcv' needs open, high, low and volume columns; the data lacks "
                             f"{', '.join(lacking)}: use features='close' (--features close)")
+        columns = ["close", "high", "low", "open", "volume"]
+    codes, symbols = pd.factorize(frame["symbol"].astype(str), sort=True)
+    order = None if np.all(codes[1:] >= codes[:-1]) else np.argsort(codes, kind="stable")
+    if order is not None:
+        codes = codes[order]
+    bounds = np.searchsorted(codes, np.arange(len(symbols) + 1))
+    times = _utc_ns(frame["timestamp"])
+    data = {c: frame[c].to_numpy(dtype=np.float64) for c in columns}
+    if order is not None:
+        times = times[order]
+        data = {c: values[order] for c, values in data.items()}
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for symbol, group in frame.groupby("symbol", sort=True):
-        symbol = str(symbol)
-        ts = _utc_ns(group["timestamp"])
+    for i, symbol in enumerate(symbols):
+        rows = slice(bounds[i], bounds[i + 1])
+        ts = times[rows]
         if len(ts) > 1 and not np.all(ts[1:] > ts[:-1]):
             raise DataError(f"symbol {symbol}: timestamps are not strictly increasing; "
                             "read the data with pricegpt.load_prices (it sorts and removes duplicates)")
-        close = group["close"].to_numpy(dtype=np.float64)
-        _check_prices(close, symbol, "close")
-        log_close = np.log(close)
-        cols = [np.diff(log_close)]
-        if features == "ohlcv":
-            for name in ("high", "low", "open"):
-                values = group[name].to_numpy(dtype=np.float64)
-                _check_prices(values, symbol, name)
-                cols.append(np.log(values[1:]) - log_close[1:])
-            volume = group["volume"].to_numpy(dtype=np.float64)
-            if not np.all(np.isfinite(volume) & (volume >= 0)):
-                raise DataError(f"symbol {symbol}: volume has missing, negative or infinite values; "
-                                "use features='close'")
-            cols.append(np.diff(np.log1p(volume)))
-        out[symbol] = (ts[1:], np.stack(cols, axis=1))
+        out[str(symbol)] = (ts[1:], _symbol_features(symbol, {c: v[rows] for c, v in data.items()}, features))
     return out
+
+
+def _symbol_features(symbol: str, data: dict[str, np.ndarray], features: str) -> np.ndarray:
+    close = data["close"]
+    _check_prices(close, symbol, "close")
+    log_close = np.log(close)
+    cols = [np.diff(log_close)]
+    if features == "ohlcv":
+        for name in ("high", "low", "open"):
+            _check_prices(data[name], symbol, name)
+            cols.append(np.log(data[name][1:]) - log_close[1:])
+        volume = data["volume"]
+        if not np.all(np.isfinite(volume) & (volume >= 0)):
+            raise DataError(f"symbol {symbol}: volume has missing, negative or infinite values; use features='close'")
+        cols.append(np.diff(np.log1p(volume)))
+    return np.stack(cols, axis=1)
 
 
 def _check_prices(values: np.ndarray, symbol: str, column: str) -> None:
@@ -159,6 +180,18 @@ def summed(x: np.ndarray) -> np.ndarray:
     for j in range(1, x.shape[1]):
         total += x[:, j]
     return total
+
+
+def splits_for(frame: pd.DataFrame, train_end=None, val_end=None) -> Splits:
+    """`time_splits`, except that a train_end at or after the last bar is allowed (all data is train), so that a
+    frame truncated at train_end can be fitted and tokenized like the full one."""
+    if train_end is not None and len(frame):
+        t_end = parse_time(train_end, "--train-end")
+        if t_end >= frame["timestamp"].max():
+            v_end = parse_time(val_end, "--val-end") if val_end is not None else t_end
+            log.warning("no data after train_end %s: everything is train, nothing is validation", iso(t_end))
+            return Splits(t_end.floor("s"), max(v_end, t_end).floor("s"))
+    return time_splits(frame, train_end, val_end)
 
 
 # ---------------------------------------------------------------------------------------------- interface
@@ -328,7 +361,8 @@ class Tokenizer:
         """The exact bytes of config.json and model.safetensors."""
         config = (json.dumps(self.config_dict(), indent=2, allow_nan=False) + "\n").encode("utf-8")
         tensors = {name: t.detach().contiguous() for name, t in self._tensors().items()}
-        return config, safetensors.torch.save(tensors, metadata={"format": "pt", "kind": self.kind})
+        # one metadata key only: safetensors writes a multi-key metadata map in random order (not reproducible)
+        return config, safetensors.torch.save(tensors, metadata={"format": "pt"})
 
     @property
     def hash(self) -> str:

@@ -83,7 +83,8 @@ class _BinTokenizer(Tokenizer):
         return self._bin(summed(x[:, :, 0]))
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        return {"edges": torch.from_numpy(self.edges.copy()), "decode_table": torch.from_numpy(self.decode_table.copy())}
+        return {"edges": torch.from_numpy(self.edges.copy()),
+                "decode_table": torch.from_numpy(self.decode_table.copy())}
 
     def _load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         K, P = self.vocab_size, self.patch_len

@@ -195,15 +195,15 @@ class VQVAETokenizer(Tokenizer):
                 used = int((window_usage > 0).sum())
                 p = ema_count / ema_count.sum()
                 perplexity = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
-                record = {"step": step, "recon": float(recon.detach()), "commitment": float(commitment), "codes_used": used,
+                record = {"step": step, "recon": recon.item(), "commitment": commitment.item(), "codes_used": used,
                           "perplexity": perplexity, "restarted": restarted}
                 self.history.append(record)
                 window_usage.zero_()
                 if bar is None:
                     log.info("vqvae step %d/%d: recon %.4f, codes used %d/%d, perplexity %.1f (%.1fs)", step,
-                             c.steps, float(recon), used, K, perplexity, time.perf_counter() - start)
+                             c.steps, record["recon"], used, K, perplexity, time.perf_counter() - start)
                 else:
-                    bar.set_postfix(recon=f"{float(recon):.3f}", used=f"{used}/{K}", ppl=f"{perplexity:.0f}")
+                    bar.set_postfix(recon=f"{record['recon']:.3f}", used=f"{used}/{K}", ppl=f"{perplexity:.0f}")
             if bar is not None:
                 bar.update(1)
         if bar is not None:

@@ -89,7 +89,7 @@ class TokenData:
             segments = []
             for symbol, (tokens, bounds) in series.items():
                 start, stop = bounds.get(split, (0, 0))
-                assert 0 <= start <= stop <= len(tokens), f"{symbol} {split} bounds {bounds[split]} outside 0..{len(tokens)}"
+                assert 0 <= start <= stop <= len(tokens), f"{symbol} {split} ({start}, {stop}) outside 0..{len(tokens)}"
                 segments.append(np.asarray(tokens[start:stop]))
             length = window_length(segments, sequence_len + 1, split, where)
             windows[split] = WindowSet(segments, length)
@@ -107,6 +107,8 @@ def read_token_source(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarr
     """
     from ..tokenizer import TokenStore
 
+    if not Path(path).exists():
+        raise DataError(f"--tokens {path} does not exist; give a token store directory or a .txt file of token ids")
     store = TokenStore.open(path)
     series = {symbol: (store.tokens(symbol), store.split_bounds(symbol)) for symbol in store.symbols}
     tokenizer_dir = getattr(store, "tokenizer_dir", None)
@@ -115,7 +117,8 @@ def read_token_source(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarr
         "train_end": _plain(getattr(store, "train_end", None)),
         "val_end": _plain(getattr(store, "val_end", None)),
         "tokenizer_hash": getattr(store, "tokenizer_hash", None),
-        "vocab_size": _plain(getattr(store, "vocab_size", None)),
+        # a plain .txt only knows its largest id, not the tokenizer's codebook: the model config decides then
+        "vocab_size": _plain(store.vocab_size) if getattr(store, "is_store", True) else None,
         "patch_len": _plain(getattr(store, "patch_len", None)),
     }
     return series, source, Path(tokenizer_dir) if tokenizer_dir else None

@@ -74,11 +74,3 @@ def any_process(flag: bool, info: DistInfo, device: torch.device) -> bool:
     torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
     return bool(t.item())
 
-
-def broadcast_error(message: str | None, info: DistInfo) -> str | None:
-    """Rank 0's error message (or None) on every process, so all ranks raise the same user error together."""
-    if not info.enabled:
-        return message
-    box = [message]
-    torch_dist.broadcast_object_list(box, src=0)
-    return box[0]

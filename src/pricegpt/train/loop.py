@@ -357,7 +357,7 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
     A fresh run refuses an existing non-empty `out` (OutputExistsError) unless `allow_existing` (the pipeline's
     run directory, which already holds the tokenizer and tokens) and `out` holds no model or checkpoint yet.
     `resume` continues RUN/checkpoints/last with RUN/config.yaml (plus `overrides` / `max_steps`; the model
-    section cannot change) and reproduces the uninterrupted run exactly.
+    section cannot change; `preset` / `config_file` are ignored) and reproduces the uninterrupted run exactly.
     Returns {"best_val_loss", "best_step", "steps", "out", "model_dir", ...}.
     """
     out = Path(out)
@@ -407,8 +407,8 @@ def _check_fresh_out(out: Path, allow_existing: bool) -> None:
 
 def _resume_config(out: Path, preset, config_file, overrides, max_steps) -> tuple[RunConfig, Path]:
     if preset or config_file:
-        raise ConfigError("--resume continues with the run's own config.yaml; drop --preset/--config "
-                          "(use --set or --max-steps to change training settings)")
+        log.info(f"--resume continues with {out / CONFIG_FILE}; --preset/--config are ignored "
+                 f"(--set and --max-steps still apply)")
     checkpoint = find_checkpoint(out)
     if checkpoint is None:
         raise CheckpointError(f"cannot resume {out}: it has no checkpoint (expected "

@@ -1,0 +1,308 @@
+"""The token store: what `pricegpt tokenize` writes and the trainer, evaluator and analysis read.
+
+A store directory (built atomically; an existing one is an OutputExistsError unless overwrite):
+
+    index.json           kind/hash of the tokenizer, vocab_size, patch_len, train_end, val_end, the symbols in
+                         sorted order, and per symbol: file, n_tokens, patch_starts (ISO), splits, split counts
+    arrays/<name>.npy    one token array per symbol (uint8 when K <= 256, else uint16), memory-mappable
+    all_tokens.txt       every id, space-separated, symbols in index order, all splits (the seed's format)
+    tokenizer/           a copy of the tokenizer, so the store is self-contained
+
+Patches are time-ordered and a patch belongs to the split of its last bar, so each split is one contiguous range
+of a symbol's array. Symbol names can be anything: file names are sanitised (and disambiguated by a hash) and
+never leave the store.
+
+`TokenStore.open(path)` reads a store directory or a plain whitespace-separated token file (the seed's
+all_tokens.txt: one stream "all", split 80/20 by position into train/val, no test). Every defect of a token file
+is a DataError naming the file and the position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data import SPLIT_NAMES, Splits, iso
+from ..errors import DataError, OutputExistsError, TokenizerError
+from ..fileio import atomic_dir, atomic_path, write_json, write_text
+from .base import Tokenizer, splits_for
+
+log = logging.getLogger("pricegpt")
+
+INDEX_FILE, ALL_TOKENS_FILE, ARRAYS_DIR, TOKENIZER_DIR = "index.json", "all_tokens.txt", "arrays", "tokenizer"
+STORE_FORMAT = 1
+TXT_TRAIN_FRACTION = 0.8
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint8) if vocab_size <= 256 else np.dtype(np.uint16)
+
+
+def safe_file_names(symbols: list[str]) -> dict[str, str]:
+    """A file stem per symbol: the symbol itself when it is a plain name, else a sanitised name plus a short hash;
+    unique even on case-insensitive file systems."""
+    names, taken = {}, set()
+    for symbol in symbols:
+        stem = symbol
+        if not _SAFE_NAME.match(symbol) or symbol.endswith(".") or symbol.lower() in _RESERVED \
+                or symbol.lower() in taken:
+            cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", symbol).strip("_")[:48] or "symbol"
+            stem = f"{cleaned}-{hashlib.sha256(symbol.encode('utf-8')).hexdigest()[:10]}"
+        taken.add(stem.lower())
+        names[symbol] = stem
+    return names
+
+
+def write_token_store(tokenizer: Tokenizer, frame: pd.DataFrame, out_dir: str | Path, splits: Splits | None = None,
+                      overwrite: bool = False) -> dict:
+    """Encode every symbol of `frame` and write the store (see the module docstring). Returns the index.
+
+    Pass the same `splits` as the fit (time_splits(frame, train_end, val_end)). Without them: the data's default
+    cutoffs if their train_end is the tokenizer's, else the tokenizer's train_end and time_splits' default val_end.
+    A train_end earlier than the tokenizer's is a TokenizerError: the tokenizer has seen the store's validation
+    data."""
+    if not tokenizer.fitted:
+        raise TokenizerError("the tokenizer is not fitted; fit it first (`pricegpt tokenizer fit`)")
+    if splits is None:  # the data's default cutoffs when the tokenizer was fitted with them, else its train_end
+        splits = splits_for(frame)
+        if splits.train_end != tokenizer.train_end:
+            splits = splits_for(frame, train_end=tokenizer.train_end)
+    if tokenizer.train_end is not None and splits.train_end < tokenizer.train_end:
+        raise TokenizerError(f"the tokenizer was fitted on data up to {iso(tokenizer.train_end)}, after the token "
+                             f"store's train_end {iso(splits.train_end)}: it has seen validation data. Refit the "
+                             "tokenizer with the same --train-end or use a later one for the store")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:  # before the work; atomic_dir checks again
+        raise OutputExistsError(f"{out_dir} already exists; choose another --out or remove it first")
+    patches = tokenizer.patchify(frame)
+    dtype = token_dtype(tokenizer.vocab_size)
+    encoded, skipped = {}, {}
+    for symbol, p in patches.items():
+        if len(p) == 0:
+            skipped[symbol] = f"fewer than {tokenizer.patch_len + 1} bars: no complete patch"
+            continue
+        encoded[symbol] = (tokenizer.encode_patches(p.features, symbol).astype(dtype), p, splits.label(p.ends))
+    if not encoded:
+        raise DataError(f"no symbol has a complete patch of {tokenizer.patch_len} returns "
+                        f"({tokenizer.patch_len + 1} bars); nothing to tokenize")
+    for symbol, reason in skipped.items():
+        log.warning("token store: symbol %s skipped (%s)", symbol, reason)
+    files = safe_file_names(list(encoded))
+    index = {"format": STORE_FORMAT, "tokenizer_kind": tokenizer.kind, "tokenizer_hash": tokenizer.hash,
+             "vocab_size": tokenizer.vocab_size, "patch_len": tokenizer.patch_len, "dtype": dtype.name,
+             **splits.to_dict(), "tokenizer_train_end": tokenizer.config.train_end,
+             "symbols": list(encoded), "n_tokens": int(sum(len(t) for t, _, _ in encoded.values())),
+             "split_counts": {name: 0 for name in SPLIT_NAMES}, "per_symbol": {}, "skipped": skipped}
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        for symbol, (tokens, p, labels) in encoded.items():
+            file = f"{ARRAYS_DIR}/{files[symbol]}.npy"
+            with atomic_path(tmp / file) as path, open(path, "wb") as fh:
+                np.save(fh, tokens)
+            counts = {name: int((labels == i).sum()) for i, name in enumerate(SPLIT_NAMES)}
+            for name, count in counts.items():
+                index["split_counts"][name] += count
+            index["per_symbol"][symbol] = {
+                "file": file, "n_tokens": len(tokens), "split_counts": counts,
+                "patch_starts": [iso(ts) for ts in pd.DatetimeIndex(p.starts, tz="UTC")],
+                "splits": [SPLIT_NAMES[i] for i in labels]}
+        write_text(tmp / ALL_TOKENS_FILE, " ".join(str(i) for t, _, _ in encoded.values() for i in t.tolist()) + "\n")
+        tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+        write_json(tmp / INDEX_FILE, index)
+    return index
+
+
+class TokenStore:
+    """Token ids per symbol with their splits; read-only. Use `TokenStore.open(path)`."""
+
+    def __init__(self, path: Path, arrays: dict[str, np.ndarray], bounds: dict[str, dict[str, tuple[int, int]]],
+                 vocab_size: int, index: dict | None = None):
+        self.path = path
+        self._arrays = arrays
+        self._bounds = bounds
+        self.vocab_size = vocab_size
+        self.index = index
+        self.symbols: list[str] = list(arrays)
+        self.is_store = index is not None
+        self.train_end = pd.Timestamp(index["train_end"]) if index else None
+        self.val_end = pd.Timestamp(index["val_end"]) if index else None
+        self.tokenizer_hash: str | None = index["tokenizer_hash"] if index else None
+        self.tokenizer_kind: str | None = index["tokenizer_kind"] if index else None
+        self.patch_len: int | None = index["patch_len"] if index else None
+        self.tokenizer_dir: Path | None = path / TOKENIZER_DIR if index and (path / TOKENIZER_DIR).is_dir() else None
+
+    @classmethod
+    def open(cls, path: str | Path, vocab_size: int | None = None) -> TokenStore:
+        """Open a store directory or a plain token .txt file. `vocab_size` (e.g. the model's) bounds the ids."""
+        path = Path(path)
+        if path.is_dir():
+            return _open_store(path, vocab_size)
+        if path.is_file():
+            return _open_txt(path, vocab_size)
+        raise DataError(f"{path}: no such token store or token file; create one with `pricegpt tokenize`")
+
+    def _check_symbol(self, symbol: str) -> None:
+        if symbol not in self._arrays:
+            shown = ", ".join(self.symbols[:10]) + (" ..." if len(self.symbols) > 10 else "")
+            raise DataError(f"{self.path}: no symbol '{symbol}' in the token store; it has {shown}")
+
+    def tokens(self, symbol: str) -> np.ndarray:
+        """The symbol's ids (n_tokens,), a read-only memmap for store directories."""
+        self._check_symbol(symbol)
+        return self._arrays[symbol]
+
+    def split_bounds(self, symbol: str) -> dict[str, tuple[int, int]]:
+        """{"train": (start, stop), "val": ..., "test": ...}: contiguous index ranges (an empty split has
+        start == stop)."""
+        self._check_symbol(symbol)
+        return dict(self._bounds[symbol])
+
+    def split_tokens(self, symbol: str, split: str) -> np.ndarray:
+        start, stop = self.split_bounds(symbol)[split]
+        return self.tokens(symbol)[start:stop]
+
+    def patch_starts(self, symbol: str) -> pd.DatetimeIndex:
+        """Start timestamp (UTC) of each token's first bar; store directories only."""
+        self._check_symbol(symbol)
+        if self.index is None:
+            raise DataError(f"{self.path} is a plain token file without timestamps; tokenize a price file into a "
+                            "store directory with `pricegpt tokenize`")
+        try:
+            return pd.DatetimeIndex(pd.to_datetime(self.index["per_symbol"][symbol]["patch_starts"], utc=True))
+        except (ValueError, TypeError) as err:
+            raise DataError(f"{self.path / INDEX_FILE}: patch_starts of {symbol} are not ISO timestamps") from err
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(a) for a in self._arrays.values())
+
+    def __repr__(self) -> str:
+        return (f"TokenStore({str(self.path)!r}, symbols={len(self.symbols)}, n_tokens={self.n_tokens}, "
+                f"vocab_size={self.vocab_size})")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _open_txt(path: Path, vocab_size: int | None) -> TokenStore:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a text file of token ids (byte {err.start} is not UTF-8)") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from err
+    words = text.split()
+    if not words:
+        raise DataError(f"{path}: empty token file; expected whitespace-separated integer token ids")
+    position = next((i for i, w in enumerate(words) if not _is_int(w)), None)
+    if position is not None:
+        raise DataError(f"{path}: {_where(text, position)}: '{words[position][:20]}' is not an integer token id")
+    try:
+        ids = np.array(words, dtype=np.int64)
+    except OverflowError as err:
+        position = next(i for i, w in enumerate(words) if abs(int(w)) >= 2**63)
+        raise DataError(f"{path}: {_where(text, position)}: token id {words[position][:20]} is far too large") from err
+    if ids.min() < 0:
+        position = int(np.argmax(ids < 0))
+        raise DataError(f"{path}: {_where(text, position)}: negative token id {ids[position]}")
+    if vocab_size is not None and ids.max() >= vocab_size:
+        position = int(np.argmax(ids >= vocab_size))
+        raise DataError(f"{path}: {_where(text, position)}: token id {ids[position]} is outside the vocabulary "
+                        f"[0, {vocab_size}); the file does not match this model or tokenizer")
+    vocab = int(vocab_size) if vocab_size is not None else int(ids.max()) + 1
+    n_train = int(len(ids) * TXT_TRAIN_FRACTION)
+    bounds = {"train": (0, n_train), "val": (n_train, len(ids)), "test": (len(ids), len(ids))}
+    return TokenStore(path, {"all": ids}, {"all": bounds}, vocab)
+
+
+def _is_int(word: str) -> bool:
+    digits = word[1:] if word[:1] in "+-" else word
+    return digits.isascii() and digits.isdigit()
+
+
+def _where(text: str, position: int) -> str:
+    """'line L, token T' of the position-th whitespace-separated word (both 1-based)."""
+    seen = 0
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        count = len(line.split())
+        if seen + count > position:
+            return f"line {line_no}, token {position - seen + 1}"
+        seen += count
+    return f"token {position + 1}"
+
+
+def _open_store(path: Path, vocab_size: int | None) -> TokenStore:
+    index_path = path / INDEX_FILE
+    redo = "re-create it with `pricegpt tokenize`"
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: not a token store (no {INDEX_FILE}); {redo}") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{index_path}: cannot be read as JSON ({err}); {redo}") from err
+    required = {"vocab_size": int, "patch_len": int, "symbols": list, "per_symbol": dict, "train_end": str,
+                "val_end": str, "tokenizer_hash": str, "tokenizer_kind": str}
+    for key, kind in required.items():
+        if not isinstance(index, dict) or not isinstance(index.get(key), kind):
+            raise DataError(f"{index_path}: missing or invalid '{key}'; {redo}")
+    for key in ("train_end", "val_end"):
+        try:
+            pd.Timestamp(index[key])
+        except ValueError as err:
+            raise DataError(f"{index_path}: '{key}' is not a timestamp; {redo}") from err
+    store_vocab = index["vocab_size"]
+    limit = min(store_vocab, vocab_size) if vocab_size is not None else store_vocab
+    arrays, bounds = {}, {}
+    for symbol in index["symbols"]:
+        entry = index["per_symbol"].get(symbol) if isinstance(symbol, str) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) \
+                or not isinstance(entry.get("n_tokens"), int) or not isinstance(entry.get("splits"), list):
+            raise DataError(f"{index_path}: entry of symbol {symbol!r} is missing or incomplete; {redo}")
+        file = path / entry["file"]
+        if ".." in Path(entry["file"]).parts or Path(entry["file"]).is_absolute():
+            raise DataError(f"{index_path}: file of symbol {symbol!r} points outside the store; {redo}")
+        tokens = _load_array(file, symbol, entry["n_tokens"], redo)
+        if len(tokens) and int(tokens.max()) >= limit:
+            position = int(np.argmax(np.asarray(tokens) >= limit))
+            raise DataError(f"{file}: position {position}: token id {int(tokens[position])} is outside the "
+                            f"vocabulary [0, {limit}); the store does not match this model or tokenizer")
+        bounds[symbol] = _split_bounds(entry["splits"], len(tokens), index_path, symbol, redo)
+        arrays[symbol] = tokens
+    if not arrays:
+        raise DataError(f"{index_path}: the store has no symbols; {redo}")
+    return TokenStore(path, arrays, bounds, store_vocab, index)
+
+
+def _load_array(file: Path, symbol: str, n_tokens: int, redo: str) -> np.ndarray:
+    try:
+        tokens = np.load(file, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError as err:
+        raise DataError(f"{file}: token array of symbol {symbol!r} is missing; {redo}") from err
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"{file}: token array of symbol {symbol!r} is truncated or corrupted ({err}); {redo}") from err
+    if tokens.ndim != 1 or tokens.dtype.kind not in "ui":
+        raise DataError(f"{file}: expected a 1-D integer token array, got {tokens.dtype} {tokens.shape}; {redo}")
+    if len(tokens) != n_tokens:
+        raise DataError(f"{file}: holds {len(tokens)} tokens but index.json says {n_tokens}; {redo}")
+    if tokens.dtype.kind == "i" and len(tokens) and int(tokens.min()) < 0:
+        raise DataError(f"{file}: negative token id at position {int(np.argmax(np.asarray(tokens) < 0))}; {redo}")
+    return tokens
+
+
+def _split_bounds(labels: list, n: int, index_path: Path, symbol: str, redo: str) -> dict[str, tuple[int, int]]:
+    if len(labels) != n or any(label not in SPLIT_NAMES for label in labels):
+        raise DataError(f"{index_path}: splits of symbol {symbol!r} do not match its {n} tokens; {redo}")
+    order = [SPLIT_NAMES.index(label) for label in labels]
+    if any(a > b for a, b in zip(order, order[1:])):
+        raise DataError(f"{index_path}: splits of symbol {symbol!r} are not in time order; {redo}")
+    bounds, start = {}, 0
+    for i, name in enumerate(SPLIT_NAMES):
+        stop = start + order.count(i)
+        bounds[name] = (start, stop)
+        start = stop
+    return bounds

@@ -1,0 +1,177 @@
+"""The token store: round trip, self-containedness, any symbol name, splits, and typed errors for bad token files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pricegpt.data import time_splits
+from pricegpt.errors import DataError, OutputExistsError, TokenizerError
+from pricegpt.tokenizer import TokenStore, create_tokenizer, load_tokenizer, write_token_store
+
+PROPERTY = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                         HealthCheck.function_scoped_fixture])
+
+
+def walks(symbols, seed: int = 0, bars: int = 150) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    parts = []
+    for symbol in symbols:
+        returns = rng.uniform(0.005, 0.03) * rng.standard_t(4, bars - 1)
+        parts.append(pd.DataFrame({"timestamp": pd.date_range("2021-01-01", periods=bars, freq="D", tz="UTC"),
+                                   "symbol": symbol,
+                                   "close": 20 * np.exp(np.concatenate([[0.0], np.cumsum(returns)]))}))
+    return pd.concat(parts, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    frame = walks(["AAA", "BBB", "CCC"])
+    splits = time_splits(frame, "2021-03-31", "2021-04-30")
+    return frame, splits, create_tokenizer("quantile", codebook_size=32, patch_len=4).fit(frame, splits.train_end)
+
+
+def test_store_round_trip(fitted, tmp_path):
+    frame, splits, tokenizer = fitted
+    index = write_token_store(tokenizer, frame, tmp_path / "tokens", splits)
+    store = TokenStore.open(tmp_path / "tokens")
+    expected = tokenizer.encode(frame)
+    assert store.symbols == sorted(expected) == index["symbols"]
+    assert (store.vocab_size, store.patch_len, store.tokenizer_hash) == (32, 4, tokenizer.hash)
+    assert store.train_end == splits.train_end and store.val_end == splits.val_end
+    patches = tokenizer.patchify(frame)
+    for symbol in store.symbols:
+        tokens = store.tokens(symbol)
+        assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint8
+        np.testing.assert_array_equal(tokens, expected[symbol])
+        starts = store.patch_starts(symbol)
+        assert starts.equals(pd.DatetimeIndex(patches[symbol].starts, tz="UTC"))
+        labels = splits.label(patches[symbol].ends)
+        bounds = store.split_bounds(symbol)
+        for i, name in enumerate(("train", "val", "test")):
+            start, stop = bounds[name]
+            assert stop - start == int((labels == i).sum())
+            assert (labels[start:stop] == i).all()
+        assert bounds["train"][1] > 0 and bounds["test"][1] == len(tokens)
+    all_tokens = (tmp_path / "tokens" / "all_tokens.txt").read_text().split()
+    assert [int(t) for t in all_tokens] == [int(t) for s in store.symbols for t in expected[s]]
+    assert load_tokenizer(store.tokenizer_dir).hash == tokenizer.hash
+    with pytest.raises(OutputExistsError):
+        write_token_store(tokenizer, frame, tmp_path / "tokens", splits)
+    write_token_store(tokenizer, frame.iloc[:300], tmp_path / "tokens", splits, overwrite=True)
+    assert TokenStore.open(tmp_path / "tokens").symbols == ["AAA", "BBB"]
+
+
+def test_large_vocab_is_uint16_and_plain_text_reads_back(tmp_path):
+    frame = walks(["X"], bars=1400)
+    tokenizer = create_tokenizer("uniform", codebook_size=300, patch_len=2).fit(frame, "2023-06-30")
+    write_token_store(tokenizer, frame, tmp_path / "s", time_splits(frame, "2023-06-30"))
+    store = TokenStore.open(tmp_path / "s")
+    assert store.tokens("X").dtype == np.uint16
+    plain = TokenStore.open(tmp_path / "s" / "all_tokens.txt", vocab_size=300)
+    assert plain.symbols == ["all"] and plain.vocab_size == 300 and plain.tokenizer_dir is None
+    np.testing.assert_array_equal(plain.tokens("all"), store.tokens("X"))
+    n = len(store.tokens("X"))
+    assert plain.split_bounds("all") == {"train": (0, int(0.8 * n)), "val": (int(0.8 * n), n), "test": (n, n)}
+    with pytest.raises(DataError, match="timestamps"):
+        plain.patch_starts("all")
+
+
+def test_leaky_splits_are_refused(fitted, tmp_path):
+    frame, _, tokenizer = fitted
+    with pytest.raises(TokenizerError, match="validation data"):
+        write_token_store(tokenizer, frame, tmp_path / "t", time_splits(frame, "2021-02-28", "2021-04-30"))
+    assert not (tmp_path / "t").exists()
+
+
+@PROPERTY
+@given(names=st.lists(st.text(min_size=1, max_size=12).filter(lambda s: s.strip() == s and s.strip()),
+                      min_size=1, max_size=4, unique=True))
+def test_any_symbol_name_stays_inside_the_store(names, tmp_path_factory):
+    names = list(dict.fromkeys(names + ["../x", "a/b", "CON", "Aa", "aA", ".hidden"]))
+    frame = walks(names, bars=40)
+    tokenizer = create_tokenizer("quantile", codebook_size=8, patch_len=3).fit(frame, "2021-01-25")
+    root = tmp_path_factory.mktemp("store")
+    write_token_store(tokenizer, frame, root / "out", time_splits(frame, "2021-01-25", "2021-02-01"))
+    written = {p.resolve() for p in root.rglob("*") if p.is_file()}
+    assert all((root / "out").resolve() in p.parents for p in written)
+    assert len(list((root / "out" / "arrays").iterdir())) == len(set(names))
+    store = TokenStore.open(root / "out")
+    assert store.symbols == sorted(set(names))
+    encoded = tokenizer.encode(frame)
+    for name in names:
+        np.testing.assert_array_equal(store.tokens(name), encoded[name])
+
+
+# ------------------------------------------------------------------------------------------- bad files
+@PROPERTY
+@given(tokens=st.lists(st.integers(0, 50), min_size=1, max_size=40), where=st.integers(0, 39),
+       bad=st.sampled_from(["abc", "1.5", "-3", "0x10", "1e3", "٣", "99999999999999999999999"]))
+def test_bad_text_token_files_are_data_errors_naming_the_line(tokens, where, bad, tmp_path_factory):
+    where = where % (len(tokens) + 1)
+    words = [str(t) for t in tokens[:where]] + [bad] + [str(t) for t in tokens[where:]]
+    lines = [" ".join(words[i:i + 7]) for i in range(0, len(words), 7)]
+    path = tmp_path_factory.mktemp("txt") / "tokens.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        TokenStore.open(path)
+    assert str(path) in str(err.value) and f"line {where // 7 + 1}" in str(err.value)
+
+
+def test_text_files_vocab_and_empty(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("80 81 83\n89 66\n")
+    store = TokenStore.open(path)
+    assert store.vocab_size == 90 and store.tokens("all").tolist() == [80, 81, 83, 89, 66]
+    with pytest.raises(DataError, match=r"line 2, token 1.*\[0, 85\)"):
+        TokenStore.open(path, vocab_size=85)
+    path.write_text(" \n\n")
+    with pytest.raises(DataError, match="empty"):
+        TokenStore.open(path)
+    path.write_bytes(b"\xff\xfe1 2")
+    with pytest.raises(DataError, match="UTF-8"):
+        TokenStore.open(path)
+    with pytest.raises(DataError, match="no such"):
+        TokenStore.open(tmp_path / "nothing.txt")
+
+
+@pytest.mark.parametrize("damage", ["no index", "bad json", "missing array", "truncated array", "length mismatch",
+                                    "id too large", "escaping file", "splits out of order", "unknown symbol"])
+def test_broken_store_directories_are_data_errors(fitted, tmp_path, damage):
+    frame, splits, tokenizer = fitted
+    root = tmp_path / "s"
+    write_token_store(tokenizer, frame, root, splits)
+    index = json.loads((root / "index.json").read_text())
+    array = root / index["per_symbol"]["AAA"]["file"]
+    if damage == "no index":
+        (root / "index.json").unlink()
+    elif damage == "bad json":
+        (root / "index.json").write_text("{")
+    elif damage == "missing array":
+        array.unlink()
+    elif damage == "truncated array":
+        array.write_bytes(array.read_bytes()[:-5])
+    elif damage == "length mismatch":
+        np.save(array, np.zeros(3, dtype=np.uint8))
+    elif damage == "id too large":
+        values = np.load(array)
+        values[2] = 200
+        np.save(array, values)
+    elif damage == "escaping file":
+        index["per_symbol"]["AAA"]["file"] = "../elsewhere.npy"
+    elif damage == "splits out of order":
+        index["per_symbol"]["AAA"]["splits"] = index["per_symbol"]["AAA"]["splits"][::-1]
+    if damage in ("escaping file", "splits out of order"):
+        (root / "index.json").write_text(json.dumps(index))
+    if damage == "unknown symbol":
+        with pytest.raises(DataError, match="ZZZ"):
+            TokenStore.open(root).tokens("ZZZ")
+        return
+    with pytest.raises(DataError) as err:
+        TokenStore.open(root)
+    assert str(root) in str(err.value)
