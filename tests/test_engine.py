@@ -9,8 +9,16 @@ from pricegpt.model import GPT, Engine, GPTConfig, KVCache, sample_next_token
 
 def tiny_model(seed: int = 0, **overrides) -> GPT:
     # Random head and projections (not the zero init), so every generated token depends on the context.
-    base = dict(sequence_len=16, vocab_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
-                zero_init_proj=False, zero_init_head=False)
+    base = dict(
+        sequence_len=16,
+        vocab_size=32,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        n_embd=32,
+        zero_init_proj=False,
+        zero_init_head=False,
+    )
     torch.manual_seed(seed)
     return GPT(GPTConfig(**{**base, **overrides})).eval()
 
@@ -96,8 +104,9 @@ def test_generation_restores_training_mode_and_max_new_tokens_zero():
     model = tiny_model().train()
     out = model.generate([1, 2, 3], 0, num_samples=5)
     assert out.shape == (1, 5, 0)
-    model.generate([1, 2, 3], 2)
+    paths = model.generate([1, 2, 3], 2)
     assert model.training
+    paths[0, 0, 0] = 7  # an ordinary tensor, not an inference-mode one
 
 
 def test_top_k_never_samples_outside_the_top_k():

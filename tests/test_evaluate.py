@@ -204,7 +204,9 @@ def test_evaluate_end_to_end(tiny_run):
     html_text = (run / "eval" / "report.html").read_text()
     assert "<script>" not in html_text and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html_text
     assert "data:image/png;base64," in html_text and 'src="fan_' not in html_text  # self-contained
-    assert (run / "eval" / "report.md").is_file() and list((run / "eval").glob("fan_*.png"))
+    markdown = (run / "eval" / "report.md").read_text()
+    assert "<script>" not in markdown and "&lt;script&gt;" in markdown
+    assert list((run / "eval").glob("fan_*.png"))
     assert all("<" not in p.name for p in (run / "eval").iterdir())
 
 

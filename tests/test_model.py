@@ -12,8 +12,16 @@ from pricegpt.model import GPT, PRESETS, GPTConfig, KVCache, check_token_ids, pr
 
 def tiny_config(**overrides) -> GPTConfig:
     # Random (not zero) output projections and head, so outputs depend on every weight and every input token.
-    base = dict(sequence_len=16, vocab_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
-                zero_init_proj=False, zero_init_head=False)
+    base = dict(
+        sequence_len=16,
+        vocab_size=32,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        n_embd=32,
+        zero_init_proj=False,
+        zero_init_head=False,
+    )
     return GPTConfig(**{**base, **overrides})
 
 

@@ -159,6 +159,15 @@ def test_defaults_on_real_stocks_use_the_codebook_and_beat_the_quantile_baseline
     assert report["recon_mse"] == report["baseline_quantile_recon_mse"]
 
 
+def test_short_vqvae_fits_still_use_the_codebook(stocks_frame):
+    # dead codes are re-seeded from the first restart check on, so even a short fit keeps its codes alive
+    frame = stocks_frame[stocks_frame["timestamp"] <= "2005-12-31"]
+    tokenizer = create_tokenizer("vqvae", steps=300).fit(frame, "2005-12-31", progress=False)
+    used = np.unique(np.concatenate(list(tokenizer.encode(frame).values())))
+    assert len(used) >= 0.9 * 128
+    assert tokenizer.history[-1]["step"] == 300 and tokenizer.history[-1]["codes_used"] >= 0.9 * 128
+
+
 def test_ohlcv_features_need_the_columns_and_decode_close_returns(stocks_frame):
     frame = stocks_frame[stocks_frame["timestamp"] <= "2004-12-31"]
     tokenizer = tiny("vqvae", features="ohlcv", codebook_size=32).fit(frame, "2003-12-31", progress=False)

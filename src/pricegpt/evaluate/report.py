@@ -1,7 +1,8 @@
 """RUN/eval/report.md and a self-contained RUN/eval/report.html (PNGs inlined as base64 data URIs), plus the PNGs.
 
 Both files are rendered from one list of sections, so they always say the same thing. Every string that comes
-from the user (symbols, paths, run names) is escaped: html.escape in HTML, `|` and newlines in Markdown tables.
+from the user (symbols, paths, run names) is escaped: html.escape in HTML; in Markdown, HTML special characters
+become entities too (viewers render raw HTML) and `|` and newlines are escaped.
 """
 
 from __future__ import annotations
@@ -170,7 +171,10 @@ def build_sections(out: Path, metrics: dict, run, series, origins, cum, realised
 
 # ---------------------------------------------------------------------------------------------- rendering
 def _md_cell(value) -> str:
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Text safe in a Markdown table or paragraph: HTML special characters as entities (Markdown viewers render
+    raw HTML), `|` and backslashes escaped, one line."""
+    text = html.escape(str(value), quote=False)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(title: str, sections: list[Section]) -> str:

@@ -30,8 +30,16 @@ class KVCache:
     advances `pos` after its last layer. self.k[layer] is the (rows, n_kv_head, max_len, head_dim) cache of one layer.
     """
 
-    def __init__(self, n_layer: int, rows: int, n_kv_head: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        n_layer: int,
+        rows: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
         shape = (n_layer, rows, n_kv_head, max_len, head_dim)
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
@@ -68,15 +76,21 @@ class KVCache:
         out = KVCache(n_layer, rows * repeats, n_kv_head, max_len, head_dim, self.k.dtype, self.k.device)
         for src, dst in ((self.k, out.k), (self.v, out.v)):
             # Broadcast copy of the filled part only; no repeated intermediate tensor.
-            dst.view(n_layer, rows, repeats, n_kv_head, max_len, head_dim)[..., : self.pos, :] = (
-                src[:, :, None, :, : self.pos]
-            )
+            dst.view(n_layer, rows, repeats, n_kv_head, max_len, head_dim)[..., : self.pos, :] = src[
+                :, :, None, :, : self.pos
+            ]
         out.pos = self.pos
         return out
 
 
-def sample_next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                      top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next_token(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """logits (N, V) -> token ids (N,) int64.
 
     temperature 0 is greedy (argmax). Otherwise logits / temperature, then top-k (keep the k largest logits;
@@ -148,16 +162,32 @@ class Engine:
     def __init__(self, model: GPT):
         self.model = model
 
-    @torch.inference_mode()
-    def generate(self, idx, max_new_tokens: int, *, num_samples: int = 1, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 use_cache: bool = True, refill_len: int | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        idx,
+        max_new_tokens: int,
+        *,
+        num_samples: int = 1,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+        refill_len: int | None = None,
+    ) -> torch.Tensor:
         """Sample `num_samples` continuations of each context: idx (B, T) -> (B, num_samples, max_new_tokens).
 
         idx may also be a (T,) tensor or a list of ints (B = 1). Contexts longer than sequence_len keep their
         last sequence_len tokens. `refill_len` (default 3/4 sequence_len) is the window kept when it is full,
         see the module docstring. Same seed -> same paths; seed None -> fresh randomness.
         """
+        with torch.inference_mode():
+            paths = self._generate(
+                idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache, refill_len
+            )
+        return paths.clone()  # cloned outside inference mode: callers get an ordinary, writable tensor
+
+    def _generate(self, idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache, refill_len):
         model, L = self.model, self.model.config.sequence_len
         check_sampling_args(max_new_tokens, num_samples, temperature, top_k, top_p)
         refill_len = refill_len if refill_len is not None else max(1, L - L // 4)
@@ -203,4 +233,4 @@ class Engine:
                 tokens[:, n] = sample_next_token(logits, **sample)
         finally:
             model.train(was_training)
-        return tokens[:, T:].reshape(B, num_samples, max_new_tokens).clone()
+        return tokens[:, T:].reshape(B, num_samples, max_new_tokens)

@@ -296,8 +296,9 @@ class GPT(nn.Module):
             self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
         return self.cos[:, start : start + length], self.sin[:, start : start + length]
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache=None,
-                reduction: str = "mean") -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache=None, reduction: str = "mean"
+    ) -> torch.Tensor:
         """idx (B, T) int64 -> logits (B, T, V) fp32, or with targets (B, T) the cross-entropy loss.
 
         targets equal to -1 are ignored. `reduction` is F.cross_entropy's ("mean" -> scalar, "none" -> (B*T,)).
@@ -319,10 +320,18 @@ class GPT(nn.Module):
             return logits
         return F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1, reduction=reduction)
 
-    @torch.inference_mode()
-    def generate(self, idx, max_new_tokens: int, *, num_samples: int = 1, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 use_cache: bool = True) -> torch.Tensor:
+    def generate(
+        self,
+        idx,
+        max_new_tokens: int,
+        *,
+        num_samples: int = 1,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
         """Sample continuations: idx (B, T) (or a 1-D tensor / list of ints) -> (B, num_samples, max_new_tokens).
 
         See engine.Engine.generate for cropping, the context window and sampling.
@@ -330,8 +339,14 @@ class GPT(nn.Module):
         from .engine import Engine  # engine imports this module
 
         return Engine(self).generate(
-            idx, max_new_tokens, num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
-            seed=seed, use_cache=use_cache,
+            idx,
+            max_new_tokens,
+            num_samples=num_samples,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            use_cache=use_cache,
         )
 
     # ---------------------------------------------------------------- bookkeeping
@@ -387,8 +402,11 @@ class GPT(nn.Module):
         Weight decay applies to 2-D tensors only; 1-D tensors (none in this architecture) would go in "no_decay".
         """
         groups = []
-        for name, params in (("matrix", self.matrix_params()), ("embedding", self.embedding_params()),
-                             ("head", self.head_params())):
+        for name, params in (
+            ("matrix", self.matrix_params()),
+            ("embedding", self.embedding_params()),
+            ("head", self.head_params()),
+        ):
             decay = [p for p in params if p.dim() >= 2]
             no_decay = [p for p in params if p.dim() < 2]
             if decay:
@@ -444,8 +462,11 @@ class GPT(nn.Module):
                 f"{weights_path} does not match {config_path}: missing tensors {missing}, unexpected tensors "
                 f"{unexpected}; the two files come from different models, re-save the model"
             )
-        wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}"
-                 for k, v in expected.items() if state[k].shape != v.shape]
+        wrong = [
+            f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}"
+            for k, v in expected.items()
+            if state[k].shape != v.shape
+        ]
         if wrong:
             raise CheckpointError(
                 f"{weights_path} has tensors of the wrong shape for {config_path} ({'; '.join(wrong)}); "

@@ -156,7 +156,7 @@ def _symbol_features(symbol: str, data: dict[str, np.ndarray], features: str) ->
         if not np.all(np.isfinite(volume) & (volume >= 0)):
             raise DataError(f"symbol {symbol}: volume has missing, negative or infinite values; use features='close'")
         cols.append(np.diff(np.log1p(volume)))
-    return np.stack(cols, axis=1)
+    return np.stack(cols, axis=1) if len(cols) > 1 else cols[0][:, None]
 
 
 def _check_prices(values: np.ndarray, symbol: str, column: str) -> None:

@@ -5,7 +5,8 @@ Training (on scaled train patches only, single-threaded and seeded so the result
     gradients from the decoder to the encoder;
   * the codebook is not trained by gradients but by EMA cluster statistics (decay `ema_decay`, Laplace
     smoothing), initialised by k-means(++) on the initial encoder's outputs;
-  * every `restart_every` steps, codes whose EMA count fell below `dead_code_frac` of the mean count are
+  * every `restart_every` steps, codes picked fewer than `dead_code_frac` times their fair share
+    (batch_size * restart_every / K) since the last check are
     re-seeded from the current batch's encoder outputs, drawn (seeded) in proportion to their quantisation error,
     so the codebook spends dead codes where the reconstruction is worst. Restarts stop after `restart_until` of
     the steps so the last codes can settle.
@@ -50,7 +51,7 @@ class VQVAEConfig(TokenizerConfig):
     sum_weight: float = 1.0  # extra loss weight on the error of the patch's summed close return
     ema_decay: float = 0.99
     restart_every: int = 50
-    dead_code_frac: float = 0.1  # of the mean EMA count per code (batch_size / K)
+    dead_code_frac: float = 0.1  # of a code's fair share of picks between two restart checks
     restart_until: float = 0.8  # fraction of the steps after which codes are no longer restarted
     kmeans_iters: int = 20
     kmeans_sample: int = 20000
@@ -125,7 +126,7 @@ class VQVAETokenizer(Tokenizer):
 
     def __init__(self, config: VQVAEConfig | None = None, **overrides):
         super().__init__(config, **overrides)
-        self.model = self._new_model()
+        self.model: VQVAE | None = None  # built by fit or from_pretrained
         self.history: list[dict] = []  # usage and loss logged while fitting
 
     def _new_model(self) -> VQVAE:
@@ -149,12 +150,15 @@ class VQVAETokenizer(Tokenizer):
         with torch.no_grad():
             sample = x[torch.randperm(len(x), generator=generator)[:c.kmeans_sample]]
             model.codebook.copy_(kmeans(model.encoder(sample), K, c.kmeans_iters, generator))
-        mean_count = c.batch_size / K
-        ema_count = torch.full((K,), mean_count)
-        ema_sum = model.codebook.clone() * mean_count
+            # EMA statistics start from the k-means clusters, so unpopular codes are not shielded at the start
+            share = torch.bincount(model.nearest(model.encoder(sample)), minlength=K).float() / len(sample)
+        ema_count = share * c.batch_size
+        ema_sum = model.codebook.clone() * ema_count[:, None]
         optimizer = torch.optim.Adam(list(model.encoder.parameters()) + list(model.decoder.parameters()), lr=c.lr)
         restart_until = int(c.restart_until * c.steps)
-        window_usage = torch.zeros(K, dtype=torch.long)
+        window_usage = torch.zeros(K, dtype=torch.long)  # picks since the last log line
+        since_check = torch.zeros(K, dtype=torch.long)  # picks since the last restart check
+        restarted = 0  # codes re-seeded since the last log line
         log_every = max(1, c.steps // 10)
         bar = _progress_bar(c.steps, progress)
         start = time.perf_counter()
@@ -180,17 +184,13 @@ class VQVAETokenizer(Tokenizer):
             optimizer.step()
             with torch.no_grad():
                 z = z.detach()
-                counts = torch.bincount(codes, minlength=K).to(torch.float32)
-                ema_count.mul_(c.ema_decay).add_(counts, alpha=1 - c.ema_decay)
-                ema_sum.mul_(c.ema_decay).add_(torch.zeros_like(ema_sum).index_add_(0, codes, z),
-                                               alpha=1 - c.ema_decay)
-                total = ema_count.sum()
-                smoothed = (ema_count + 1e-5) / (total + K * 1e-5) * total
-                model.codebook.copy_(ema_sum / smoothed[:, None])
-                window_usage += counts.long()
-                restarted = 0
-                if step % c.restart_every == 0 and step <= restart_until:
-                    restarted = self._restart_dead_codes(z, ema_count, ema_sum, mean_count, generator)
+                counts = self._ema_update(codes, z, ema_count, ema_sum)
+                window_usage += counts
+                since_check += counts
+                if step % c.restart_every == 0:
+                    if step <= restart_until:
+                        restarted += self._restart_dead_codes(z, since_check, ema_count, ema_sum, generator)
+                    since_check.zero_()
             if step % log_every == 0 or step == c.steps:
                 used = int((window_usage > 0).sum())
                 p = ema_count / ema_count.sum()
@@ -199,6 +199,7 @@ class VQVAETokenizer(Tokenizer):
                           "perplexity": perplexity, "restarted": restarted}
                 self.history.append(record)
                 window_usage.zero_()
+                restarted = 0
                 if bar is None:
                     log.info("vqvae step %d/%d: recon %.4f, codes used %d/%d, perplexity %.1f (%.1fs)", step,
                              c.steps, record["recon"], used, K, perplexity, time.perf_counter() - start)
@@ -210,11 +211,23 @@ class VQVAETokenizer(Tokenizer):
             bar.close()
         model.eval()
 
-    def _restart_dead_codes(self, z: torch.Tensor, ema_count: torch.Tensor, ema_sum: torch.Tensor,
-                            mean_count: float, generator: torch.Generator) -> int:
-        model = self.model
-        threshold = self.config.dead_code_frac * mean_count
-        dead = torch.nonzero(ema_count < threshold).flatten()
+    def _ema_update(self, codes: torch.Tensor, z: torch.Tensor, ema_count: torch.Tensor,
+                    ema_sum: torch.Tensor) -> torch.Tensor:
+        """Move each code to the EMA mean of the latents assigned to it (Laplace-smoothed); returns the picks."""
+        c, K = self.config, self.config.codebook_size
+        counts = torch.bincount(codes, minlength=K)
+        ema_count.mul_(c.ema_decay).add_(counts.to(torch.float32), alpha=1 - c.ema_decay)
+        ema_sum.mul_(c.ema_decay).add_(torch.zeros_like(ema_sum).index_add_(0, codes, z), alpha=1 - c.ema_decay)
+        total = ema_count.sum()
+        smoothed = (ema_count + 1e-5) / (total + K * 1e-5) * total
+        self.model.codebook.copy_(ema_sum / smoothed[:, None])
+        return counts
+
+    def _restart_dead_codes(self, z: torch.Tensor, picks_since_check: torch.Tensor, ema_count: torch.Tensor,
+                            ema_sum: torch.Tensor, generator: torch.Generator) -> int:
+        c, model = self.config, self.model
+        fair_share = c.batch_size * c.restart_every / c.codebook_size
+        dead = torch.nonzero(picks_since_check < c.dead_code_frac * fair_share).flatten()
         if len(dead) == 0:
             return 0
         error = ((z - model.codebook[model.nearest(z)]) ** 2).sum(1)
@@ -222,7 +235,7 @@ class VQVAETokenizer(Tokenizer):
         take = min(len(dead), len(z))
         picks = torch.multinomial(weights / weights.sum(), take, replacement=False, generator=generator)
         dead = dead[:take]
-        fresh = 1.5 * threshold  # survives ~40 steps unused, so an unlucky seed is retried soon
+        fresh = 1.0  # the weight of one pick: its first real assignments move the new code at once
         model.codebook[dead] = z[picks]
         ema_count[dead] = fresh
         ema_sum[dead] = z[picks] * fresh
