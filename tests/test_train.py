@@ -7,6 +7,7 @@ import math
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -171,3 +172,27 @@ def test_tensorboard_without_the_package_is_a_clear_error(tmp_path):
             MetricsLog(tmp_path, tensorboard=True)
     else:
         pytest.skip("tensorboard is installed")
+
+
+def test_trains_on_a_token_store_and_keeps_its_tokenizer(stocks_frame, tmp_path):
+    from pricegpt.data import time_splits
+    from pricegpt.runs import load_run
+    from pricegpt.tokenizer import TokenStore, fit_to_dir, load_tokenizer, write_token_store
+
+    splits = time_splits(stocks_frame)
+    fit_to_dir(stocks_frame, tmp_path / "tokenizer", kind="quantile", train_end=splits.train_end,
+               val_end=splits.val_end)
+    index = write_token_store(load_tokenizer(tmp_path / "tokenizer"), stocks_frame, tmp_path / "tokens", splits)
+    run = tmp_path / "run"
+    with torch_threads_kept():
+        result = train_run(tokens=tmp_path / "tokens", out=run, preset="tiny", overrides=TINY, max_steps=5)
+    assert result["steps"] == 5
+    trained = load_run(run, need_tokenizer=True)  # what generate / evaluate / forecast open
+    assert trained.model.config.vocab_size == index["vocab_size"]  # from the store, not the preset
+    assert trained.tokenizer.hash == index["tokenizer_hash"]
+    assert (run / "tokenizer" / "config.json").is_file() and (run / "model" / "tokenizer" / "config.json").is_file()
+    meta = json.loads((run / "model" / "meta.json").read_text())
+    store = TokenStore.open(tmp_path / "tokens")
+    assert meta["tokenizer_hash"] == index["tokenizer_hash"] and meta["finished"] is True
+    assert pd.Timestamp(meta["train_end"]) == store.train_end and pd.Timestamp(meta["val_end"]) == store.val_end
+    assert meta["symbols"] == store.symbols and meta["tokens"] == str((tmp_path / "tokens").resolve())

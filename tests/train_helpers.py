@@ -12,7 +12,8 @@ import torch
 TINY = [
     "model.sequence_len=16", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_kv_head=2",
     "train.batch_size=8", "train.eval_batches=2", "train.log_every=5", "train.warmup_steps=10",
-    "train.num_threads=1", "train.lr=3e-3",
+    "train.num_threads=1", "train.lr=3e-3", "model.dropout=0.0", "train.weight_decay=0.1",
+    "train.early_stopping_patience=0",
 ]
 
 

@@ -108,8 +108,11 @@ def cmd_tokenizer_fit(args) -> int:
           f"written to {args.out}")
     print(f"codes used: {report['codes_used']}/{report['codebook_size']} ({report['codes_used_frac']:.0%}), "
           f"usage perplexity {report['usage_perplexity']:.1f}")
-    print(f"validation recon MSE {report['recon_mse']:.3e} (rmse {report['recon_rmse_bps']:.1f} bps) vs quantile "
-          f"baseline {report['baseline_quantile_recon_mse']:.3e}")
+    if report.get("recon_mse") is None:
+        print("validation recon MSE: n/a (no validation data after train_end)")
+    else:
+        print(f"validation recon MSE {report['recon_mse']:.3e} (rmse {report['recon_rmse_bps']:.1f} bps) vs "
+              f"quantile baseline {report['baseline_quantile_recon_mse']:.3e}")
     return 0
 
 
@@ -119,10 +122,11 @@ def cmd_tokenize(args) -> int:
 
     tokenizer = load_tokenizer(args.tokenizer)
     frame = load_prices(args.data)
-    splits = time_splits(frame, train_end=args.train_end or tokenizer.train_end,
-                         val_end=args.val_end or getattr(tokenizer, "val_end", None))
-    out = write_token_store(tokenizer, frame, args.out, splits, overwrite=args.force)
-    print(f"token store written to {out}")
+    # Without explicit cutoffs the store takes the tokenizer's train_end (see write_token_store).
+    splits = time_splits(frame, train_end=args.train_end, val_end=args.val_end) \
+        if args.train_end or args.val_end else None
+    write_token_store(tokenizer, frame, args.out, splits, overwrite=args.force)
+    print(f"token store written to {args.out}")
     return 0
 
 
@@ -314,8 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-end")
     p.add_argument("--max-steps", type=_positive_int)
     p.add_argument("--tokenizer-kind", choices=["vqvae", "quantile", "uniform"], default="vqvae")
-    p.add_argument("--patch-len", type=_positive_int)
-    p.add_argument("--horizon", type=_positive_int)
+    p.add_argument("--patch-len", type=_positive_int, help="bars per token (default: the preset's)")
+    p.add_argument("--codebook-size", type=_positive_int, help="tokenizer codes (default: the preset's)")
+    p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: 4)")
     p.add_argument("--num-samples", type=_positive_int)
     p.add_argument("--cost-bps", type=_nonneg_float, default=1.0)
     p.add_argument("--seed", type=int, default=0)

@@ -17,6 +17,9 @@ from pathlib import Path
 
 from .errors import OutputExistsError, PriceGPTError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _friendly_os_error(err: OSError, path: Path) -> PriceGPTError:
     if err.errno == errno.ENOSPC:
@@ -46,6 +49,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
     except OSError as err:
         raise _friendly_os_error(err, path) from err
     tmp_path = Path(tmp)
@@ -103,6 +107,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_UMASK)
     except OSError as err:
         raise _friendly_os_error(err, path) from err
     try:

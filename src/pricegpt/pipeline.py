@@ -18,6 +18,7 @@ from .fileio import write_json
 log = logging.getLogger("pricegpt")
 
 FORMAT_VERSION = 1
+DEFAULT_HORIZON = 4  # bars: a week of daily bars, half a trading day of hourly FX
 
 
 def _source_id(source: str) -> str:
@@ -33,6 +34,7 @@ def run_pipeline(args) -> dict:
     splits = time_splits(frame, train_end=args.train_end, val_end=args.val_end)
     settings = {"format_version": FORMAT_VERSION, "data": _source_id(args.data), **splits.to_dict(),
                 "preset": args.preset, "tokenizer_kind": args.tokenizer_kind, "patch_len": args.patch_len,
+                "codebook_size": args.codebook_size, "horizon": args.horizon or DEFAULT_HORIZON,
                 "max_steps": args.max_steps, "config": args.config, "set": list(args.set or []),
                 "seed": args.seed}
     _prepare_run_dir(out, settings, force=args.force)
@@ -54,7 +56,8 @@ def run_pipeline(args) -> dict:
     stage("tokenizer", (tok_dir / "report.json").is_file(),
           lambda: fit_to_dir(frame, tok_dir, kind=args.tokenizer_kind, train_end=splits.train_end,
                              val_end=splits.val_end, seed=args.seed,
-                             **({"patch_len": args.patch_len} if args.patch_len else {})))
+                             **({"patch_len": args.patch_len} if args.patch_len else {}),
+                             **({"codebook_size": args.codebook_size} if args.codebook_size else {})))
     tokens_dir = out / "tokens"
     stage("tokenize", (tokens_dir / "index.json").is_file(),
           lambda: write_token_store(load_tokenizer(tok_dir), frame, tokens_dir, splits))
@@ -72,7 +75,7 @@ def run_pipeline(args) -> dict:
     from .forecast import calibrate_temperature
     from .runs import load_run
 
-    horizon = args.horizon or load_tokenizer(tok_dir).patch_len
+    horizon = settings["horizon"]
     stage("calibrate", (out / "calibration.json").is_file(),
           lambda: calibrate_temperature(load_run(out), frame, splits, horizon=horizon,
                                         num_samples=args.num_samples or 256))

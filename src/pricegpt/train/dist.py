@@ -40,7 +40,7 @@ def dist_env() -> DistInfo:
 
 def init(info: DistInfo, device: torch.device) -> None:
     """Join the process group (once) when this is one process of several."""
-    if not info.enabled or torch_dist.is_initialized():
+    if not info.enabled or is_initialized():
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -49,13 +49,17 @@ def init(info: DistInfo, device: torch.device) -> None:
         torch_dist.init_process_group(backend="gloo", init_method="env://")
 
 
+def is_initialized() -> bool:
+    return torch_dist.is_available() and torch_dist.is_initialized()
+
+
 def shutdown() -> None:
-    if torch_dist.is_initialized():
+    if is_initialized():
         torch_dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:
-    if info.enabled and torch_dist.is_initialized():
+    if info.enabled and is_initialized():
         torch_dist.barrier()
 
 

@@ -108,7 +108,7 @@ class Trainer:
         if path is None:
             raise CheckpointError(f"{self.run_dir} has no checkpoint to resume from "
                                   f"(expected {self.run_dir / 'checkpoints' / 'last' / META_FILE})")
-        weights, state, meta = load_checkpoint(path)
+        weights, state, _ = load_checkpoint(path)
         try:
             self.model.load_state_dict(weights)
             for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
@@ -297,7 +297,7 @@ class Trainer:
         finished = not self.interrupted
         if self.dist.is_main:
             self._mark_model(finished)
-            self.metrics.flush()
+            self.metrics.flush(plot=True)
             self.metrics.close()
         dist.barrier(self.dist)
         return {"best_val_loss": self.best_val_loss, "best_step": self.best_step, "steps": self.step,
@@ -362,6 +362,7 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
     """
     out = Path(out)
     info = dist.dist_env()
+    owns_process_group = not dist.is_initialized()
     try:
         if resume:
             config, checkpoint = _resume_config(out, preset, config_file, overrides, max_steps)
@@ -387,7 +388,8 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
             copy_tokenizer(out, data.tokenizer_dir)
         return trainer.train()
     finally:
-        dist.shutdown()
+        if owns_process_group:
+            dist.shutdown()
 
 
 def _check_fresh_out(out: Path, allow_existing: bool) -> None:

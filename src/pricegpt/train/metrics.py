@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -18,6 +19,7 @@ from ..fileio import atomic_path, write_text
 COLUMNS = ("step", "lr", "train_loss", "val_loss", "tok_per_s", "mfu")
 METRICS_FILE = "metrics.csv"
 CURVE_FILE = "training_curve.png"
+PLOT_EVERY_S = 30.0  # redrawing the PNG costs ~0.1 s: at most this often during training, always at the end
 
 
 class MetricsLog:
@@ -26,6 +28,7 @@ class MetricsLog:
         self.vocab_size = vocab_size
         self.rows: list[dict] = []
         self._writer = _tensorboard_writer(self.run_dir) if tensorboard else None
+        self._plotted_at: float | None = None
 
     def resume(self, up_to_step: int) -> None:
         """Load the rows already on disk up to and including `up_to_step` (the checkpoint being resumed)."""
@@ -52,15 +55,19 @@ class MetricsLog:
             for key, value in values.items():
                 self._writer.add_scalar(key, value, step)
 
-    def flush(self, plot: bool = True) -> None:
+    def flush(self, plot: bool | None = None) -> None:
+        """Rewrite metrics.csv; redraw the curve when `plot`, or (None) when the last drawing is old enough."""
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
             writer.writerow({k: _format(row.get(k)) for k in COLUMNS})
         write_text(self.run_dir / METRICS_FILE, buffer.getvalue())
+        if plot is None:
+            plot = self._plotted_at is None or time.monotonic() - self._plotted_at >= PLOT_EVERY_S
         if plot:
             self.plot()
+            self._plotted_at = time.monotonic()
         if self._writer is not None:
             self._writer.flush()
 
