@@ -324,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=_positive_int)
     p.add_argument("--cost-bps", type=_nonneg_float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ablation", action="store_true",
+                   help="also train the same pipeline with the quantile tokenizer and compare in the report")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_pipeline)
 

@@ -19,6 +19,10 @@ log = logging.getLogger("pricegpt")
 
 FORMAT_VERSION = 1
 DEFAULT_HORIZON = 4  # bars: a week of daily bars, half a trading day of hourly FX
+# Tokenizer settings per model preset. The tiny preset is for small CPU-sized datasets (a few thousand bars per
+# symbol): one bar per token gives the GPT 4x the training tokens of 4-bar patches, and with ~2k tokens a
+# 4-bar-patch model overfits before it beats the unigram baseline. Larger presets use the tokenizer's defaults.
+PRESET_TOKENIZER = {"tiny": {"patch_len": 1}}
 
 
 def _source_id(source: str) -> str:
@@ -27,16 +31,23 @@ def _source_id(source: str) -> str:
 
 def run_pipeline(args) -> dict:
     """Run (or finish) every stage for args.data into args.out. Returns the evaluation and backtest metrics."""
+    from .config import PRESET_NAMES
     from .data import load_prices, time_splits
+    from .errors import ConfigError
 
+    if args.preset not in PRESET_NAMES:
+        raise ConfigError(f"unknown preset {args.preset!r}; valid presets are {', '.join(PRESET_NAMES)}")
     out = Path(args.out)
     frame = load_prices(args.data)
     splits = time_splits(frame, train_end=args.train_end, val_end=args.val_end)
+    tokenizer_options = dict(PRESET_TOKENIZER.get(args.preset, {}))
+    tokenizer_options.update({k: v for k, v in (("patch_len", args.patch_len),
+                                                 ("codebook_size", args.codebook_size)) if v})
     settings = {"format_version": FORMAT_VERSION, "data": _source_id(args.data), **splits.to_dict(),
-                "preset": args.preset, "tokenizer_kind": args.tokenizer_kind, "patch_len": args.patch_len,
-                "codebook_size": args.codebook_size, "horizon": args.horizon or DEFAULT_HORIZON,
+                "preset": args.preset, "tokenizer_kind": args.tokenizer_kind, "tokenizer": tokenizer_options,
+                "horizon": args.horizon or DEFAULT_HORIZON,
                 "max_steps": args.max_steps, "config": args.config, "set": list(args.set or []),
-                "seed": args.seed}
+                "seed": args.seed, "ablation": bool(getattr(args, "ablation", False))}
     _prepare_run_dir(out, settings, force=args.force)
     timings: dict[str, float] = {}
 
@@ -55,9 +66,7 @@ def run_pipeline(args) -> dict:
     tok_dir = out / "tokenizer"
     stage("tokenizer", (tok_dir / "report.json").is_file(),
           lambda: fit_to_dir(frame, tok_dir, kind=args.tokenizer_kind, train_end=splits.train_end,
-                             val_end=splits.val_end, seed=args.seed,
-                             **({"patch_len": args.patch_len} if args.patch_len else {}),
-                             **({"codebook_size": args.codebook_size} if args.codebook_size else {})))
+                             val_end=splits.val_end, seed=args.seed, **tokenizer_options))
     tokens_dir = out / "tokens"
     stage("tokenize", (tokens_dir / "index.json").is_file(),
           lambda: write_token_store(load_tokenizer(tok_dir), frame, tokens_dir, splits))
@@ -79,9 +88,25 @@ def run_pipeline(args) -> dict:
     stage("calibrate", (out / "calibration.json").is_file(),
           lambda: calibrate_temperature(load_run(out), frame, splits, horizon=horizon,
                                         num_samples=args.num_samples or 256))
+    ablation_runs = None
+    if settings["ablation"]:
+        # The same pipeline with the quantile tokenizer, scored on the same origins in the report.
+        ablation = out / "ablation-quantile"
+        ablation.mkdir(exist_ok=True)
+        stage("ablation tokenizer", (ablation / "tokenizer" / "report.json").is_file(),
+              lambda: fit_to_dir(frame, ablation / "tokenizer", kind="quantile", train_end=splits.train_end,
+                                 val_end=splits.val_end, seed=args.seed, **tokenizer_options))
+        stage("ablation tokenize", (ablation / "tokens" / "index.json").is_file(),
+              lambda: write_token_store(load_tokenizer(ablation / "tokenizer"), frame, ablation / "tokens", splits))
+        stage("ablation train", (ablation / "model" / "meta.json").is_file() and _training_finished(ablation),
+              lambda: train_run(tokens=ablation / "tokens", out=ablation, preset=args.preset,
+                                config_file=args.config, overrides=list(args.set or []), max_steps=args.max_steps,
+                                resume=(ablation / "checkpoints" / "last" / "meta.json").is_file(),
+                                allow_existing=True))
+        ablation_runs = {"quantile": ablation}
     stage("evaluate", (out / "eval" / "metrics.json").is_file(),
           lambda: evaluate_run(out, data=args.data, split="test", horizon=horizon, num_samples=args.num_samples,
-                               seed=args.seed))
+                               seed=args.seed, ablation_runs=ablation_runs))
 
     from .backtest import run_backtest
 
