@@ -38,7 +38,7 @@ import torch
 from .errors import ConfigError
 
 SECTIONS = ("train", "generate", "encode", "e2e", "scaling")
-HF_SKIPPED = "skipped: pip install 'pricegpt[bench]'"
+HF_SKIPPED = "pip install 'pricegpt[bench]'"  # printed as "skipped: pip install ..."
 TRAIN_GOAL = 1.0  # x HF Llama tokens/s
 MFU_GOAL = {"fp32": 0.85, "bf16": 0.60}  # of the matmul peak measured in the same rounds
 KV_VS_RECOMPUTE_GOAL, KV_VS_HF_GOAL = 10.0, 2.0
@@ -91,7 +91,9 @@ class Result:
         return "PASS" if met else "MISS"
 
     def line(self) -> str:
-        goal = f"goal {self.goal_text}: {self.verdict}" if self.goal is not None and self.value is not None else ""
+        if self.value is None:
+            return f"{self.name:<30} {self.shown}: {self.detail}"
+        goal = f"goal {self.goal_text}: {self.verdict}" if self.goal is not None else ""
         return f"{self.name:<30} {self.shown:>14}  {goal:<22} {self.detail}".rstrip()
 
 
@@ -330,8 +332,8 @@ def bench_generate(config, *, context_len: int, paths: int, new_tokens: int, rec
         "generate KV vs recompute", paired_ratio([s * scale for s in seconds["recompute"]], seconds["kv"]),
         f"{paired_ratio([s * scale for s in seconds['recompute']], seconds['kv']):.1f}x", goal=KV_VS_RECOMPUTE_GOAL,
         goal_text=">= 10x",
-        detail=f"KV {kv:.2f} s ({paths * new_tokens / kv:,.0f} tok/s) vs recompute "
-               f"{statistics.median(seconds['recompute']) * scale:.1f} s, {what}; recompute timed on "
+        detail=f"KV {kv:.3g} s ({paths * new_tokens / kv:,.0f} tok/s) vs recompute "
+               f"{statistics.median(seconds['recompute']) * scale:.3g} s, {what}; recompute timed on "
                f"{recompute_tokens} tokens, extrapolated in proportion to the window length")]
     if hf is None:
         results.append(Result("generate KV vs HF generate", None, "skipped", HF_SKIPPED))
@@ -339,7 +341,7 @@ def bench_generate(config, *, context_len: int, paths: int, new_tokens: int, rec
         ratio = paired_ratio(seconds["hf"], seconds["kv"])
         results.append(Result(
             "generate KV vs HF generate", ratio, f"{ratio:.1f}x", goal=KV_VS_HF_GOAL, goal_text=">= 2x",
-            detail=f"HF {statistics.median(seconds['hf']):.2f} s, {what} (do_sample, top_k=0, use_cache, "
+            detail=f"HF {statistics.median(seconds['hf']):.3g} s, {what} (do_sample, top_k=0, use_cache, "
                    f"num_return_sequences={paths}); median of {rounds} rounds"))
     return results
 
@@ -407,11 +409,12 @@ def section_encode(settings: BenchSettings) -> Iterator[Result]:
 
 
 # ------------------------------------------------------------------------------------------------------ e2e
-def bench_e2e(threads: int, max_steps: int | None, extra_args: tuple[str, ...] = ()) -> list[Result]:
-    """`pricegpt pipeline` on sample:stocks-daily (tiny preset) into a temp dir; stage times from timings.json."""
+def bench_e2e(threads: int, max_steps: int | None, data: str = "sample:stocks-daily",
+              extra_args: tuple[str, ...] = ()) -> list[Result]:
+    """`pricegpt pipeline` on `data` with the tiny preset into a temp dir; stage times from RUN/timings.json."""
     with tempfile.TemporaryDirectory(prefix="pricegpt-bench-") as tmp:
         run = Path(tmp) / "run"
-        command = [sys.executable, "-m", "pricegpt", "pipeline", "--data", "sample:stocks-daily", "--out", str(run),
+        command = [sys.executable, "-m", "pricegpt", "pipeline", "--data", data, "--out", str(run),
                    "--preset", "tiny", "--set", f"train.num_threads={threads}",
                    *(["--max-steps", str(max_steps)] if max_steps else []), *extra_args]
         start = time.perf_counter()
@@ -425,7 +428,7 @@ def bench_e2e(threads: int, max_steps: int | None, extra_args: tuple[str, ...] =
     steps = f"--max-steps {max_steps}" if max_steps else "the preset's steps"
     results = [Result(f"e2e {stage}", seconds, f"{seconds:.1f} s") for stage, seconds in timings.items()]
     results.append(Result("e2e total (wall)", total, f"{total:.1f} s",
-                          detail=f"pricegpt pipeline --data sample:stocks-daily --preset tiny, {steps}; includes "
+                          detail=f"pricegpt pipeline --data {data} --preset tiny, {steps}; includes "
                                  f"{total - sum(timings.values()):.1f} s of start-up and loading"))
     return results
 

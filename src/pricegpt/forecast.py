@@ -41,7 +41,7 @@ from .errors import DataError, PriceGPTError
 log = logging.getLogger("pricegpt")
 
 QUANTILE_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
-TEMPERATURE_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3)
+TEMPERATURE_GRID = (0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)
 VAR_LEVELS = (0.95, 0.99)
 BARRIERS = (0.05, 0.10)
 KV_CACHE_BUDGET_BYTES = 512 * 2**20  # bounds the KV cache (and so memory) of one engine call

@@ -1,0 +1,125 @@
+"""`pricegpt bench` at tiny shapes, one or two rounds: the code runs and its bookkeeping holds. No timings are
+asserted here; speed lives in benchmarks/README.md."""
+
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from pricegpt import bench
+from pricegpt.errors import ConfigError
+from pricegpt.model import GPT, GPTConfig
+from pricegpt.tokenizer import TokenStore
+from train_helpers import torch_threads_kept
+
+TINY = GPTConfig(sequence_len=16, vocab_size=32, n_layer=1, n_head=4, n_kv_head=4, n_embd=32)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    with torch_threads_kept():
+        torch.set_num_threads(1)
+        yield
+
+
+@pytest.fixture
+def no_transformers(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` raises ImportError
+
+
+def assert_measured(result: bench.Result) -> None:
+    assert result.value is not None and result.value > 0, result.line()
+    assert result.verdict in ("PASS", "MISS", ""), result.line()
+
+
+def test_llama_peer_has_pricegpt_shape_and_parameter_count():
+    pytest.importorskip("transformers")
+    from transformers import LlamaForCausalLM
+
+    for config in (GPTConfig(), replace(GPTConfig(), n_kv_head=2)):  # the seed shape, MHA and GQA
+        with torch.device("meta"):  # shapes only, no memory or init time
+            ours = GPT(config).num_params()
+            llama = LlamaForCausalLM(bench.llama_config(config))
+        assert llama.config.intermediate_size == 1368 and llama.config._attn_implementation == "sdpa"
+        assert abs(sum(p.numel() for p in llama.parameters()) / ours - 1) < 0.01
+
+
+@pytest.mark.parametrize("config, dtype", [(TINY, "fp32"), (replace(TINY, n_kv_head=2), "bf16")])
+def test_train_lines_compare_with_llama(config, dtype):
+    pytest.importorskip("transformers")
+    ratio, mfu = bench.bench_train(config, batch_size=2, dtype=dtype, rounds=1, peak_size=32)
+    assert ratio.name.startswith(f"train {dtype}") and ratio.goal == 1.0
+    assert_measured(ratio)
+    assert_measured(mfu)
+    assert (mfu.goal is None) == (config.n_kv_head != config.n_head)  # MFU goals are for the MHA seed shape
+
+
+def test_train_without_transformers_skips_only_the_peer(no_transformers):
+    ratio, mfu = bench.bench_train(TINY, batch_size=2, dtype="fp32", rounds=1, peak_size=32)
+    assert ratio.value is None and ratio.line().endswith("skipped: pip install 'pricegpt[bench]'")
+    assert_measured(mfu)
+
+
+def test_generate_lines():
+    kv_vs_recompute, kv_vs_hf = bench.bench_generate(TINY, context_len=6, paths=3, new_tokens=5,
+                                                     recompute_tokens=2, rounds=1)
+    assert_measured(kv_vs_recompute)
+    assert "extrapolated" in kv_vs_recompute.detail
+    if bench._transformers() is None:
+        assert kv_vs_hf.shown == "skipped"
+    else:
+        assert_measured(kv_vs_hf)
+
+
+def test_recompute_extrapolation_is_proportional_to_the_window():
+    assert bench.recompute_scale(192, 64, 64) == 1.0
+    assert bench.recompute_scale(10, 1, 2) == (10 + 11) / 10
+
+
+def test_naive_encoder_agrees_with_the_tokenizer_and_encode_line_runs():
+    (line,) = bench.bench_encode(n_bars=40_000, naive_patches=300, rounds=1, fit_steps=20)
+    assert_measured(line)
+    assert "same ids on 100.0%" in line.detail or "same ids on 99" in line.detail
+
+
+def test_synthetic_store_opens_as_a_token_store(tmp_path):
+    store = TokenStore.open(bench.write_synthetic_store(tmp_path / "store", 1000))
+    assert store.n_tokens == 1000 and store.symbols == ["SYN"]
+    assert store.split_bounds("SYN") == {"train": (0, 800), "val": (800, 900), "test": (900, 1000)}
+    assert isinstance(store.tokens("SYN"), np.memmap)
+
+
+def test_scaling_lines():
+    results = bench.bench_scaling(base_tokens=1500, threads=1, steps=1, factors=(1, 2))
+    assert [r.name for r in results[:2]] == ["scaling 1x tokens/s", "scaling 2x tokens/s"], [r.line() for r in results]
+    for result in results:
+        assert_measured(result)
+    assert results[-1].lower_is_better
+
+
+def test_e2e_reports_a_failed_pipeline(tmp_path):
+    # The real CLI accepts the command line the bench builds: the failure is about the data, not the flags.
+    (line,) = bench.bench_e2e(threads=1, max_steps=1, data=str(tmp_path / "missing.csv"))
+    assert line.shown == "failed" and "missing.csv" in line.detail, line.line()
+
+
+def test_only_and_threads_are_checked(monkeypatch):
+    assert bench.parse_only("scaling, train") == ("train", "scaling")
+    assert bench.parse_only(None) == bench.SECTIONS
+    with pytest.raises(ConfigError, match="--only"):
+        bench.parse_only("train,gpu")
+    monkeypatch.setenv("PRICEGPT_BENCH_THREADS", "zero")
+    with pytest.raises(ConfigError, match="PRICEGPT_BENCH_THREADS"):
+        bench.bench_threads()
+
+
+def test_run_bench_prints_header_lines_and_summary(monkeypatch, capsys):
+    monkeypatch.setenv("PRICEGPT_BENCH_THREADS", "1")
+    monkeypatch.setattr(bench, "QUICK", replace(bench.QUICK, encode_bars=20_000, encode_naive_patches=100,
+                                                encode_rounds=1, encode_fit_steps=10))
+    assert bench.run_bench(quick=True, only="encode") == 0
+    out = capsys.readouterr().out
+    assert "machine:" in out and "1 threads" in out and "== summary" in out
+    assert "encode bars/s" in out.split("== summary")[1]
