@@ -37,9 +37,13 @@ def run_pipeline(args) -> dict:
 
     if args.preset not in PRESET_NAMES:
         raise ConfigError(f"unknown preset {args.preset!r}; valid presets are {', '.join(PRESET_NAMES)}")
+    from .config import resolve_config
+
     out = Path(args.out)
     frame = load_prices(args.data)
     splits = time_splits(frame, train_end=args.train_end, val_end=args.val_end)
+    # a bad --preset/--config/--set fails here, not after the tokenizer has been fitted into a new run directory
+    resolve_config(args.preset, args.config, list(args.set or []), args.max_steps)
     tokenizer_options = dict(PRESET_TOKENIZER.get(args.preset, {}))
     tokenizer_options.update({k: v for k, v in (("patch_len", args.patch_len),
                                                  ("codebook_size", args.codebook_size)) if v})
@@ -48,7 +52,19 @@ def run_pipeline(args) -> dict:
                 "horizon": args.horizon or DEFAULT_HORIZON,
                 "max_steps": args.max_steps, "config": args.config, "set": list(args.set or []),
                 "seed": args.seed, "ablation": bool(getattr(args, "ablation", False))}
+    created = not out.exists()
     _prepare_run_dir(out, settings, force=args.force)
+    try:
+        return _run_stages(args, out, frame, splits, settings)
+    except BaseException:
+        # a run directory this call created and no stage completed in holds only run.json: remove it, so that the
+        # user's next attempt (with other settings) does not trip over it
+        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {"run.json"}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_stages(args, out: Path, frame, splits, settings: dict) -> dict:
     timings: dict[str, float] = {}
 
     def stage(name: str, done: bool, fn):

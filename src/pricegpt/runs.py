@@ -90,13 +90,28 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu", *, need_tokenizer:
         raise CheckpointError(f"{run_dir} has no tokenizer (expected {run_dir}/tokenizer/config.json); it was "
                               "trained on a bare token file, so its tokens cannot be decoded to returns")
     return Run(dir=run_dir, model=model, tokenizer=tokenizer, meta=meta,
-               calibration=_read_json(run_dir / "calibration.json"))
+               calibration=_read_calibration(run_dir / "calibration.json"))
 
 
 def _check_version(meta: dict, path: Path) -> None:
     version = meta.get("format_version")
-    if version is not None and int(version) > 1:
+    if version is None:
+        return
+    if isinstance(version, bool) or not isinstance(version, (int, float)) or version != version:
+        raise CheckpointError(f"{path}: format_version {version!r} is not a number; the run directory is damaged")
+    if version > 1:
         raise CheckpointError(f"{path} was written by a newer pricegpt (format {version}); upgrade pricegpt")
+
+
+def _read_calibration(path: Path) -> dict:
+    """RUN/calibration.json; its temperature must be a finite number > 0 (it scales every forecast's logits)."""
+    calibration = _read_json(path)
+    temperature = calibration.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not 0 < temperature < float("inf"):
+        raise CheckpointError(f"{path}: temperature {temperature!r} is not a number > 0; delete the file to "
+                              "forecast uncalibrated, or calibrate again with `pricegpt pipeline`")
+    return calibration
 
 
 def latest_run(root: str | os.PathLike = RUNS_ROOT) -> Path:
