@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, assert_user_error, run_cli
 
 PIPELINE_ARGS = ("pipeline", "--data", "sample:stocks-daily", "--out", "runs/quickstart", "--preset", "tiny",
-                 "--max-steps", "40", "--num-samples", "64")
+                 "--max-steps", "40", "--num-samples", "32")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_pipeline_writes_every_documented_output(workdir):
     for name in ("model", "unigram", "bigram"):
         assert set(metrics["tokens"][name]) >= {"loss", "perplexity", "top1", "top5"}
     forecast = metrics["forecast"]
-    assert forecast["horizon_bars"] == 4 and forecast["num_samples"] == 64 and forecast["n_origins"] > 100
+    assert forecast["horizon_bars"] == 4 and forecast["num_samples"] == 32 and forecast["n_origins"] > 100
     for name in ("model", "random_walk", "histvol20", "ewma", "bootstrap", "garch"):
         assert set(forecast[name]) >= {"crps", "coverage_50", "coverage_90", "directional_accuracy", "mae_median"}
     backtest = json.loads((run / "backtest" / "metrics.json").read_text())
@@ -60,7 +60,7 @@ def test_rerunning_the_pipeline_skips_finished_stages(workdir):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.count("already complete, skipped") >= 6
     assert time.perf_counter() - start < 120  # generous: it must not retrain
-    different = run_cli(*PIPELINE_ARGS[:-2], "32", cwd=workdir)
+    different = run_cli(*PIPELINE_ARGS[:-1], "16", cwd=workdir)
     assert_user_error(different, "different settings")
 
 

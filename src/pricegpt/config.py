@@ -76,12 +76,12 @@ class TrainConfig:
         for name in ("warmup_steps", "global_batch_size", "early_stopping_patience", "num_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("lr", "muon_lr"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("lr", "muon_lr"):  # an infinite learning rate turns every weight into NaN
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ConfigError(f"train.{name} must be a finite number > 0, got {getattr(self, name)!r}")
         for name in ("weight_decay", "grad_clip", "peak_flops"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ConfigError(f"train.{name} must be a finite number >= 0, got {getattr(self, name)!r}")
         for name in ("min_lr_frac", "beta1", "beta2", "muon_momentum"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"train.{name} must be in [0, 1], got {getattr(self, name)!r}")

@@ -26,6 +26,9 @@ def _friendly_os_error(err: OSError, path: Path) -> PriceGPTError:
         return PriceGPTError(f"no space left on the device while writing {path}; free some disk space and rerun")
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return PriceGPTError(f"permission denied writing {path}; choose a directory you can write to")
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        return PriceGPTError(f"cannot write {path}: a file is in the way where a folder is needed; choose another "
+                             "output path")
     return PriceGPTError(f"cannot write {path}: {err.strerror or err}")
 
 
@@ -67,6 +70,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """`mkdir -p path`; a permission problem, a file in the way or a full disk is a PriceGPTError naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _friendly_os_error(err, path) from err
+    return path
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import OutputExistsError
-from .fileio import write_json
+from .fileio import make_dirs, write_json
 
 log = logging.getLogger("pricegpt")
 
@@ -31,18 +31,16 @@ def _source_id(source: str) -> str:
 
 def run_pipeline(args) -> dict:
     """Run (or finish) every stage for args.data into args.out. Returns the evaluation and backtest metrics."""
-    from .config import PRESET_NAMES
+    from .config import PRESET_NAMES, resolve_config
     from .data import load_prices, time_splits
     from .errors import ConfigError
 
     if args.preset not in PRESET_NAMES:
         raise ConfigError(f"unknown preset {args.preset!r}; valid presets are {', '.join(PRESET_NAMES)}")
-    from .config import resolve_config
-
     out = Path(args.out)
     frame = load_prices(args.data)
     splits = time_splits(frame, train_end=args.train_end, val_end=args.val_end)
-    # a bad --preset/--config/--set fails here, not after the tokenizer has been fitted into a new run directory
+    # a bad --config/--set fails here, not after the tokenizer has been fitted into a new run directory
     resolve_config(args.preset, args.config, list(args.set or []), args.max_steps)
     tokenizer_options = dict(PRESET_TOKENIZER.get(args.preset, {}))
     tokenizer_options.update({k: v for k, v in (("patch_len", args.patch_len),
@@ -53,18 +51,19 @@ def run_pipeline(args) -> dict:
                 "max_steps": args.max_steps, "config": args.config, "set": list(args.set or []),
                 "seed": args.seed, "ablation": bool(getattr(args, "ablation", False))}
     created = not out.exists()
-    _prepare_run_dir(out, settings, force=args.force)
     try:
+        _prepare_run_dir(out, settings, force=args.force)
         return _run_stages(args, out, frame, splits, settings)
     except BaseException:
-        # a run directory this call created and no stage completed in holds only run.json: remove it, so that the
-        # user's next attempt (with other settings) does not trip over it
+        # a run directory this call created and no stage completed in holds at most run.json: remove it, so that
+        # the user's next attempt (with other settings) does not trip over it
         if created and out.is_dir() and {p.name for p in out.iterdir()} <= {"run.json"}:
             shutil.rmtree(out, ignore_errors=True)
         raise
 
 
 def _run_stages(args, out: Path, frame, splits, settings: dict) -> dict:
+    tokenizer_options = settings["tokenizer"]
     timings: dict[str, float] = {}
 
     def stage(name: str, done: bool, fn):
@@ -108,7 +107,7 @@ def _run_stages(args, out: Path, frame, splits, settings: dict) -> dict:
     if settings["ablation"]:
         # The same pipeline with the quantile tokenizer, scored on the same origins in the report.
         ablation = out / "ablation-quantile"
-        ablation.mkdir(exist_ok=True)
+        make_dirs(ablation)
         stage("ablation tokenizer", (ablation / "tokenizer" / "report.json").is_file(),
               lambda: fit_to_dir(frame, ablation / "tokenizer", kind="quantile", train_end=splits.train_end,
                                  val_end=splits.val_end, seed=args.seed, **tokenizer_options))
@@ -127,7 +126,8 @@ def _run_stages(args, out: Path, frame, splits, settings: dict) -> dict:
     from .backtest import run_backtest
 
     stage("backtest", (out / "backtest" / "metrics.json").is_file(),
-          lambda: run_backtest(out, data=args.data, cost_bps=args.cost_bps, horizon=horizon, seed=args.seed))
+          lambda: run_backtest(out, data=args.data, cost_bps=args.cost_bps, horizon=horizon, seed=args.seed,
+                               num_samples=args.num_samples or 256))
     if timings:
         write_json(out / "timings.json", {**_read_timings(out), **{k: round(v, 2) for k, v in timings.items()}})
     return print_headline(out)
@@ -170,7 +170,7 @@ def _prepare_run_dir(out: Path, settings: dict, *, force: bool) -> None:
             what = "was made with different settings" if previous is not None else "exists and is not a pipeline run"
             raise OutputExistsError(f"{out} {what}; choose another --out, or pass --force to replace it")
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    make_dirs(out)
     write_json(marker, settings)
 
 

@@ -72,6 +72,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu", *, need_tokenizer:
     model.eval()
     meta = {**_read_json(run_dir / "run.json"), **_read_json(model_dir / "meta.json")}
     _check_version(meta, model_dir / "meta.json")
+    _check_meta_types(meta, run_dir)
     tokenizer = None
     tok_dir = find_tokenizer_dir(run_dir)
     if tok_dir is not None:
@@ -101,6 +102,20 @@ def _check_version(meta: dict, path: Path) -> None:
         raise CheckpointError(f"{path}: format_version {version!r} is not a number; the run directory is damaged")
     if version > 1:
         raise CheckpointError(f"{path} was written by a newer pricegpt (format {version}); upgrade pricegpt")
+
+
+# what later stages take from a run's metadata (run.json + model/meta.json), with the types they need
+_META_TYPES = {"data": str, "tokens": str, "train_end": str, "val_end": str, "tokenizer_hash": str, "horizon": int}
+
+
+def _check_meta_types(meta: dict, run_dir: Path) -> None:
+    for key, kind in _META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
+                                  or (kind is int and value <= 0)):
+            raise CheckpointError(f"{run_dir}: '{key}' in run.json / model/meta.json is {value!r}, not a "
+                                  f"{'positive whole number' if kind is int else 'string'}; the run directory is "
+                                  "damaged")
 
 
 def _read_calibration(path: Path) -> dict:

@@ -80,6 +80,12 @@ def read_prices(source: str | Path) -> tuple[pd.DataFrame, LoadReport]:
             raise DataError(f"{path}: folder has no data files (expected {', '.join(DATA_SUFFIXES)}); "
                             "put one file per symbol in it")
         frames = [_read_file(f, report, default_symbol=_stem(f)) for f in files]
+        common = set.intersection(*(set(f.columns) for f in frames))
+        partial = [c for c in CANONICAL_COLUMNS if c not in common and any(c in f.columns for f in frames)]
+        if partial:  # a column only some files have would be NaN for the others' symbols
+            log.warning(f"{path.name}: column(s) {', '.join(partial)} missing from some files; using only the "
+                        "columns every file has")
+            frames = [f[[c for c in f.columns if c in common]] for f in frames]
         return _finish(pd.concat(frames, ignore_index=True), report), report
     return _finish(_read_file(path, report, default_symbol=_stem(path)), report, path), report
 
@@ -148,6 +154,9 @@ def _read_table(path: Path) -> pd.DataFrame:
                             skipinitialspace=True, skip_blank_lines=True, quoting=csv.QUOTE_MINIMAL)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error, ValueError) as err:
         raise DataError(f"{path}: not a readable CSV file ({str(err).strip().splitlines()[0]})") from None
+    if not isinstance(table.index, pd.RangeIndex):  # pandas took the surplus leading fields as an index
+        raise DataError(f"{path}: line 2 has more fields than the header ({len(table.columns)} columns); "
+                        "fix the row or the header")
     return table
 
 
@@ -316,12 +325,24 @@ def _check_parsed(parsed: pd.Series, original: pd.Series, path: Path, col: str) 
         i = int(np.flatnonzero(bad)[0])
         raise DataError(f"{path}: line {i + 2}, column '{col}': cannot parse '{str(original.iloc[i])[:40]}' as a "
                         "date/time; use ISO (2020-01-31 or 2020-01-31T15:30:00Z), US (1/31/2020) or Unix seconds")
-    return pd.Series(parsed.to_numpy(), index=parsed.index).dt.as_unit("ns") if hasattr(parsed, "dt") else parsed
+    if not hasattr(parsed, "dt"):
+        return parsed
+    try:
+        return pd.Series(parsed.to_numpy(), index=parsed.index).dt.as_unit("ns")
+    except (pd.errors.OutOfBoundsDatetime, OverflowError):
+        # timestamps are nanoseconds since 1970 in 64 bits: years before 1677 or after 2262 do not fit
+        outside = ((parsed < pd.Timestamp.min.tz_localize("UTC")) | (parsed > pd.Timestamp.max.tz_localize("UTC")))
+        i = int(np.flatnonzero(outside.to_numpy())[0]) if outside.any() else 0
+        raise DataError(f"{path}: line {i + 2}, column '{col}': '{str(original.iloc[i])[:40]}' is outside the "
+                        f"supported dates {pd.Timestamp.min:%Y-%m-%d} .. {pd.Timestamp.max:%Y-%m-%d}; fix the row"
+                        ) from None
 
 
 def _finish(frame: pd.DataFrame, report: LoadReport, path: Path | None = None) -> pd.DataFrame:
     """Sort, drop duplicate timestamps (keeping the last), order columns and check each symbol has >= 2 bars."""
     where = str(path) if path is not None else report.source
+    if len(frame) == 0:
+        raise DataError(f"{where}: no row has a price (every price cell is empty); it needs at least 2 bars")
     frame = frame.reset_index(drop=True)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.as_unit("ns")
     frame["symbol"] = frame["symbol"].astype(str)

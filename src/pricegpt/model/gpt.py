@@ -453,8 +453,11 @@ class GPT(nn.Module):
             raise CheckpointError(
                 f"{weights_path} is truncated or corrupted ({err}); restore it from a backup or retrain"
             ) from err
-        model = cls(config)
-        expected = model.state_dict()
+        try:
+            with torch.device("meta"):  # shapes only: a config.json naming a huge model allocates nothing here
+                expected = cls(config).state_dict()
+        except RuntimeError as err:
+            raise CheckpointError(f"{config_path} describes a model too large to build ({err})") from err
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
@@ -472,5 +475,9 @@ class GPT(nn.Module):
                 f"{weights_path} has tensors of the wrong shape for {config_path} ({'; '.join(wrong)}); "
                 f"the two files come from different models, re-save the model"
             )
+        try:
+            model = cls(config)
+        except (RuntimeError, MemoryError) as err:
+            raise CheckpointError(f"{config_path} describes a model too large to build here ({err})") from err
         model.load_state_dict(state)
         return model.to(map_location)

@@ -398,7 +398,7 @@ class Tokenizer:
             raise TokenizerError(f"{directory} holds a {kind} tokenizer, not a {cls.kind} one; use load_tokenizer")
         try:
             tokenizer = target._from_files(raw, weights_bytes)
-        except (KeyError, TypeError, ValueError, ConfigError, AssertionError, RuntimeError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, ConfigError, AssertionError, RuntimeError) as err:
             raise TokenizerError(f"{directory}: tokenizer files are inconsistent or corrupted ({err}); "
                                  "fit the tokenizer again with `pricegpt tokenizer fit`") from err
         tokenizer._hash = hashlib.sha256(config_bytes + weights_bytes).hexdigest()

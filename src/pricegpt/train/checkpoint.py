@@ -14,6 +14,7 @@ tokenizer hash).
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -30,6 +31,7 @@ TOKENIZER_DIR = "tokenizer"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
 META_FILE = "meta.json"
+STATE_KEYS = ("step", "optimizers", "best_val_loss", "best_step", "evals_since_best", "global_batch_size", "rng")
 
 
 # ------------------------------------------------------------------------------------------------ RNG states
@@ -104,9 +106,16 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
         meta = json.loads((path / META_FILE).read_text())
         weights = load_file(str(path / WEIGHTS_FILE), device="cpu")
         trainer_state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, SafetensorError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"checkpoint {path} is incomplete or corrupted ({err}); "
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"checkpoint {path}: {STATE_FILE} holds objects other than tensors and plain values; "
+                              "it was refused unread (loading it could run code). Start a new run with another --out "
+                              "or restore the checkpoint from a trusted copy") from err
+    except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as err:
+        raise CheckpointError(f"checkpoint {path} is incomplete or corrupted ({str(err) or type(err).__name__}); "
                               f"start a new run with another --out") from err
+    if not isinstance(meta, dict) or not isinstance(trainer_state, dict) or not set(STATE_KEYS) <= set(trainer_state):
+        raise CheckpointError(f"checkpoint {path} is incomplete or corrupted ({META_FILE} or {STATE_FILE} lacks "
+                              "entries); start a new run with another --out")
     return weights, trainer_state, meta
 
 

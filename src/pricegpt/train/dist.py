@@ -55,6 +55,9 @@ def is_initialized() -> bool:
 
 def shutdown() -> None:
     if is_initialized():
+        # Every rank reaches this point before any tears its sockets down: a rank whose peer already closed
+        # the group can abort in gloo's destructor ("terminate called without an active exception").
+        torch_dist.barrier()
         torch_dist.destroy_process_group()
 
 

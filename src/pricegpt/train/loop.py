@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import RunConfig, apply_overrides, explicit_keys, load_config, resolve_config, save_config
 from ..errors import CheckpointError, ConfigError, OutputExistsError
-from ..fileio import write_json
+from ..fileio import make_dirs, write_json
 from ..model.gpt import GPT
 from . import dist
 from .checkpoint import (
@@ -151,8 +151,10 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.dist.is_main:
-            save_checkpoint(self.run_dir, self.model, self._trainer_state(), self._meta())
+            # metrics first: a kill between the two leaves rows after the checkpoint (a resume drops them), never
+            # a checkpoint whose earlier rows were not written yet
             self.metrics.flush(plot=False)
+            save_checkpoint(self.run_dir, self.model, self._trainer_state(), self._meta())
         dist.barrier(self.dist)
 
     # ------------------------------------------------------------------------------------------------ train
@@ -383,7 +385,7 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
             trainer.load_checkpoint(checkpoint)
         dist.barrier(info)  # every process has checked `out` before rank 0 writes to it
         if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
+            make_dirs(out)
             save_config(config, out / CONFIG_FILE)
             copy_tokenizer(out, data.tokenizer_dir)
         return trainer.train()
@@ -430,7 +432,14 @@ def _resume_config(out: Path, preset, config_file, overrides, max_steps) -> tupl
 def _check_same_data(checkpoint: Path, source: dict) -> None:
     import json
 
-    meta = json.loads((checkpoint / META_FILE).read_text())
+    try:
+        meta = json.loads((checkpoint / META_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{checkpoint / META_FILE} cannot be read ({err}); the checkpoint is damaged, "
+                              "start a new run with another --out") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{checkpoint / META_FILE} should hold a JSON object; the checkpoint is damaged, "
+                              "start a new run with another --out")
     changed = [key for key in RESUME_KEYS if key in meta and meta[key] != source.get(key)]
     if changed:
         details = "; ".join(f"{k}: checkpoint {meta[k]!r}, now {source.get(k)!r}" for k in changed)
