@@ -325,22 +325,22 @@ def bench_generate(config, *, context_len: int, paths: int, new_tokens: int, rec
     engine = Engine(GPT(config).eval())
     context = torch.randint(0, config.vocab_size, (1, context_len), generator=torch.Generator().manual_seed(0))
 
-    def ours(n: int, use_cache: bool = True):
-        return lambda: engine.generate(context, n, num_samples=paths, seed=0, use_cache=use_cache)
+    def ours(n: int, use_cache: bool = True, rows: int = paths):
+        return lambda: engine.generate(context, n, num_samples=rows, seed=0, use_cache=use_cache)
 
     contenders = {"kv": wall(ours(new_tokens)), "recompute": wall(ours(recompute_tokens, use_cache=False))}
-    warmup = [ours(2), ours(1, use_cache=False)]
+    warmup = [ours(2), ours(1, use_cache=False, rows=2)]  # every code path once, cheaply
     hf = _transformers()
     if hf is not None:
         llama = hf.LlamaForCausalLM(llama_config(config)).eval()
 
-        def theirs(n: int):
+        def theirs(n: int, rows: int = paths):
             return lambda: llama.generate(input_ids=context, attention_mask=torch.ones_like(context), do_sample=True,
-                                          top_k=0, max_new_tokens=n, min_new_tokens=n, num_return_sequences=paths,
+                                          top_k=0, max_new_tokens=n, min_new_tokens=n, num_return_sequences=rows,
                                           use_cache=True, pad_token_id=0)
 
         contenders["hf"] = wall(theirs(new_tokens))
-        warmup.append(theirs(2))
+        warmup.append(theirs(2, rows=2))
     seconds = alternate(contenders, rounds, warmup)
     scale = recompute_scale(context_len, recompute_tokens, new_tokens)
     kv = statistics.median(seconds["kv"])

@@ -47,7 +47,8 @@ def run_pipeline(args) -> dict:
                                                  ("codebook_size", args.codebook_size)) if v})
     settings = {"format_version": FORMAT_VERSION, "data": _source_id(args.data), **splits.to_dict(),
                 "preset": args.preset, "tokenizer_kind": args.tokenizer_kind, "tokenizer": tokenizer_options,
-                "horizon": args.horizon or DEFAULT_HORIZON,
+                "horizon": args.horizon or DEFAULT_HORIZON, "num_samples": args.num_samples,
+                "cost_bps": args.cost_bps,
                 "max_steps": args.max_steps, "config": args.config, "set": list(args.set or []),
                 "seed": args.seed, "ablation": bool(getattr(args, "ablation", False))}
     created = not out.exists()
