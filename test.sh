@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 ./scripts/setup.sh
-.venv/bin/ruff check src tests benchmarks *.py
+.venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"
