@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import safetensors.torch
 import torch
+from safetensors.torch import load as load_safetensors_bytes
 
 from ..data import Splits, iso, parse_time, time_splits
 from ..errors import ConfigError, DataError, TokenizerError
@@ -416,7 +417,7 @@ class Tokenizer:
         tokenizer.symbol_scales = {str(s): _scale_vector(v, n_features) for s, v in scales["symbols"].items()}
         tokenizer.n_train_patches = int(raw["n_train_patches"])
         try:
-            tensors = safetensors.torch.load(weights_bytes)
+            tensors = load_safetensors_bytes(weights_bytes)
         except Exception as err:  # safetensors raises its own error types for truncated or garbled files
             raise ValueError(f"{WEIGHTS_FILE} cannot be read: {err}") from err
         tokenizer._load_tensors(tensors)
