@@ -101,7 +101,7 @@ def test_scaling_lines():
 
 def test_e2e_reports_a_failed_pipeline(tmp_path):
     # The real CLI accepts the command line the bench builds: the failure is about the data, not the flags.
-    (line,) = bench.bench_e2e(threads=1, max_steps=1, data=str(tmp_path / "missing.csv"))
+    (line,) = bench.bench_e2e(threads=1, data=str(tmp_path / "missing.csv"), extra_args=("--max-steps", "1"))
     assert line.shown == "failed" and "missing.csv" in line.detail, line.line()
 
 
