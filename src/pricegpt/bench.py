@@ -261,7 +261,7 @@ def llama_train_step(config, batch_size: int, autocast: torch.dtype | None, seed
 
 def bench_train(config, batch_size: int, dtype: str, rounds: int, peak_size: int) -> list[Result]:
     """pricegpt vs Llama training steps and a matmul, alternated; a ratio line and an MFU line."""
-    gqa = f", GQA {config.n_kv_head} kv heads" if config.n_kv_head != config.n_head else ""
+    gqa = config.n_kv_head != config.n_head
     label = f"train {dtype}{' GQA' if gqa else ''}"
     autocast = torch.bfloat16 if dtype == "bf16" else None
     ours, our_flops = pricegpt_train_step(config, batch_size, autocast)
@@ -277,7 +277,7 @@ def bench_train(config, batch_size: int, dtype: str, rounds: int, peak_size: int
     mfu = statistics.median(our_flops * tokens / s / (matmul_flops / m)
                             for s, m in zip(seconds["pricegpt"], seconds["matmul"]))
     ours_tok_s = tokens / statistics.median(seconds["pricegpt"])
-    shape = f"B={batch_size} T={config.sequence_len}{gqa}"
+    shape = f"B={batch_size} T={config.sequence_len}{f', GQA {config.n_kv_head} kv heads' if gqa else ''}"
     results = []
     if hf is None:
         results.append(Result(f"{label} vs HF Llama", None, "skipped", HF_SKIPPED))
@@ -286,12 +286,11 @@ def bench_train(config, batch_size: int, dtype: str, rounds: int, peak_size: int
         their_mfu = statistics.median(their_flops * tokens / s / (matmul_flops / m)
                                       for s, m in zip(seconds["llama"], seconds["matmul"]))
         their_text = f"; Llama MFU {their_mfu:.0%}"
-        their_intermediate = llama_config(config).intermediate_size
+        ratio = paired_ratio(seconds["llama"], seconds["pricegpt"])
         results.append(Result(
-            f"{label} vs HF Llama", paired_ratio(seconds["llama"], seconds["pricegpt"]),
-            f"{paired_ratio(seconds['llama'], seconds['pricegpt']):.3f}x", goal=TRAIN_GOAL, goal_text=">= 1.0x",
+            f"{label} vs HF Llama", ratio, f"{ratio:.3f}x", goal=TRAIN_GOAL, goal_text=">= 1.0x",
             detail=f"{ours_tok_s:,.0f} vs {tokens / statistics.median(seconds['llama']):,.0f} tok/s ({shape}, Llama "
-                   f"intermediate {their_intermediate}; median of {rounds} alternating rounds)"))
+                   f"intermediate {llama_config(config).intermediate_size}; median of {rounds} alternating rounds)"))
     results.append(Result(
         f"{label} MFU", mfu, f"{mfu:.1%}", goal=MFU_GOAL[dtype] if not gqa else None,
         goal_text=f">= {MFU_GOAL[dtype]:.0%}",
@@ -347,10 +346,9 @@ def bench_generate(config, *, context_len: int, paths: int, new_tokens: int, rec
     scale = recompute_scale(context_len, recompute_tokens, new_tokens)
     kv = statistics.median(seconds["kv"])
     what = f"{paths} paths x {new_tokens} tokens after {context_len}"
+    ratio = paired_ratio([s * scale for s in seconds["recompute"]], seconds["kv"])
     results = [Result(
-        "generate KV vs recompute", paired_ratio([s * scale for s in seconds["recompute"]], seconds["kv"]),
-        f"{paired_ratio([s * scale for s in seconds['recompute']], seconds['kv']):.1f}x", goal=KV_VS_RECOMPUTE_GOAL,
-        goal_text=">= 10x",
+        "generate KV vs recompute", ratio, f"{ratio:.1f}x", goal=KV_VS_RECOMPUTE_GOAL, goal_text=">= 10x",
         detail=f"KV {kv:.3g} s ({paths * new_tokens / kv:,.0f} tok/s) vs recompute "
                f"{statistics.median(seconds['recompute']) * scale:.3g} s, {what}; recompute timed on "
                f"{recompute_tokens} tokens, extrapolated in proportion to the window length")]
@@ -490,8 +488,14 @@ def _rss_mb() -> tuple[float, float]:
     """(current, peak) resident set size of this process in MB, from /proc/self/status VmRSS and VmHWM.
 
     Not getrusage's ru_maxrss: on Linux it keeps the parent's high-water mark across fork + exec."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:  # not Linux: getrusage's peak (bytes on macOS), no current value
+        import resource
+
+        return float("nan"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in status.splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0]) / 1024
