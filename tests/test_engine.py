@@ -4,23 +4,8 @@ import pytest
 import torch
 
 from pricegpt.errors import ConfigError, DataError
-from pricegpt.model import GPT, Engine, GPTConfig, KVCache, sample_next_token
-
-
-def tiny_model(seed: int = 0, **overrides) -> GPT:
-    # Random head and projections (not the zero init), so every generated token depends on the context.
-    base = dict(
-        sequence_len=16,
-        vocab_size=32,
-        n_layer=2,
-        n_head=4,
-        n_kv_head=2,
-        n_embd=32,
-        zero_init_proj=False,
-        zero_init_head=False,
-    )
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(**{**base, **overrides})).eval()
+from pricegpt.model import Engine, KVCache, sample_next_token
+from test_model import tiny_model
 
 
 @pytest.mark.parametrize("context_len, new_tokens", [(5, 8), (10, 40), (16, 3), (30, 25)])

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, PriceGPTError
+from .errors import PriceGPTError
 
 log = logging.getLogger("pricegpt")
 
@@ -31,16 +31,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -375,9 +365,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-
-
-def require(condition: bool, message: str) -> None:
-    """Raise ConfigError(message) unless condition: for flag combinations argparse cannot express."""
-    if not condition:
-        raise ConfigError(message)
