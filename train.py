@@ -12,6 +12,7 @@ one symbol and the run records the tokenizer), else data/all_tokens.txt; --out r
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -19,13 +20,14 @@ from pathlib import Path
 
 DATA_DIR = Path("data")
 TOKENS_FILE = DATA_DIR / "all_tokens.txt"
+SOURCE_FILE = DATA_DIR / "source.json"  # where data/ came from: the prices and the cutoffs
 SOURCE = "sample:stocks-daily"
 
 
 def build_seed_tokens(data_dir: Path = DATA_DIR, source: str = SOURCE) -> Path:
     """Fit a tokenizer on the train split of `source` and write data_dir/{tokenizer,tokens,all_tokens.txt}."""
     from pricegpt.data import load_prices, time_splits
-    from pricegpt.fileio import atomic_path
+    from pricegpt.fileio import atomic_path, mark_output, write_json
     from pricegpt.tokenizer import fit_to_dir, load_tokenizer, write_token_store
 
     print(f"building {data_dir / TOKENS_FILE.name} from {source} (fitting the tokenizer on the train split) ...",
@@ -33,11 +35,29 @@ def build_seed_tokens(data_dir: Path = DATA_DIR, source: str = SOURCE) -> Path:
     frame = load_prices(source)
     splits = time_splits(frame)
     tokenizer_dir, store_dir = data_dir / "tokenizer", data_dir / "tokens"
+    for made_by_seed in (tokenizer_dir / "report.json", store_dir / "index.json"):
+        if made_by_seed.is_file():  # data/ written by a version before output markers: still ours to replace
+            mark_output(made_by_seed.parent)
     fit_to_dir(frame, tokenizer_dir, train_end=splits.train_end, val_end=splits.val_end, overwrite=True)
     write_token_store(load_tokenizer(tokenizer_dir), frame, store_dir, splits, overwrite=True)
+    write_json(data_dir / SOURCE_FILE.name, {"data": source, **splits.to_dict()})
+    # written last: its presence says data/ is complete
     with atomic_path(data_dir / TOKENS_FILE.name) as tmp:
         shutil.copyfile(store_dir / TOKENS_FILE.name, tmp)
     return data_dir / TOKENS_FILE.name
+
+
+def record_source(run: Path, data_dir: Path = DATA_DIR) -> None:
+    """Give a run trained on data/ a run.json naming its prices and cutoffs, so `evaluate.py` needs no --data."""
+    from pricegpt.fileio import write_json
+
+    try:
+        source = json.loads((data_dir / SOURCE_FILE.name).read_text())
+    except (OSError, ValueError):
+        return  # data/ made by hand or by an older version: evaluate then asks for --data
+    if isinstance(source, dict) and isinstance(source.get("data"), str) and not (run / "run.json").exists():
+        write_json(run / "run.json", {"data": source["data"], "train_end": source.get("train_end"),
+                                      "val_end": source.get("val_end")})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tokens = args.tokens
     if tokens is None:
-        if not TOKENS_FILE.is_file():
+        if not TOKENS_FILE.is_file() or not SOURCE_FILE.is_file():
             try:
                 build_seed_tokens()
             except PriceGPTError as err:  # the same one-line report as the CLI
@@ -80,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         cli_args.append("--resume")
     print(f"training on {tokens} into {out}" + ("" if args.resume else f" (preset {args.preset})"), file=sys.stderr)
-    return pricegpt(cli_args)
+    code = pricegpt(cli_args)
+    if code == 0 and args.tokens is None:
+        record_source(Path(out))
+    return code
 
 
 if __name__ == "__main__":

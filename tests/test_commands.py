@@ -7,6 +7,7 @@ against it in a subprocess, from the directory a user would be in.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -120,3 +121,27 @@ def test_quickstart_and_test_scripts_are_wired():
     readme = (REPO / "README.md").read_text()
     assert readme.index("./quickstart.sh") < readme.index("## Command line")
     assert shutil.which("bash")
+
+
+def test_the_seeds_four_commands_in_order_in_an_empty_directory(tmp_path):
+    """The seed README's journey, exactly: examples, train, evaluate (no flags), generate, from an empty directory."""
+    run_sh = str(REPO / "run.sh")
+
+    def seed(*args):
+        env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+        result = subprocess.run([run_sh, *map(str, args)], capture_output=True, text=True, cwd=tmp_path,
+                                env=env, timeout=600)
+        assert result.returncode == 0, (args, result.stdout[-2000:], result.stderr[-3000:])
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+    seed("examples.py")
+    seed("train.py", "--max-steps", "30")
+    assert (tmp_path / "data" / "all_tokens.txt").is_file()
+    (run,) = (tmp_path / "runs").iterdir()
+    evaluation = seed("evaluate.py").stdout
+    for line in ("accuracy:", "top-5 accuracy:", "perplexity:", "cross-entropy loss:", "parameters:", "model size:"):
+        assert line in evaluation, evaluation
+    assert (run / "eval" / "metrics.json").is_file()
+    generated = seed("generate.py", "--seed_tokens", "80 81 83 89 66", "--num_generate", "50").stdout.split()
+    assert len(generated) == 50 and all(t.isdigit() for t in generated), generated

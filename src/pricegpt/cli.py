@@ -24,14 +24,63 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive_int(text: str) -> int:
+# Upper bounds of the count flags: beyond them a run cannot fit a machine (the library checks the memory a
+# given value needs against the machine it runs on; these catch typos before anything is loaded).
+MAX_COUNT = 10**9
+MAX_SEED = 2**32 - 1  # numpy's and torch's common range, so one seed means the same everywhere
+
+
+def _whole(text: str) -> int:
     try:
-        value = int(text)
+        return int(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+
+
+def _bounded_int(low: int, high: int, what: str = "a whole number"):
+    def parse(text: str) -> int:
+        value = _whole(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what} in [{low}, {high:,}], got {value}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+_positive_int = _bounded_int(1, MAX_COUNT, "a whole number")
+_seed = _bounded_int(0, MAX_SEED, "a seed")
+
+
+def _price(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite price > 0, got {text}")
     return value
+
+
+def _bps(text: str) -> float:
+    value = _nonneg_float(text)
+    if value > 10_000:
+        raise argparse.ArgumentTypeError(f"must be at most 10000 basis points (100%), got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _nonneg_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {text}")
+    return value
+
+
+def _date_format(text: str) -> str:
+    if "%" not in text:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a strptime format; write it like %d/%m/%Y or "
+                                         "'%Y-%m-%d %H:%M'")
+    return text
 
 
 def _nonneg_float(text: str) -> float:
@@ -65,7 +114,7 @@ def cmd_data_list(args) -> int:
 def cmd_data_info(args) -> int:
     from .data import describe, read_prices
 
-    frame, report = read_prices(args.path)
+    frame, report = read_prices(args.path, date_format=args.date_format)
     table = describe(frame, report.dropped)
     print(f"{args.path}: {table['symbol'].size} symbol(s), columns: {', '.join(frame.columns[2:])}"
           + (" (adjusted close)" if report.adjusted else ""))
@@ -89,7 +138,7 @@ def cmd_tokenizer_fit(args) -> int:
     from .data import load_prices
     from .tokenizer import fit_to_dir
 
-    frame = load_prices(args.data)
+    frame = load_prices(args.data, date_format=args.date_format)
     kwargs = {k: v for k, v in {"patch_len": args.patch_len, "codebook_size": args.codebook_size,
                                 "features": args.features}.items() if v is not None}
     report = fit_to_dir(frame, args.out, kind=args.kind, train_end=args.train_end, val_end=args.val_end,
@@ -111,7 +160,7 @@ def cmd_tokenize(args) -> int:
     from .tokenizer import load_tokenizer, write_token_store
 
     tokenizer = load_tokenizer(args.tokenizer)
-    frame = load_prices(args.data)
+    frame = load_prices(args.data, date_format=args.date_format)
     # Without explicit cutoffs the store takes the tokenizer's train_end (see write_token_store).
     splits = time_splits(frame, train_end=args.train_end, val_end=args.val_end) \
         if args.train_end or args.val_end else None
@@ -133,6 +182,15 @@ def cmd_train(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------ generate & co.
+def _data_arg(args):
+    """--data as the library takes it: the path, or the frame read with the user's --date-format."""
+    if args.data is None or args.date_format is None:
+        return args.data
+    from .data import load_prices
+
+    return load_prices(args.data, date_format=args.date_format)
+
+
 def cmd_generate(args) -> int:
     from .runs import generate_command
 
@@ -142,7 +200,7 @@ def cmd_generate(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_run
 
-    evaluate_run(args.run, data=args.data, split=args.split, allow_overlap=args.allow_overlap,
+    evaluate_run(args.run, data=_data_arg(args), split=args.split, allow_overlap=args.allow_overlap,
                  num_samples=args.num_samples, horizon=args.horizon, max_origins=args.max_origins, seed=args.seed)
     return 0
 
@@ -179,6 +237,12 @@ def cmd_bench(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- parsing
+def _add_date_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--date-format", type=_date_format,
+                   help="strptime format of the timestamp column, e.g. %%d/%%m/%%Y (default: inferred from all "
+                        "values of the column)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pricegpt", description="Market prices as a language: tokenize, train, forecast, judge.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors (for bug reports)")
@@ -193,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_list)
     p = data_sub.add_parser("info", help="per-symbol summary of a price file, folder or sample:NAME")
     p.add_argument("path")
+    _add_date_format(p)
     p.set_defaults(func=cmd_data_info)
     p = data_sub.add_parser("download", help="download prices from Yahoo Finance (needs the `yahoo` extra)")
     p.add_argument("--tickers", required=True, help="comma-separated, e.g. AAPL,MSFT,BTC-USD")
@@ -215,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", choices=["close", "ohlcv"])
     p.add_argument("--train-end")
     p.add_argument("--val-end")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    _add_date_format(p)
     p.set_defaults(func=cmd_tokenizer_fit)
 
     p = sub.add_parser("tokenize", help="turn prices into a token store with a fitted tokenizer")
@@ -226,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-end", help="default: the tokenizer's")
     p.add_argument("--val-end", help="default: the tokenizer's")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    _add_date_format(p)
     p.set_defaults(func=cmd_tokenize)
 
     p = sub.add_parser("train", help="train the GPT on a token store or token file")
@@ -247,9 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=_nonneg_float, default=1.0)
     p.add_argument("--top-k", "--top_k", dest="top_k", type=_positive_int)
     p.add_argument("--top-p", "--top_p", dest="top_p", type=_unit_float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_seed)
     p.add_argument("--decode", action="store_true", help="also print decoded log returns and a price path")
-    p.add_argument("--start-price", type=float, default=100.0, help="start price of the decoded path")
+    p.add_argument("--start-price", type=_price, default=100.0, help="start price of the decoded path")
     p.add_argument("--symbol", help="symbol whose scale decodes the returns (default: global scale)")
     p.set_defaults(func=cmd_generate)
 
@@ -260,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars")
     p.add_argument("--num-samples", type=_positive_int)
     p.add_argument("--max-origins", type=_positive_int, help="cap on forecast origins per symbol")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--allow-overlap", action="store_true", help="allow test origins before the run's train_end")
+    _add_date_format(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("forecast", help="quantiles and risk for the next H bars of one symbol")
@@ -270,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symbol", required=True)
     p.add_argument("--horizon", type=_positive_int, required=True)
     p.add_argument("--num-samples", type=_positive_int, default=512)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", help="fan chart PNG (default: RUN/forecast/SYMBOL.png)")
+    _add_date_format(p)
     p.set_defaults(func=cmd_forecast)
 
     p = sub.add_parser("analyze", help="token statistics, transitions, patterns, outliers, entropy")
@@ -283,19 +352,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backtest", help="walk-forward backtest of forecast-driven positions after costs")
     p.add_argument("--run", required=True)
     p.add_argument("--data")
-    p.add_argument("--cost-bps", type=_nonneg_float, default=1.0)
-    p.add_argument("--slippage-bps", type=_nonneg_float, default=0.0)
+    p.add_argument("--cost-bps", type=_bps, default=1.0)
+    p.add_argument("--slippage-bps", type=_bps, default=0.0)
     p.add_argument("--strategy", choices=["sign", "kelly"], default="sign")
     p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: the run's horizon)")
     p.add_argument("--rebalance", type=_positive_int, help="bars between decisions (default: the horizon)")
     p.add_argument("--long-above", type=_unit_float, default=0.55, help="sign: long when P(up) > this")
-    p.add_argument("--short-below", type=_nonneg_float, default=0.45, help="sign: short when P(up) < this")
+    p.add_argument("--short-below", type=_probability, default=0.45, help="sign: short when P(up) < this")
     p.add_argument("--long-only", action="store_true", help="never short (strategy and momentum)")
     p.add_argument("--kelly-fraction", type=_unit_float, default=0.5, help="kelly: fraction of full Kelly")
     p.add_argument("--momentum-lookback", type=_positive_int, default=20, help="bars of the momentum baseline")
     p.add_argument("--num-samples", type=_positive_int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", help="output directory (default: RUN/backtest)")
+    _add_date_format(p)
     p.set_defaults(func=cmd_backtest)
 
     p = sub.add_parser("pipeline", help="data -> tokenizer -> train -> evaluate -> backtest -> report")
@@ -312,11 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codebook-size", type=_positive_int, help="tokenizer codes (default: the preset's)")
     p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: 4)")
     p.add_argument("--num-samples", type=_positive_int)
-    p.add_argument("--cost-bps", type=_nonneg_float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cost-bps", type=_bps, default=1.0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--ablation", action="store_true",
                    help="also train the same pipeline with the quantile tokenizer and compare in the report")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    _add_date_format(p)
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("bench", help="benchmarks against real peers, as ratios")

@@ -20,6 +20,10 @@ from .errors import OutputExistsError, PriceGPTError
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+# Every directory pricegpt builds carries this empty file; only such a directory may ever be replaced or removed.
+OUTPUT_MARKER = ".pricegpt-output"
+_INPUTS: set[Path] = set()  # resolved paths of the data read in this process: never inside a replaced directory
+
 
 def _friendly_os_error(err: OSError, path: Path) -> PriceGPTError:
     if err.errno == errno.ENOSPC:
@@ -107,20 +111,98 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def note_input(path: str | os.PathLike) -> None:
+    """Record a file or folder this process reads data from: no output replacement may ever delete it."""
+    with contextlib.suppress(OSError, RuntimeError):
+        _INPUTS.add(Path(path).resolve())
+
+
+def mark_output(path: str | os.PathLike) -> None:
+    """Mark a directory as written by pricegpt, so that a later `--force` may replace it."""
+    with contextlib.suppress(FileExistsError):
+        Path(path, OUTPUT_MARKER).touch(mode=0o666 & ~_UMASK, exist_ok=True)
+
+
+def check_replaceable(path: str | os.PathLike, flag: str = "--force") -> None:
+    """Refuse to replace or remove `path` unless pricegpt wrote it and it holds nothing the user gave as input.
+
+    Never the filesystem root, the home or current directory (or anything above them), nor a directory that is
+    or contains the input data; only directories carrying pricegpt's marker file.
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as err:
+        raise OutputExistsError(f"{path} exists and cannot be resolved ({err}); choose another --out") from err
+    protected = {Path(resolved.anchor), Path.home().resolve(), Path.cwd().resolve()}
+    if path.is_symlink() or not path.is_dir():
+        raise OutputExistsError(f"{path} exists and is not a folder pricegpt wrote; {flag} never replaces it: "
+                                "choose another --out")
+    for place in protected:
+        if resolved == place or resolved in place.parents:
+            what = "the current directory" if place == Path.cwd().resolve() else "the root or home directory"
+            raise OutputExistsError(f"{path} is {what} or above it; {flag} never deletes it: choose another --out")
+    for data in _INPUTS:
+        if data == resolved or resolved in data.parents:
+            raise OutputExistsError(f"{path} contains the input data {data}; {flag} never deletes it: choose "
+                                    "another --out")
+    if not (path / OUTPUT_MARKER).is_file():
+        raise OutputExistsError(f"{path} exists and was not written by pricegpt (no {OUTPUT_MARKER} marker); "
+                                f"{flag} only replaces pricegpt's own folders: choose another --out or remove it "
+                                "yourself")
+
+
+def remove_output(path: str | os.PathLike, flag: str = "--force") -> None:
+    """Delete a directory pricegpt wrote (after check_replaceable); a missing one is fine."""
+    check_replaceable(path, flag)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_stale_temporaries(path: str | os.PathLike) -> None:
+    """Remove the hidden `.NAME.*.tmp` / `.NAME.old` siblings a killed earlier build of `path` left behind.
+
+    Only names made by atomic_path/atomic_dir for this very target are touched; a build running concurrently in
+    another process into the same target is not supported anyway (its rename would race ours).
+    """
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        return
+    for stale in parent.glob(f".{glob_escape(path.name)}.*"):
+        if stale.name.endswith(".tmp") or stale.name == f".{path.name}.old":
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False, flag: str = "--force") -> Iterator[Path]:
     """Build a directory under a temporary sibling name and rename it onto `path` when the block succeeds.
 
-    An existing `path` is an OutputExistsError unless `overwrite`; with `overwrite` the old directory is only
-    removed after the new one is complete. On failure the partial directory is removed.
+    An existing `path` is an OutputExistsError unless `overwrite`; with `overwrite` it must be a directory that
+    pricegpt wrote (check_replaceable), and the old directory is only removed after the new one is complete. On
+    failure the partial directory is removed; temporaries of an earlier, killed build of `path` are cleaned first.
+    The new directory carries pricegpt's marker file.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists; choose another --out or remove it first")
+    if overwrite:
+        check_replaceable(path, flag)
+    clean_stale_temporaries(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         os.chmod(tmp, 0o777 & ~_UMASK)
+        mark_output(tmp)
     except OSError as err:
         raise _friendly_os_error(err, path) from err
     try:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import OutputExistsError
-from .fileio import make_dirs, write_json
+from .fileio import make_dirs, mark_output, remove_output, write_json
 
 log = logging.getLogger("pricegpt")
 
@@ -38,7 +38,8 @@ def run_pipeline(args) -> dict:
     if args.preset not in PRESET_NAMES:
         raise ConfigError(f"unknown preset {args.preset!r}; valid presets are {', '.join(PRESET_NAMES)}")
     out = Path(args.out)
-    frame = load_prices(args.data)
+    date_format = getattr(args, "date_format", None)
+    frame = load_prices(args.data, date_format=date_format)
     splits = time_splits(frame, train_end=args.train_end, val_end=args.val_end)
     # a bad --config/--set fails here, not after the tokenizer has been fitted into a new run directory
     resolve_config(args.preset, args.config, list(args.set or []), args.max_steps)
@@ -51,6 +52,8 @@ def run_pipeline(args) -> dict:
                 "cost_bps": args.cost_bps,
                 "max_steps": args.max_steps, "config": args.config, "set": list(args.set or []),
                 "seed": args.seed, "ablation": bool(getattr(args, "ablation", False))}
+    if date_format is not None:  # only when given, so that runs made before the flag existed still match
+        settings["date_format"] = date_format
     created = not out.exists()
     try:
         _prepare_run_dir(out, settings, force=args.force)
@@ -63,38 +66,108 @@ def run_pipeline(args) -> dict:
         raise
 
 
+# What each stage reads (besides the settings): a stage is complete only when its output exists AND the fingerprint
+# of these inputs matches the one recorded when it finished. A resumed model therefore redoes calibration,
+# evaluation and backtest, and an interrupted stage is never taken for a finished one.
+_STAGE_INPUTS = {
+    "tokenizer": (),
+    "tokenize": ("tokenizer/config.json", "tokenizer/model.safetensors"),
+    "train": ("tokens/index.json",),
+    "calibrate": ("model/model.safetensors", "model/config.json"),
+    "evaluate": ("model/model.safetensors", "model/config.json", "calibration.json"),
+    "backtest": ("model/model.safetensors", "model/config.json", "calibration.json"),
+}
+STAGES_FILE = "stages.json"
+
+
+def _fingerprint(out: Path, stage: str, settings: dict, inputs: tuple[str, ...]) -> str:
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps([stage, settings], sort_keys=True, default=str).encode())
+    for name in inputs:
+        path = out / name
+        digest.update(name.encode())
+        if path.is_file():
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        else:
+            digest.update(b"<missing>")
+    return digest.hexdigest()
+
+
+# the file whose presence says a stage finished; its time is compared with the inputs' for runs written before
+# stages.json existed
+_STAGE_OUTPUT = {"tokenizer": "tokenizer/report.json", "tokenize": "tokens/index.json", "train": "model/meta.json",
+                 "calibrate": "calibration.json", "evaluate": "eval/metrics.json", "backtest": "backtest/metrics.json"}
+
+
+def _newer_than_inputs(root: Path, name: str, inputs: tuple[str, ...]) -> bool:
+    output = root / _STAGE_OUTPUT[name.replace("ablation ", "")]
+    try:
+        written = output.stat().st_mtime
+        return all((root / p).stat().st_mtime <= written for p in inputs if (root / p).exists())
+    except OSError:
+        return False
+
+
+def _read_stages(out: Path) -> dict:
+    import json
+
+    try:
+        stages = json.loads((out / STAGES_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return stages if isinstance(stages, dict) else {}
+
+
 def _run_stages(args, out: Path, frame, splits, settings: dict) -> dict:
     tokenizer_options = settings["tokenizer"]
     timings: dict[str, float] = {}
+    recorded = _read_stages(out)
 
-    def stage(name: str, done: bool, fn):
-        if done:
+    def stage(name: str, output_done: bool, fn, inputs: tuple[str, ...] | None = None, root: Path = out):
+        key = name if root == out else f"{root.name}/{name}"
+        needs = _STAGE_INPUTS.get(name.replace("ablation ", ""), ()) if inputs is None else inputs
+        before = _fingerprint(root, key, settings, needs)
+        if output_done and (recorded.get(key) == before
+                            or (key not in recorded and _newer_than_inputs(root, name, needs))):
             log.info(f"[{name}] already complete, skipped")
             return
+        if output_done:
+            log.info(f"[{name}] its inputs changed (or it did not finish): redoing it")
         log.info(f"[{name}] ...")
         start = time.perf_counter()
         fn()
         timings[name] = time.perf_counter() - start
         log.info(f"[{name}] done in {timings[name]:.1f}s")
+        # the fingerprint of the inputs as they were when the stage ran; a stage that rewrote its own inputs
+        # (none does) would be redone next time, which is the safe side
+        recorded[key] = before
+        write_json(out / STAGES_FILE, recorded)
 
     from .tokenizer import fit_to_dir, load_tokenizer, write_token_store
 
     tok_dir = out / "tokenizer"
     stage("tokenizer", (tok_dir / "report.json").is_file(),
           lambda: fit_to_dir(frame, tok_dir, kind=args.tokenizer_kind, train_end=splits.train_end,
-                             val_end=splits.val_end, seed=args.seed, **tokenizer_options))
+                             val_end=splits.val_end, seed=args.seed, overwrite=tok_dir.exists(),
+                             **tokenizer_options))
     tokens_dir = out / "tokens"
     stage("tokenize", (tokens_dir / "index.json").is_file(),
-          lambda: write_token_store(load_tokenizer(tok_dir), frame, tokens_dir, splits))
+          lambda: write_token_store(load_tokenizer(tok_dir), frame, tokens_dir, splits,
+                                    overwrite=tokens_dir.exists()))
 
-    from .train import train_run
+    from .train import latest_checkpoint, train_run
 
-    def train():
-        resume = (out / "checkpoints" / "last" / "meta.json").is_file()
-        train_run(tokens=tokens_dir, out=out, preset=args.preset, config_file=args.config,
-                  overrides=list(args.set or []), max_steps=args.max_steps, resume=resume, allow_existing=True)
+    def train(root: Path, tokens: Path):
+        train_run(tokens=tokens, out=root, preset=args.preset, config_file=args.config,
+                  overrides=list(args.set or []), max_steps=args.max_steps,
+                  resume=latest_checkpoint(root) is not None, allow_existing=True)
 
-    stage("train", (out / "model" / "meta.json").is_file() and _training_finished(out), train)
+    stage("train", (out / "model" / "meta.json").is_file() and _training_finished(out),
+          lambda: train(out, tokens_dir))
 
     from .evaluate import evaluate_run
     from .forecast import calibrate_temperature
@@ -111,18 +184,19 @@ def _run_stages(args, out: Path, frame, splits, settings: dict) -> dict:
         make_dirs(ablation)
         stage("ablation tokenizer", (ablation / "tokenizer" / "report.json").is_file(),
               lambda: fit_to_dir(frame, ablation / "tokenizer", kind="quantile", train_end=splits.train_end,
-                                 val_end=splits.val_end, seed=args.seed, **tokenizer_options))
+                                 val_end=splits.val_end, seed=args.seed, overwrite=(ablation / "tokenizer").exists(),
+                                 **tokenizer_options), root=ablation)
         stage("ablation tokenize", (ablation / "tokens" / "index.json").is_file(),
-              lambda: write_token_store(load_tokenizer(ablation / "tokenizer"), frame, ablation / "tokens", splits))
+              lambda: write_token_store(load_tokenizer(ablation / "tokenizer"), frame, ablation / "tokens", splits,
+                                        overwrite=(ablation / "tokens").exists()), root=ablation)
         stage("ablation train", (ablation / "model" / "meta.json").is_file() and _training_finished(ablation),
-              lambda: train_run(tokens=ablation / "tokens", out=ablation, preset=args.preset,
-                                config_file=args.config, overrides=list(args.set or []), max_steps=args.max_steps,
-                                resume=(ablation / "checkpoints" / "last" / "meta.json").is_file(),
-                                allow_existing=True))
+              lambda: train(ablation, ablation / "tokens"), root=ablation)
         ablation_runs = {"quantile": ablation}
+    evaluate_inputs = _STAGE_INPUTS["evaluate"] + (
+        ("ablation-quantile/model/model.safetensors",) if ablation_runs else ())
     stage("evaluate", (out / "eval" / "metrics.json").is_file(),
           lambda: evaluate_run(out, data=args.data, split="test", horizon=horizon, num_samples=args.num_samples,
-                               seed=args.seed, ablation_runs=ablation_runs))
+                               seed=args.seed, ablation_runs=ablation_runs), inputs=evaluate_inputs)
 
     from .backtest import run_backtest
 
@@ -170,8 +244,11 @@ def _prepare_run_dir(out: Path, settings: dict, *, force: bool) -> None:
         if not force:
             what = "was made with different settings" if previous is not None else "exists and is not a pipeline run"
             raise OutputExistsError(f"{out} {what}; choose another --out, or pass --force to replace it")
-        shutil.rmtree(out)
+        if isinstance(previous, dict) and "format_version" in previous:
+            mark_output(out)  # a pipeline run from before the marker existed
+        remove_output(out)
     make_dirs(out)
+    mark_output(out)
     write_json(marker, settings)
 
 
