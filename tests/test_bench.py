@@ -94,9 +94,11 @@ def test_synthetic_store_opens_as_a_token_store(tmp_path):
 def test_scaling_lines():
     results = bench.bench_scaling(base_tokens=1500, threads=1, steps=1, factors=(1, 2))
     assert [r.name for r in results[:2]] == ["scaling 1x tokens/s", "scaling 2x tokens/s"], [r.line() for r in results]
-    for result in results:
+    for result in results[:-1]:
         assert_measured(result)
-    assert results[-1].lower_is_better
+    # the RSS growth per extra token is a difference of two noisy peaks: near zero, of either sign, when flat
+    memory = results[-1]
+    assert memory.lower_is_better and memory.value is not None and np.isfinite(memory.value), memory.line()
 
 
 def test_e2e_reports_a_failed_pipeline(tmp_path):

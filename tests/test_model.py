@@ -252,3 +252,11 @@ def test_broken_checkpoints_are_checkpoint_errors(tmp_path, problem):
         GPT.from_pretrained(tmp_path)
     assert str(tmp_path) in str(err.value)
     assert isinstance(err.value, PriceGPTError)
+
+
+@pytest.mark.parametrize("name", ["tiny", "seed", "large"])
+def test_config_parameter_count_matches_the_built_model(name):
+    # the memory bound refuses a model from this count before allocating it, so it must be exact
+    config = preset_model_config(name, vocab_size=100)
+    with torch.device("meta"):
+        assert GPT(config).num_params() == config.num_params()

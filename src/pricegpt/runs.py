@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import show
 from .errors import CheckpointError, DataError
 from .fileio import write_json
 
@@ -41,9 +42,11 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); the run directory is damaged") from None
+        value = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise CheckpointError(f"{path} is not valid JSON ({reason}); the run directory is damaged: restore the "
+                              "file from a backup or rerun the stage that wrote it") from None
     if not isinstance(value, dict):
         raise CheckpointError(f"{path} should hold a JSON object; the run directory is damaged")
     return value
@@ -149,31 +152,54 @@ def parse_token_ids(text: str, vocab_size: int, flag: str = "--seed-tokens") -> 
         try:
             ids.append(int(part))
         except ValueError:
-            raise DataError(f"{flag}: '{part}' is not a token id; ids are whole numbers in [0, {vocab_size})") from None
-    bad = [i for i in ids if not 0 <= i < vocab_size]
+            raise DataError(f"{flag}: {show(part)} is not a token id; ids are whole numbers in [0, {vocab_size})") \
+                from None
+    bad = [show(i) for i in ids if not 0 <= i < vocab_size]
     if bad:
-        raise DataError(f"{flag}: token id(s) {bad[:5]} outside the vocabulary [0, {vocab_size}) of this model")
+        raise DataError(f"{flag}: token id(s) {', '.join(bad[:5])} outside the vocabulary [0, {vocab_size}) of this "
+                        "model")
     return ids
 
 
 def generate_command(args) -> int:
-    """`pricegpt generate`: one line of generated ids per sample; with --decode also returns and a price path."""
+    """`pricegpt generate`: one line of generated ids per sample; with --decode also returns and a price path.
+
+    Every flag is checked before the run is loaded, and the run's model and tokenizer before anything is sampled."""
     import numpy as np
     import torch
 
+    from .config import (
+        check_num_generate,
+        check_num_samples,
+        check_number,
+        check_seed,
+        check_temperature,
+        check_top_k,
+        check_top_p,
+    )
+
+    num_generate = check_num_generate(args.num_generate)
+    num_samples = check_num_samples(args.num_samples)
+    temperature = check_temperature(args.temperature)
+    top_k, top_p = check_top_k(args.top_k), check_top_p(args.top_p)
+    seed = None if args.seed is None else check_seed(args.seed)
+    if args.decode:
+        check_number(args.start_price, "--start-price", 0, 1e12, lo_open=True,
+                     hint="the price the decoded path starts from, e.g. 100")
     run_dir = Path(args.run) if args.run else latest_run()
     run = load_run(run_dir, need_tokenizer=args.decode)
+    if args.decode and args.symbol is not None:
+        run.tokenizer.check_symbol(args.symbol, "--symbol")
     ids = parse_token_ids(args.seed_tokens, run.model.config.vocab_size)
     context = torch.tensor([ids], dtype=torch.long)
-    out = run.model.generate(context, args.num_generate, num_samples=args.num_samples,
-                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    out = run.model.generate(context, num_generate, num_samples=num_samples, temperature=temperature, top_k=top_k,
+                             top_p=top_p, seed=seed)
     samples = out[0].tolist()
     for i, row in enumerate(samples):
-        print(" ".join(map(str, row)) if args.num_samples == 1 else f"sample {i}: " + " ".join(map(str, row)))
+        print(" ".join(map(str, row)) if num_samples == 1 else f"sample {i}: " + " ".join(map(str, row)))
     if args.decode:
-        symbol = args.symbol
         for i, row in enumerate(samples):
-            returns = np.asarray(run.tokenizer.decode(np.asarray(row), symbol=symbol), dtype=np.float64).ravel()
+            returns = np.asarray(run.tokenizer.decode(np.asarray(row), symbol=args.symbol), dtype=np.float64).ravel()
             prices = args.start_price * np.exp(np.cumsum(returns))
             print(f"sample {i} log returns: " + " ".join(f"{r:+.5f}" for r in returns))
             print(f"sample {i} prices from {args.start_price:g}: " + " ".join(f"{p:.4f}" for p in prices))

@@ -1,25 +1,37 @@
 """Reading price files into the canonical price frame.
 
-`load_prices(source)` accepts one CSV/Parquet file (long format with a symbol/ticker column, or one series
-named after the file), a folder of such files (symbol = file stem), yfinance-style columns, any column case,
-comma/semicolon/tab delimiters, ISO or US dates, date-times with or without time zones, Unix seconds or
-milliseconds, and `sample:NAME` for the embedded datasets.
+`load_prices(source, date_format=None)` accepts one CSV/Parquet file (long format with a symbol/ticker column, or
+one series named after the file), a folder of such files (symbol = file stem), an in-memory pandas DataFrame (long
+format with a symbol column, or one series called "series"; a timestamp column or a DatetimeIndex) and
+`sample:NAME` for the embedded datasets. Files may have yfinance-style or MetaTrader (`<DATE>,<TIME>,...`) columns,
+any column case, comma/semicolon/tab/pipe delimiters, UTF-8 (with or without BOM) or UTF-16 text.
+
+Timestamps: one format per column is inferred from all its values (ISO, month-first, day-first, with or without a
+time and a zone; Unix s/ms/us/ns; YYYYMMDD digits), see `frame.parse_timestamps`. Day-first and ambiguous columns
+are read with a warning, mixed ones refused. `date_format` (a strptime format; the CLI's --date-format) overrides
+the inference. Separate date and time-of-day columns (`Date,Time`) are combined into one timestamp. Excel serial
+day numbers (43831 ...) are refused, not guessed: convert them with `pd.to_datetime(x, unit="D",
+origin="1899-12-30")` or save the dates as text from Excel.
 
 The canonical frame: `timestamp` (UTC, tz-aware, ns), `symbol` (str), `close` (float64) and, when the source has
 them, `open`, `high`, `low`, `volume`. Sorted by (symbol, timestamp), unique timestamps per symbol, prices finite
 and > 0. Adjusted close is used when present (OHL are scaled by the same factor so a bar keeps its shape).
 
-Policy for imperfect files: empty price cells drop their row (one warning with the count); unsorted rows are
-sorted; duplicate timestamps keep the last row (warning). Text in a price column, unparseable timestamps,
-non-positive or infinite prices, no close column, an empty file, a folder without data files and fewer than
-2 usable bars per symbol are DataErrors naming the file, the line and the column.
+Policy for imperfect files: rows whose cells are all blank are skipped; empty price cells drop their row (one
+warning with the count); unsorted rows are sorted; duplicate timestamps keep the last row (warning). Text in a
+price column, unparseable or mixed-format timestamps, non-positive or infinite prices, no close column, an empty
+file, a folder without data files, two files of a folder holding the same symbol, a symbol longer than 64
+characters or with control characters, and fewer than 2 usable bars per symbol are DataErrors naming the file
+(or "the DataFrame"), the line (or row) and the column. Line numbers are those of the file, blank lines included.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +40,21 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from ..fileio import note_input
+from .frame import DateNote, Rows, parse_clock, parse_timestamps
 
 log = logging.getLogger("pricegpt")
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt", ".parquet", ".pq")
 PRICE_COLUMNS = ("open", "high", "low", "close")
 CANONICAL_COLUMNS = ("timestamp", "symbol", "open", "high", "low", "close", "volume")
+MAX_SYMBOL_LEN = 64  # symbols become file names and report lines
+IN_MEMORY = "the DataFrame"
 
-# Column names are matched after lower-casing and removing spaces, underscores, dashes and dots.
-_TIMESTAMP_NAMES = ("timestamp", "datetime", "date", "time", "gmttime", "localtime", "ts", "unnamed0")
+# Column names are matched after lower-casing and removing spaces, underscores, dashes, dots and <> (MetaTrader).
+_TIMESTAMP_NAMES = ("timestamp", "datetime", "date", "dtyyyymmdd", "time", "gmttime", "localtime", "ts", "unnamed0")
+_DATE_ONLY_NAMES = ("date", "dtyyyymmdd")  # with a separate time-of-day column beside them
+_CLOCK_NAMES = ("time",)
 _SYMBOL_NAMES = ("symbol", "ticker", "instrument", "asset", "pair", "code")
 _ADJ_CLOSE_NAMES = ("adjclose", "adjustedclose", "adjclosing", "closeadj", "adjcloseprice")
 _CLOSE_NAMES = ("close", "closeprice", "closing", "last", "price")
@@ -53,41 +71,76 @@ class LoadReport:
     dropped: dict[str, int] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     adjusted: bool = False
+    date_notes: list[tuple[str, DateNote]] = field(default_factory=list, repr=False)
 
 
-def load_prices(source: str | Path) -> pd.DataFrame:
-    """Read `source` (file, folder or `sample:NAME`) into the canonical price frame. See the module docstring."""
-    frame, _ = read_prices(source)
+def load_prices(source: str | Path | pd.DataFrame, *, date_format: str | None = None) -> pd.DataFrame:
+    """Read `source` (file, folder, `sample:NAME` or DataFrame) into the canonical price frame.
+
+    `date_format`: a strptime format (e.g. "%d/%m/%Y %H:%M") for the timestamp column, instead of inferring one;
+    with separate date and time columns it is the date column's format. See the module docstring."""
+    frame, _ = read_prices(source, date_format=date_format)
     return frame
 
 
-def read_prices(source: str | Path) -> tuple[pd.DataFrame, LoadReport]:
+def read_prices(source: str | Path | pd.DataFrame, *,
+                date_format: str | None = None) -> tuple[pd.DataFrame, LoadReport]:
     """Like `load_prices`, and also return a LoadReport (rows read and dropped, per symbol)."""
+    if isinstance(source, pd.DataFrame):
+        report = LoadReport(source=IN_MEMORY)
+        table = _table_of_frame(source)
+        rows = Rows(IN_MEMORY, np.arange(1, len(table) + 1), word="row")
+        frame = _read_table_rows(table, rows, report, "series", date_format)
+        return _done(frame, report), report
     if isinstance(source, str) and source.startswith("sample:"):
         from .samples import sample_path
 
         path = sample_path(source.split(":", 1)[1])
         report = LoadReport(source=source)
-        return _finish(_read_file(path, report, default_symbol=None), report, path), report
-    path = Path(source)
+        return _done(_read_file(path, report, None, date_format), report, path), report
+    if not isinstance(source, (str, os.PathLike)) or not str(os.fspath(source)).strip():
+        raise DataError(f"prices must come from a file or folder path, 'sample:NAME' or a pandas DataFrame; got "
+                        f"{type(source).__name__} {str(source)[:40]!r}")
+    path = Path(os.fsdecode(source))
     report = LoadReport(source=str(path))
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; give a CSV/Parquet file, a folder of them, or sample:NAME "
                         "(see `pricegpt data list`)")
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and _is_data_file(p))
-        if not files:
-            raise DataError(f"{path}: folder has no data files (expected {', '.join(DATA_SUFFIXES)}); "
-                            "put one file per symbol in it")
-        frames = [_read_file(f, report, default_symbol=_stem(f)) for f in files]
-        common = set.intersection(*(set(f.columns) for f in frames))
-        partial = [c for c in CANONICAL_COLUMNS if c not in common and any(c in f.columns for f in frames)]
-        if partial:  # a column only some files have would be NaN for the others' symbols
-            log.warning(f"{path.name}: column(s) {', '.join(partial)} missing from some files; using only the "
-                        "columns every file has")
-            frames = [f[[c for c in f.columns if c in common]] for f in frames]
-        return _finish(pd.concat(frames, ignore_index=True), report), report
-    return _finish(_read_file(path, report, default_symbol=_stem(path)), report, path), report
+    note_input(path)
+    if not path.is_dir():
+        return _done(_read_file(path, report, _stem(path), date_format), report, path), report
+    files = sorted(p for p in path.iterdir() if p.is_file() and _is_data_file(p))
+    if not files:
+        raise DataError(f"{path}: folder has no data files (expected {', '.join(DATA_SUFFIXES)}); "
+                        "put one file per symbol in it")
+    frames, owner = [], {}
+    for file in files:
+        frame = _read_file(file, report, _stem(file), date_format)
+        for symbol in frame["symbol"].unique():
+            if symbol in owner:
+                raise DataError(f"{path}: symbol '{_shown(symbol)}' is in two files, {owner[symbol]} and {file}; "
+                                "keep one file per symbol (rename or remove one of them)")
+            owner[symbol] = file
+        frames.append(frame)
+    common = set.intersection(*(set(f.columns) for f in frames))
+    partial = [c for c in CANONICAL_COLUMNS if c not in common and any(c in f.columns for f in frames)]
+    if partial:  # a column only some files have would be NaN for the others' symbols
+        log.warning(f"{path.name}: column(s) {', '.join(partial)} missing from some files; using only the "
+                    "columns every file has")
+        frames = [f[[c for c in f.columns if c in common]] for f in frames]
+    return _done(pd.concat(frames, ignore_index=True), report), report
+
+
+def _done(frame: pd.DataFrame, report: LoadReport, path: Path | None = None) -> pd.DataFrame:
+    """Warn once per kind of date note (a folder of 500 day-first files is one warning), then finish."""
+    seen: dict[str, int] = {}
+    for _, note in report.date_notes:
+        seen[note.kind] = seen.get(note.kind, 0) + 1
+    for kind, count in seen.items():
+        where, note = next((w, n) for w, n in report.date_notes if n.kind == kind)
+        more = f" (and {count - 1} more file(s) like it)" if count > 1 else ""
+        log.warning(f"{_short(where)}: {note.message}{more}")
+    return _finish(frame, report, path)
 
 
 def _is_data_file(path: Path) -> bool:
@@ -104,11 +157,40 @@ def _stem(path: Path) -> str:
 
 
 def _norm(name: object) -> str:
-    return re.sub(r"[\s_\-\.:]+", "", str(name).strip().lower())
+    return re.sub(r"[\s_\-\.:<>]+", "", str(name).strip().lower())
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    """Read a file as strings (CSV) or typed columns (Parquet). Format problems become DataErrors."""
+def _short(where: str) -> str:
+    """A file's name (or "the DataFrame") for warnings."""
+    return where if where == IN_MEMORY else Path(where).name
+
+
+def _shown(symbol: str) -> str:
+    return symbol if len(symbol) <= 40 else symbol[:40] + "..."
+
+
+def _table_of_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """An in-memory frame as a table of columns: a DatetimeIndex (or a named index) becomes a column."""
+    if frame.columns.duplicated().any():
+        names = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+        raise DataError(f"{IN_MEMORY}: duplicate column name(s) {', '.join(names)}; give each column one name")
+    table = frame
+    if isinstance(frame.index, pd.DatetimeIndex) or any(name is not None for name in frame.index.names):
+        if isinstance(frame.index, pd.DatetimeIndex) and frame.index.name is None:
+            table = frame.rename_axis("timestamp")
+        if not any(name in table.columns for name in table.index.names):
+            table = table.reset_index()
+    return table.reset_index(drop=True)
+
+
+def _read_file(path: Path, report: LoadReport, default_symbol: str | None, date_format: str | None) -> pd.DataFrame:
+    table, rows = _read_table(path)
+    return _read_table_rows(table, rows, report, default_symbol or _stem(path), date_format)
+
+
+def _read_table(path: Path) -> tuple[pd.DataFrame, Rows]:
+    """Read a file as strings (CSV) or typed columns (Parquet), with the line of each row. Format problems become
+    DataErrors."""
     name = path.name.lower()
     if name.endswith((".parquet", ".pq")):
         try:
@@ -122,7 +204,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             raise DataError(f"{path}: not a readable Parquet file ({type(err).__name__}: {err})") from None
         if not isinstance(table.index, pd.RangeIndex):
             table = table.reset_index()
-        return table
+        return table, Rows(str(path), np.arange(1, len(table) + 1), word="row")
     try:
         raw = path.read_bytes()
     except OSError as err:
@@ -134,30 +216,67 @@ def _read_table(path: Path) -> pd.DataFrame:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as err:
             raise DataError(f"{path}: not a valid gzip file ({err})") from None
-    if b"\x00" in raw[:65536]:
-        raise DataError(f"{path}: looks like a binary file, not CSV text; give a CSV or Parquet price file")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        try:
-            text = raw.decode("latin-1")
-        except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-            raise DataError(f"{path}: cannot decode the file as text") from None
+    text = _decode(raw, path)
     if not text.strip():
         raise DataError(f"{path}: file is empty; it needs a header row and at least 2 rows of prices")
-    header = next((line for line in text.splitlines() if line.strip()), "")
+    # Blank lines before the header are cut (pandas would take one as the header); every later line is a row,
+    # so row i is line `header_line + 1 + i` and blank rows are dropped below with their line numbers known.
+    leading = re.match(r"(?:[ \t]*(?:\r\n|\r|\n))*", text)
+    header_line = len(re.findall(r"\r\n|\r|\n", leading.group())) + 1
+    text = text[leading.end():]
+    header = re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]
     delimiter = max([",", ";", "\t", "|"], key=header.count)
     if header.count(delimiter) == 0:
         delimiter = ","
     try:
         table = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False,
-                            skipinitialspace=True, skip_blank_lines=True, quoting=csv.QUOTE_MINIMAL)
+                            skipinitialspace=True, skip_blank_lines=False, quoting=csv.QUOTE_MINIMAL)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error, ValueError) as err:
         raise DataError(f"{path}: not a readable CSV file ({str(err).strip().splitlines()[0]})") from None
     if not isinstance(table.index, pd.RangeIndex):  # pandas took the surplus leading fields as an index
-        raise DataError(f"{path}: line 2 has more fields than the header ({len(table.columns)} columns); "
-                        "fix the row or the header")
-    return table
+        raise DataError(f"{path}: line {header_line + 1} has more fields than the header ({len(table.columns)} "
+                        "columns); fix the row or the header")
+    lines = header_line + 1 + np.arange(len(table))
+    blank = np.ones(len(table), dtype=bool)
+    for col in table.columns:
+        cells = table[col]
+        blank &= (cells.isna() | (cells.str.strip() == "")).to_numpy()
+    if blank.any():
+        table, lines = table.loc[~blank].reset_index(drop=True), lines[~blank]
+    return table, Rows(str(path), lines)
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    """Text of a CSV file: UTF-8 (BOM or not), UTF-16/32 (BOM or not, recognised by its zero bytes), else Latin-1."""
+    encoding = None
+    if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        encoding = "utf-32"
+    elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    else:
+        head = raw[:4096]
+        half = len(head) // 2
+        if half >= 2:
+            zeros_even, zeros_odd = head[0::2].count(0), head[1::2].count(0)
+            if zeros_odd >= 0.4 * half and zeros_even == 0:
+                encoding = "utf-16-le"
+            elif zeros_even >= 0.4 * half and zeros_odd == 0:
+                encoding = "utf-16-be"
+    if encoding is not None:
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: looks like {encoding.upper()} text but cannot be decoded; save it as UTF-8 "
+                            "(in Excel: Save As > CSV UTF-8)") from None
+        if "\x00" not in text:
+            return text.lstrip("\ufeff")
+    if b"\x00" in raw[:65536]:
+        raise DataError(f"{path}: looks like a binary file, not CSV text; give a CSV or Parquet price file "
+                        "(a text file must be saved as UTF-8)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def _pick(columns: dict[str, str], names: tuple[str, ...]) -> str | None:
@@ -167,175 +286,144 @@ def _pick(columns: dict[str, str], names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _read_file(path: Path, report: LoadReport, default_symbol: str | None) -> pd.DataFrame:
-    """Read and validate one file; the caller sorts and de-duplicates (`_finish`)."""
-    table = _read_table(path)
-    if table.shape[1] == 0 or len(table.columns) == 0:
-        raise DataError(f"{path}: file has no columns; it needs a header row with a date and a close column")
+def _read_table_rows(table: pd.DataFrame, rows: Rows, report: LoadReport, default_symbol: str,
+                     date_format: str | None) -> pd.DataFrame:
+    """Validate one table (a file's or a DataFrame's) into canonical columns; the caller sorts and de-duplicates."""
+    where = rows.name
+    if len(table.columns) == 0:
+        raise DataError(f"{where}: no columns; it needs a header row with a date and a close column")
     columns: dict[str, str] = {}
     for col in table.columns:
         columns.setdefault(_norm(col), col)
+    found = ", ".join(map(str, table.columns))[:200]
     ts_col = _pick(columns, _TIMESTAMP_NAMES)
     if ts_col is None:
-        raise DataError(f"{path}: no timestamp column; name one of: timestamp, date, datetime, time "
-                        f"(columns found: {', '.join(map(str, table.columns))})")
+        raise DataError(f"{where}: no timestamp column; name one of: timestamp, date, datetime, time "
+                        f"(columns found: {found})")
     adj_col = _pick(columns, _ADJ_CLOSE_NAMES)
     close_col = _pick(columns, _CLOSE_NAMES)
     if adj_col is None and close_col is None:
-        raise DataError(f"{path}: no close column; name one of: close, adj close, price, last "
-                        f"(columns found: {', '.join(map(str, table.columns))})")
+        raise DataError(f"{where}: no close column; name one of: close, adj close, price, last (columns found: "
+                        f"{found})")
     if len(table) == 0:
-        raise DataError(f"{path}: file has a header but no rows of prices; it needs at least 2 bars")
+        raise DataError(f"{where}: has a header but no rows of prices; it needs at least 2 bars")
     sym_col = _pick(columns, _SYMBOL_NAMES)
 
-    out = pd.DataFrame({"timestamp": _parse_timestamps(table[ts_col], path, ts_col)})
+    timestamps, note = parse_timestamps(table[ts_col], rows, str(ts_col), date_format)
+    if note is not None:
+        report.date_notes.append((where, note))
+    clock_col = _pick(columns, _CLOCK_NAMES) if _norm(ts_col) in _DATE_ONLY_NAMES else None
+    if clock_col is not None and (timestamps == timestamps.dt.normalize()).all():
+        clock = parse_clock(table[clock_col], rows, str(clock_col))
+        if clock is not None:  # MetaTrader and many exports keep the time of day in its own column
+            timestamps = timestamps + pd.to_timedelta(clock, unit="ns")
+    out = pd.DataFrame({"timestamp": timestamps})
     if sym_col is not None:
         symbols = table[sym_col].astype(str).str.strip()
-        empty = (symbols == "") | table[sym_col].isna()
+        empty = (table[sym_col].isna() | (symbols == "")).to_numpy()
         if empty.any():
-            line = int(np.flatnonzero(empty.to_numpy())[0]) + 2
-            raise DataError(f"{path}: line {line}, column '{sym_col}': empty symbol; fill in the symbol")
+            i = int(np.flatnonzero(empty)[0])
+            raise DataError(f"{where}: {rows.at(i)}, column '{sym_col}': empty symbol; fill in the symbol")
         out["symbol"] = symbols.to_numpy()
     else:
-        out["symbol"] = default_symbol if default_symbol is not None else _stem(path)
+        out["symbol"] = default_symbol
 
     price_source = {"close": adj_col or close_col}
     for key in ("open", "high", "low", "volume"):
         col = _pick(columns, _OTHER_NAMES[key])
         if col is not None:
             price_source[key] = col
+    raw_close_col = close_col if adj_col is not None and close_col not in (None, adj_col) else None
     values: dict[str, np.ndarray] = {}
     empty_cells = np.zeros(len(table), dtype=bool)
-    for key, col in price_source.items():
-        numbers, empty = _parse_numbers(table[col], path, col)
-        values[key] = numbers
+    for key, col in {**price_source, **({"raw_close": raw_close_col} if raw_close_col else {})}.items():
+        values[key], empty = _parse_numbers(table[col], rows, col)
         if key != "volume":
             empty_cells |= empty
     if adj_col is not None:
         if not report.adjusted:
-            log.warning(f"{path.name}: using the adjusted close column '{adj_col}' as close")
+            log.warning(f"{_short(where)}: using the adjusted close column "
+                        f"'{adj_col}' as close")
         report.adjusted = True
-        if close_col is not None and close_col != adj_col:
-            raw_close, raw_empty = _parse_numbers(table[close_col], path, close_col)
-            empty_cells |= raw_empty
-            with np.errstate(divide="ignore", invalid="ignore"):
-                factor = values["close"] / raw_close
-            for key in ("open", "high", "low"):
-                if key in values:
-                    values[key] = values[key] * factor
-    for key in ("open", "high", "low", "close", "volume"):
-        if key in values:
-            out[key] = values[key]
 
     n_empty = int(empty_cells.sum())
     if n_empty:
-        log.warning(f"{path.name}: dropped {n_empty} row(s) with an empty price cell")
+        log.warning(f"{_short(where)}: dropped {n_empty} row(s) with an empty "
+                    "price cell")
         for sym, n in out.loc[empty_cells, "symbol"].value_counts().items():
             report.dropped[sym] = report.dropped.get(sym, 0) + int(n)
-        out = out[~empty_cells]
-    lines = np.flatnonzero(~empty_cells) + 2
-    _check_positive(out, lines, path, price_source)
-    for sym, n in out["symbol"].value_counts().items():
-        report.rows_read[sym] = report.rows_read.get(sym, 0) + int(n)
-        report.files.setdefault(sym, str(path))
-    return out.reset_index(drop=True)
-
-
-def _check_positive(out: pd.DataFrame, lines: np.ndarray, path: Path, price_source: dict[str, str]) -> None:
-    for key in ("open", "high", "low", "close"):
-        if key not in out:
-            continue
-        col = out[key].to_numpy()
-        bad = ~np.isfinite(col) | (col <= 0)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            what = "infinite or not a number" if not np.isfinite(col[i]) else f"{col[i]:g} (not positive)"
-            raise DataError(f"{path}: line {lines[i]}, column '{price_source[key]}': price is {what}; "
-                            "prices must be finite and > 0 — fix or remove the row")
-    if "volume" in out:
-        vol = out["volume"].to_numpy()
+        keep = ~empty_cells
+        out, rows = out.loc[keep].reset_index(drop=True), rows.take(keep)
+        values = {key: v[keep] for key, v in values.items()}
+    # The columns as the file has them first, so a bad cell is blamed on its own column, not on a scaled one.
+    _check_prices({price_source.get(k, raw_close_col): v for k, v in values.items() if k != "volume"}, rows)
+    if raw_close_col is not None:
+        factor = values["close"] / values.pop("raw_close")
+        for key in ("open", "high", "low"):
+            if key in values:
+                values[key] = values[key] * factor
+        _check_prices({price_source[k]: values[k] for k in ("open", "high", "low") if k in values}, rows,
+                      f" after scaling by '{adj_col}' / '{close_col}'")
+    if "volume" in values:
+        vol = values["volume"]
         bad = np.isfinite(vol) & (vol < 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{path}: line {lines[i]}, column '{price_source['volume']}': negative volume "
+            raise DataError(f"{where}: {rows.at(i)}, column '{price_source['volume']}': negative volume "
                             f"{vol[i]:g}; fix or remove the row")
+    for key in ("open", "high", "low", "close", "volume"):
+        if key in values:
+            out[key] = values[key]
+    for sym, n in out["symbol"].value_counts().items():
+        report.rows_read[sym] = report.rows_read.get(sym, 0) + int(n)
+        report.files.setdefault(sym, where)
+    return out
 
 
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+def _check_prices(columns: dict[str, np.ndarray], rows: Rows, how: str = "") -> None:
+    """The first row (then the first column) whose price is infinite, not a number or not positive."""
+    bad = {col: ~np.isfinite(v) | (v <= 0) for col, v in columns.items()}
+    first = {col: int(np.flatnonzero(b)[0]) for col, b in bad.items() if b.any()}
+    if not first:
+        return
+    col = min(first, key=first.get)
+    i = first[col]
+    value = columns[col][i]
+    what = "infinite or not a number" if not np.isfinite(value) else f"{value:g} (not positive)"
+    raise DataError(f"{rows.name}: {rows.at(i)}, column '{col}': price is {what}{how}; prices must be finite "
+                    "and > 0 — fix or remove the row")
 
 
-def _parse_numbers(series: pd.Series, path: Path, col: str) -> tuple[np.ndarray, np.ndarray]:
+def _parse_numbers(series: pd.Series, rows: Rows, col: str) -> tuple[np.ndarray, np.ndarray]:
     """Parse a price/volume column. Returns (values, empty_mask); text that is not a number is a DataError."""
+    series = series.reset_index(drop=True)
     if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
         return values, np.isnan(values)
     text = series.astype(str).str.strip()
-    empty = (text == "") | series.isna().to_numpy() | text.str.lower().isin(["nan", "na", "n/a", "null", "none"])
+    empty = (series.isna() | (text == "") | text.str.lower().isin(["nan", "na", "n/a", "null", "none"])).to_numpy()
     values = pd.to_numeric(text.where(~empty, None), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = np.isnan(values) & ~empty.to_numpy()
-    # pandas parses 'inf' / 'infinity' as numbers; they are caught later by the positivity check.
+    bad = np.isnan(values) & ~empty
+    # pandas parses 'inf' / 'infinity' as numbers; they are caught later by the price check.
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: line {i + 2}, column '{col}': '{text.iloc[i][:40]}' is not a number; "
+        raise DataError(f"{rows.name}: {rows.at(i)}, column '{col}': '{text.iloc[i][:40]}' is not a number; "
                         "price columns must hold numbers only")
-    return values, empty.to_numpy()
+    return values, empty
 
 
-def _parse_timestamps(series: pd.Series, path: Path, col: str) -> pd.Series:
-    """Parse dates/date-times (ISO, US m/d/Y, with or without zone) or Unix s/ms/us/ns into UTC timestamps."""
-    if pd.api.types.is_datetime64_any_dtype(series.dtype):
-        parsed = pd.to_datetime(series, utc=True)
-        return _check_parsed(parsed, series, path, col)
-    text = series.astype(str).str.strip()
-    empty = (text == "") | text.str.lower().isin(["nan", "nat", "none", "null"])
-    if empty.any():
-        i = int(np.flatnonzero(empty.to_numpy())[0])
-        raise DataError(f"{path}: line {i + 2}, column '{col}': empty timestamp; every row needs a date")
-    numeric = pd.to_numeric(text, errors="coerce")
-    if numeric.notna().all():
-        values = numeric.to_numpy(dtype=np.float64)
-        if np.all((values >= 1e7) & (values < 1e8) & (values == np.floor(values))) and \
-                np.all((values // 10000 >= 1800) & (values // 10000 <= 2200)):
-            parsed = pd.to_datetime(text, format="%Y%m%d", utc=True, errors="coerce")
-        else:
-            magnitude = np.nanmax(np.abs(values))
-            unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
-            parsed = pd.to_datetime(values, unit=unit, utc=True, errors="coerce")
-            parsed = pd.Series(parsed, index=series.index)
-        return _check_parsed(parsed, text, path, col)
-    parsed = None
-    attempts = ({"format": "ISO8601"}, {"format": "mixed", "dayfirst": False}, {"format": "mixed", "dayfirst": True})
-    for kwargs in attempts:
-        try:
-            attempt = pd.to_datetime(text, utc=True, errors="coerce", **kwargs)
-        except (ValueError, TypeError, OverflowError):
-            continue
-        if parsed is None or attempt.notna().sum() > parsed.notna().sum():
-            parsed = attempt
-        if attempt.notna().all():
-            break
-    if parsed is None:
-        parsed = pd.Series(pd.NaT, index=series.index, dtype="datetime64[ns, UTC]")
-    return _check_parsed(parsed, text, path, col)
-
-
-def _check_parsed(parsed: pd.Series, original: pd.Series, path: Path, col: str) -> pd.Series:
-    bad = parsed.isna().to_numpy()
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: line {i + 2}, column '{col}': cannot parse '{str(original.iloc[i])[:40]}' as a "
-                        "date/time; use ISO (2020-01-31 or 2020-01-31T15:30:00Z), US (1/31/2020) or Unix seconds")
-    if not hasattr(parsed, "dt"):
-        return parsed
-    try:
-        return pd.Series(parsed.to_numpy(), index=parsed.index).dt.as_unit("ns")
-    except (pd.errors.OutOfBoundsDatetime, OverflowError):
-        # timestamps are nanoseconds since 1970 in 64 bits: years before 1677 or after 2262 do not fit
-        outside = ((parsed < pd.Timestamp.min.tz_localize("UTC")) | (parsed > pd.Timestamp.max.tz_localize("UTC")))
-        i = int(np.flatnonzero(outside.to_numpy())[0]) if outside.any() else 0
-        raise DataError(f"{path}: line {i + 2}, column '{col}': '{str(original.iloc[i])[:40]}' is outside the "
-                        f"supported dates {pd.Timestamp.min:%Y-%m-%d} .. {pd.Timestamp.max:%Y-%m-%d}; fix the row"
-                        ) from None
+def _check_symbols(frame: pd.DataFrame, report: LoadReport, where: str) -> None:
+    symbols = pd.Series(frame["symbol"].unique(), dtype=object)
+    too_long = symbols[symbols.str.len() > MAX_SYMBOL_LEN]
+    if len(too_long):
+        sym = too_long.iloc[0]
+        raise DataError(f"{report.files.get(sym, where)}: symbol '{_shown(sym)}' is {len(sym)} characters long; "
+                        f"symbols may have at most {MAX_SYMBOL_LEN} — shorten it")
+    control = symbols[symbols.str.contains(r"[\x00-\x1f\x7f]", regex=True)]
+    if len(control):
+        sym = control.iloc[0]
+        raise DataError(f"{report.files.get(sym, where)}: symbol {_shown(sym)!r} contains a control character; "
+                        "remove it")
 
 
 def _finish(frame: pd.DataFrame, report: LoadReport, path: Path | None = None) -> pd.DataFrame:
@@ -346,20 +434,23 @@ def _finish(frame: pd.DataFrame, report: LoadReport, path: Path | None = None) -
     frame = frame.reset_index(drop=True)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.as_unit("ns")
     frame["symbol"] = frame["symbol"].astype(str)
-    order = np.lexsort((np.arange(len(frame)), frame["timestamp"].to_numpy(), frame["symbol"].to_numpy()))
+    _check_symbols(frame, report, where)
+    ns = pd.DatetimeIndex(frame["timestamp"]).asi8
+    order = np.lexsort((np.arange(len(frame)), ns, frame["symbol"].to_numpy()))
     frame = frame.iloc[order].reset_index(drop=True)
     dup = frame.duplicated(subset=["symbol", "timestamp"], keep="last")
     if dup.any():
         counts = frame.loc[dup, "symbol"].value_counts()
         for sym, n in counts.items():
             report.dropped[sym] = report.dropped.get(sym, 0) + int(n)
-        log.warning(f"{Path(where).name}: {int(dup.sum())} duplicate timestamp(s); kept the last row of each")
+        log.warning(f"{_short(where)}: {int(dup.sum())} duplicate "
+                    "timestamp(s); kept the last row of each")
         frame = frame.loc[~dup].reset_index(drop=True)
     counts = frame.groupby("symbol", sort=True)["timestamp"].size()
     short = counts[counts < 2]
     if len(short):
         sym = short.index[0]
-        raise DataError(f"{report.files.get(sym, where)}: symbol '{sym}' has {int(short.iloc[0])} usable bar(s); "
-                        "at least 2 are needed to compute a return")
+        raise DataError(f"{report.files.get(sym, where)}: symbol '{_shown(sym)}' has {int(short.iloc[0])} usable "
+                        "bar(s); at least 2 are needed to compute a return")
     cols = [c for c in CANONICAL_COLUMNS if c in frame.columns]
     return frame[cols]

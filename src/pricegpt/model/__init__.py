@@ -1,6 +1,6 @@
 """The GPT over market tokens (gpt.py) and its generation engine (engine.py)."""
 
-from .engine import Engine, KVCache, as_contexts, make_generator, sample_next_token
+from .engine import Engine, KVCache, as_contexts, generation_bytes, make_generator, sample_next_token
 from .gpt import GPT, PRESETS, GPTConfig, check_token_ids, preset_model_config
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "sample_next_token",
     "as_contexts",
     "make_generator",
+    "generation_bytes",
 ]

@@ -13,13 +13,29 @@ re-prefilled from them: the context never shrinks below refill_len tokens, and t
 refill_len / (sequence_len - refill_len) = 3 token-forwards per generated token, amortised. `use_cache=False`
 recomputes a full forward over the same window every step: it is the reference the cache is tested against,
 so both paths see exactly the same tokens at the same positions and draw random numbers in the same order.
+
+Arguments are checked before anything is allocated (bounds in config.py): temperature 0 (greedy) or in
+[1e-3, 100], top_k >= 1, top_p in [1e-3, 1], a seed in [0, 2**64 - 1], at most 100,000 new tokens, and a
+request whose estimated peak memory (`generation_bytes`) exceeds half of the free memory is a ConfigError.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ..config import (
+    MAX_GENERATOR_SEED,
+    MAX_NUM_GENERATE,
+    GPTConfig,
+    check_int,
+    check_memory,
+    check_num_samples,
+    check_temperature,
+    check_top_k,
+    check_top_p,
+    memory_budget_bytes,
+)
+from ..errors import DataError
 from .gpt import GPT, check_token_ids
 
 
@@ -95,8 +111,10 @@ def sample_next_token(
 
     temperature 0 is greedy (argmax). Otherwise logits / temperature, then top-k (keep the k largest logits;
     ties with the k-th are kept), then top-p (keep the smallest set of most likely tokens whose probability
-    reaches top_p), then one multinomial draw per row from `generator`.
+    reaches top_p), then one multinomial draw per row from `generator`. Settings outside the bounds of
+    config.check_temperature / check_top_k / check_top_p are ConfigErrors.
     """
+    temperature, top_k, top_p = check_temperature(temperature), check_top_k(top_k), check_top_p(top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -114,18 +132,31 @@ def sample_next_token(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def check_sampling_args(max_new_tokens, num_samples, temperature, top_k, top_p) -> None:
-    """Raise ConfigError for sampling settings a user passed that make no sense."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ConfigError(f"number of tokens to generate must be an integer >= 0, got {max_new_tokens!r}")
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ConfigError(f"--num-samples must be an integer >= 1, got {num_samples!r}")
-    if not temperature >= 0:
-        raise ConfigError(f"--temperature must be >= 0 (0 is greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ConfigError(f"--top-k must be an integer >= 1 (or unset), got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ConfigError(f"--top-p must be in (0, 1] (or unset), got {top_p!r}")
+def check_sampling_args(max_new_tokens, num_samples, temperature, top_k, top_p) -> dict:
+    """The sampling settings as plain Python numbers, or a ConfigError naming the argument, value and bound."""
+    return dict(max_new_tokens=check_int(max_new_tokens, "number of tokens to generate (--num-generate)", 0,
+                                         MAX_NUM_GENERATE),
+                num_samples=check_num_samples(num_samples, "num_samples (--num-samples)"),
+                temperature=check_temperature(temperature, "temperature (--temperature)"),
+                top_k=check_top_k(top_k, "top_k (--top-k)"), top_p=check_top_p(top_p, "top_p (--top-p)"))
+
+
+def generation_bytes(config: GPTConfig, batch: int, context_len: int, num_samples: int, max_new_tokens: int,
+                     use_cache: bool = True, dtype_bytes: int = 4) -> int:
+    """Estimated peak memory of Engine.generate: the KV caches, the token buffers, one sampling step over the
+    vocabulary, and the largest forward (the prefill, or a full window per row when the window refills or
+    without a cache; attention scores counted as materialised)."""
+    c, rows = config, batch * num_samples
+    L = c.sequence_len
+    T = min(context_len, L)
+    per_position = 4 * (c.n_embd * (4 + c.mlp_ratio) + c.vocab_size)
+    kv = 2 * c.n_layer * (rows + batch) * c.n_kv_head * L * c.head_dim * dtype_bytes if use_cache else 0
+    tokens = 2 * rows * (T + max_new_tokens) * 8  # the buffer and the returned copy
+    sampling = 6 * rows * c.vocab_size * 4  # logits, sorted, softmax, cumsum, masks
+    forward = batch * T * (per_position + 4 * c.n_head * T)
+    if not use_cache or T + max_new_tokens - 1 > L:
+        forward = max(forward, rows * L * (per_position + 4 * c.n_head * L))
+    return kv + tokens + sampling + forward
 
 
 def as_contexts(idx, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -152,7 +183,7 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     if seed is None:
         generator.seed()
     else:
-        generator.manual_seed(seed)
+        generator.manual_seed(check_int(seed, "seed", 0, MAX_GENERATOR_SEED))
     return generator
 
 
@@ -161,6 +192,21 @@ class Engine:
 
     def __init__(self, model: GPT):
         self.model = model
+
+    def check_memory(self, batch: int, context_len: int, num_samples: int, max_new_tokens: int,
+                     use_cache: bool = True) -> None:
+        """ConfigError when a generate call of this size would need more than half of the free memory of the
+        model's device (host RAM, or the GPU's free memory)."""
+        model = self.model
+        device = model.wte.weight.device
+        needed = generation_bytes(model.config, batch, context_len, num_samples, max_new_tokens, use_cache,
+                                  model.wte.weight.element_size())
+        budget, where = memory_budget_bytes(), "this machine"
+        if device.type == "cuda":
+            budget, where = torch.cuda.mem_get_info(device)[0] // 2, str(device)
+        check_memory(needed, f"sampling {batch * num_samples:,} paths of {max_new_tokens:,} tokens",
+                     "ask for fewer samples (--num-samples) or fewer tokens (--num-generate), or split the work "
+                     "into several calls", budget, where)
 
     def generate(
         self,
@@ -189,10 +235,13 @@ class Engine:
 
     def _generate(self, idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache, refill_len):
         model, L = self.model, self.model.config.sequence_len
-        check_sampling_args(max_new_tokens, num_samples, temperature, top_k, top_p)
+        args = check_sampling_args(max_new_tokens, num_samples, temperature, top_k, top_p)
+        max_new_tokens, num_samples = args["max_new_tokens"], args["num_samples"]
+        temperature, top_k, top_p = args["temperature"], args["top_k"], args["top_p"]
+        if seed is not None:  # derived per-call seeds (config.derive_seed) use torch's whole range
+            seed = check_int(seed, "seed", 0, MAX_GENERATOR_SEED, "a user's --seed is in [0, 4294967295]")
         refill_len = refill_len if refill_len is not None else max(1, L - L // 4)
-        if not isinstance(refill_len, int) or not 1 <= refill_len <= L:
-            raise ConfigError(f"refill_len must be an integer in [1, sequence_len={L}], got {refill_len!r}")
+        refill_len = check_int(refill_len, "refill_len", 1, L, f"at most sequence_len={L}")
         device = model.wte.weight.device
         contexts = as_contexts(idx, device)
         check_token_ids(contexts, model.config.vocab_size, "context tokens")
@@ -201,6 +250,7 @@ class Engine:
         rows = B * num_samples
         if max_new_tokens == 0:
             return torch.empty(B, num_samples, 0, dtype=torch.long, device=device)
+        self.check_memory(B, T, num_samples, max_new_tokens, use_cache)
 
         # Every row's context followed by its samples; the model always reads a window tokens[:, start:n].
         tokens = torch.empty(rows, T + max_new_tokens, dtype=torch.long, device=device)

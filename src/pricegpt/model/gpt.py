@@ -1,4 +1,4 @@
-"""The GPT that reads market tokens: config, model, bookkeeping, save/load, presets.
+"""The GPT that reads market tokens: model, bookkeeping, save/load (GPTConfig and the presets live in config.py).
 
 A nanochat-style decoder-only transformer:
 - token embedding (no learned positions) followed by a parameter-free RMSNorm,
@@ -11,6 +11,9 @@ Shapes: B batch, T time, V vocab, E n_embd, H query heads, Hkv key/value heads, 
 Token ids are checked against the vocabulary in user-facing paths (`generate`, the engine, and
 `check_token_ids` which the trainer calls once per dataset), not in `forward`: `idx.max()` is a host sync on
 an accelerator and training runs forward millions of times on data validated up front.
+
+Loading trusts nothing in the files: the config goes through GPTConfig's bounds, the weights must match it in
+names, shapes and dtype and be finite; each problem is a CheckpointError naming the damaged file.
 """
 
 from __future__ import annotations
@@ -18,102 +21,22 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import ARCHITECTURE_KEYS, GPTConfig, check_memory, preset_model_config
+from ..config import MODEL_PRESETS as PRESETS
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import atomic_path, write_json
 
+__all__ = ["GPT", "GPTConfig", "PRESETS", "preset_model_config", "check_token_ids", "CONFIG_FILE", "WEIGHTS_FILE"]
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-@dataclass
-class GPTConfig:
-    sequence_len: int = 256  # tokens of context the model is trained on
-    vocab_size: int = 128  # the tokenizer's codebook size
-    n_layer: int = 6
-    n_head: int = 8  # query heads
-    n_kv_head: int = 8  # key/value heads; fewer than n_head is grouped-query attention
-    n_embd: int = 512
-    mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * n_embd
-    rope_base: float = 10000.0
-    logit_softcap: float | None = 15.0  # logits -> softcap * tanh(logits / softcap); 0 or None disables
-    dropout: float = 0.0  # on attention weights and on each block's residual branch, training only
-    embedding_init_std: float = 1.0  # the embedding is RMS-normed right after lookup, so its scale is free
-    init_std: float | None = None  # std of the input-side matrices; None: 1/sqrt(fan_in) * min(1, sqrt(out/in))
-    zero_init_proj: bool = True  # attention and MLP output projections start at zero (blocks start as identity)
-    zero_init_head: bool = True  # lm_head starts at zero: the initial loss is exactly ln(vocab_size)
-
-    def __post_init__(self):
-        for name in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head != 0:
-            raise ConfigError(
-                f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}; "
-                f"pick n_head among the divisors of n_embd"
-            )
-        if self.head_dim % 2 != 0:
-            raise ConfigError(
-                f"model head_dim = n_embd / n_head = {self.head_dim} must be even for rotary embeddings; "
-                f"change n_embd or n_head"
-            )
-        if self.n_head % self.n_kv_head != 0:
-            raise ConfigError(
-                f"model.n_kv_head={self.n_kv_head} must divide model.n_head={self.n_head} "
-                f"(each key/value head serves n_head / n_kv_head query heads)"
-            )
-        if not self.rope_base > 0:
-            raise ConfigError(f"model.rope_base must be > 0, got {self.rope_base!r}")
-        if self.logit_softcap is not None and not self.logit_softcap >= 0:
-            raise ConfigError(f"model.logit_softcap must be >= 0 (0 or null disables it), got {self.logit_softcap!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.embedding_init_std > 0:
-            raise ConfigError(f"model.embedding_init_std must be > 0, got {self.embedding_init_std!r}")
-        if self.init_std is not None and not self.init_std > 0:
-            raise ConfigError(f"model.init_std must be > 0 or null, got {self.init_std!r}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GPTConfig:
-        if not isinstance(d, dict):
-            raise ConfigError(f"model config must be a mapping of field -> value, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}; valid keys are {sorted(known)}")
-        return cls(**d)
-
-
-# tiny: a GQA model that trains in a minute or two on 2 CPU cores (393,216 parameters, ~2.4 MFLOP/token);
-#       n_kv_head=2 keeps the grouped-query path exercised end to end.
-# seed: the reference shape, exactly 19,005,440 parameters.
-# large: 85,131,264 parameters, for a GPU.
-PRESETS: dict[str, GPTConfig] = {
-    "tiny": GPTConfig(sequence_len=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=128),
-    "seed": GPTConfig(),
-    "large": GPTConfig(sequence_len=256, n_layer=12, n_head=12, n_kv_head=12, n_embd=768),
-}
-
-
-def preset_model_config(name: str, **overrides) -> GPTConfig:
-    """A fresh copy of preset `name` with `overrides` applied (e.g. vocab_size from the tokenizer)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown model preset {name!r}; valid presets are {sorted(PRESETS)}")
-    return GPTConfig.from_dict({**PRESETS[name].to_dict(), **overrides})
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def check_token_ids(ids: torch.Tensor, vocab_size: int, what: str = "token ids", allow_ignore: bool = False):
@@ -261,6 +184,9 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
+        if torch.get_default_device().type != "meta":  # a meta model (shapes only) allocates nothing
+            check_memory(4 * config.num_params(), f"a model of {config.num_params():,} parameters",
+                         "choose a smaller model.n_layer, model.n_embd or model.vocab_size")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
@@ -443,21 +369,24 @@ class GPT(nn.Module):
                     f"{path} not found; point at a model directory written by training (it holds "
                     f"{CONFIG_FILE} and {WEIGHTS_FILE})"
                 )
+        damaged = "the model is damaged: restore the folder from a backup or retrain"
         try:
-            config = GPTConfig.from_dict(json.loads(config_path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError, ConfigError, TypeError) as err:
-            raise CheckpointError(f"{config_path} is not a valid model config ({err}); re-save the model") from err
+            raw = json.loads(config_path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError, RecursionError) as err:
+            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+            raise CheckpointError(f"{config_path} is not a valid model config ({reason}); {damaged}") from None
+        try:
+            config = GPTConfig.from_dict(raw, where=str(config_path), require=ARCHITECTURE_KEYS)
+        except (ConfigError, TypeError) as err:
+            raise CheckpointError(f"{config_path} is not a valid model config ({err}); {damaged}") from None
         try:
             state = load_file(str(weights_path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise CheckpointError(
                 f"{weights_path} is truncated or corrupted ({err}); restore it from a backup or retrain"
             ) from err
-        try:
-            with torch.device("meta"):  # shapes only: a config.json naming a huge model allocates nothing here
-                expected = cls(config).state_dict()
-        except RuntimeError as err:
-            raise CheckpointError(f"{config_path} describes a model too large to build ({err})") from err
+        with torch.device("meta"):  # shapes only: a config.json naming a huge model allocates nothing here
+            expected = cls(config).state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
@@ -475,8 +404,19 @@ class GPT(nn.Module):
                 f"{weights_path} has tensors of the wrong shape for {config_path} ({'; '.join(wrong)}); "
                 f"the two files come from different models, re-save the model"
             )
+        for name, tensor in state.items():
+            if tensor.dtype not in WEIGHT_DTYPES:
+                raise CheckpointError(f"{weights_path}: tensor {name} is {tensor.dtype}, not floating point; "
+                                      f"{damaged}")
+            if not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(
+                    f"{weights_path}: tensor {name} holds NaN or infinite values (training diverged or the file "
+                    f"was corrupted); {damaged}"
+                )
         try:
             model = cls(config)
+        except ConfigError as err:
+            raise CheckpointError(f"{config_path} describes a model too large for this machine ({err})") from None
         except (RuntimeError, MemoryError) as err:
             raise CheckpointError(f"{config_path} describes a model too large to build here ({err})") from err
         model.load_state_dict(state)

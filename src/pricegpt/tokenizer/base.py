@@ -38,6 +38,7 @@ import safetensors.torch
 import torch
 from safetensors.torch import load as load_safetensors_bytes
 
+from ..config import check_choice, check_int, check_seed, show
 from ..data import Splits, iso, parse_time, time_splits
 from ..errors import ConfigError, DataError, TokenizerError
 from ..fileio import write_bytes
@@ -51,6 +52,8 @@ FEATURES: dict[str, tuple[str, ...]] = {
 }
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 FORMAT_VERSION = 1
+MAX_PATCH_LEN = 4096
+MAX_CODEBOOK = 65536  # token stores hold uint16 ids
 
 
 @dataclass
@@ -66,14 +69,19 @@ class TokenizerConfig:
     train_end: str | None = None
 
     def validate(self) -> None:
-        if not isinstance(self.patch_len, int) or self.patch_len < 1:
-            raise ConfigError(f"--patch-len must be a positive integer, got {self.patch_len!r}")
-        if not isinstance(self.codebook_size, int) or not 2 <= self.codebook_size <= 65536:
-            raise ConfigError(f"--codebook-size must be an integer in [2, 65536], got {self.codebook_size!r}")
-        if self.features not in FEATURES:
-            raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {self.features!r}")
-        if not isinstance(self.min_scale_returns, int) or self.min_scale_returns < 2:
-            raise ConfigError(f"min_scale_returns must be an integer >= 2, got {self.min_scale_returns!r}")
+        check_int(self.patch_len, "--patch-len (patch_len)", 1, MAX_PATCH_LEN)
+        check_int(self.codebook_size, "--codebook-size (codebook_size)", 2, MAX_CODEBOOK)
+        check_choice(self.features, "features", tuple(FEATURES))
+        check_seed(self.seed, "--seed (tokenizer seed)")
+        check_int(self.min_scale_returns, "min_scale_returns", 2, 10**9)
+        if self.train_end is not None:
+            try:
+                ts = pd.Timestamp(self.train_end) if isinstance(self.train_end, str) else None
+            except (ValueError, TypeError, OverflowError):
+                ts = None
+            if ts is None or ts is pd.NaT:
+                raise ConfigError(f"train_end must be an ISO date such as 2020-01-31T00:00:00Z, got "
+                                  f"{show(self.train_end)}")
 
 
 @dataclass
@@ -254,6 +262,16 @@ class Tokenizer:
             self._require_fitted()
         return self.symbol_scales.get(symbol, self.global_scale) if symbol is not None else self.global_scale
 
+    def check_symbol(self, symbol: str, what: str = "symbol") -> None:
+        """TokenizerError unless `symbol` has its own scale (scale() would silently use the global one)."""
+        self._require_fitted()
+        if symbol not in self.symbol_scales:
+            known = sorted(self.symbol_scales)
+            shown = ", ".join(show(s) for s in known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+            raise TokenizerError(f"{what} {show(symbol)} has no scale in this tokenizer (it was not in the train "
+                                 f"data, or had fewer than {self.config.min_scale_returns} train bars); known "
+                                 f"symbols: {shown or 'none'}. Leave it out to use the global scale")
+
     # -- fitting
     def fit(self, frame: pd.DataFrame, train_end=None, *, progress: bool | None = None) -> Tokenizer:
         """Fit on the train patches of `frame` (last bar <= train_end; default: the 70% cutoff of time_splits).
@@ -385,28 +403,41 @@ class Tokenizer:
         """Load a saved tokenizer; a missing, truncated or corrupted directory is a TokenizerError."""
         directory = Path(directory)
         config_bytes, weights_bytes = _read_files(directory)
+        refit = "the tokenizer directory is damaged: restore it or fit it again with `pricegpt tokenizer fit`"
         try:
             raw = json.loads(config_bytes)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise TokenizerError(f"{directory / CONFIG_FILE} is not valid JSON ({err}); the tokenizer directory is "
-                                 "corrupted: fit it again with `pricegpt tokenizer fit`") from err
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+            raise TokenizerError(f"{directory / CONFIG_FILE} is not valid JSON ({reason}); {refit}") from None
         kind = raw.get("kind") if isinstance(raw, dict) else None
-        if kind not in _KINDS:
-            raise TokenizerError(f"{directory / CONFIG_FILE}: unknown tokenizer kind {kind!r}; "
+        if not isinstance(kind, str) or kind not in _KINDS:
+            raise TokenizerError(f"{directory / CONFIG_FILE}: unknown tokenizer kind {show(kind)}; "
                                  f"expected one of {', '.join(sorted(_KINDS))}")
+        version = raw.get("format_version", FORMAT_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int | float) or not version == version:
+            raise TokenizerError(f"{directory / CONFIG_FILE}: format_version {show(version)} is not a number; {refit}")
+        if version > FORMAT_VERSION:
+            raise TokenizerError(f"{directory / CONFIG_FILE} was written by a newer pricegpt (format {version}); "
+                                 "upgrade pricegpt")
         target = _KINDS[kind]
         if cls is not Tokenizer and not issubclass(target, cls):
             raise TokenizerError(f"{directory} holds a {kind} tokenizer, not a {cls.kind} one; use load_tokenizer")
         try:
-            tokenizer = target._from_files(raw, weights_bytes)
-        except (KeyError, TypeError, ValueError, AttributeError, ConfigError, AssertionError, RuntimeError) as err:
-            raise TokenizerError(f"{directory}: tokenizer files are inconsistent or corrupted ({err}); "
-                                 "fit the tokenizer again with `pricegpt tokenizer fit`") from err
+            tokenizer = target._from_config(raw)
+        except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as err:
+            reason = f"missing {err}" if isinstance(err, KeyError) else str(err)
+            raise TokenizerError(f"{directory / CONFIG_FILE} is damaged ({reason}); {refit}") from None
+        try:
+            tokenizer._load_weights(weights_bytes)
+        except (KeyError, TypeError, ValueError, AttributeError, AssertionError, RuntimeError) as err:
+            raise TokenizerError(f"{directory / WEIGHTS_FILE} is truncated, corrupted or does not match "
+                                 f"{CONFIG_FILE} ({err}); {refit}") from None
         tokenizer._hash = hashlib.sha256(config_bytes + weights_bytes).hexdigest()
         return tokenizer
 
     @classmethod
-    def _from_files(cls, raw: dict, weights_bytes: bytes) -> Tokenizer:
+    def _from_config(cls, raw: dict) -> Tokenizer:
+        """An unfitted tokenizer with the saved settings and scales (config.json's content)."""
         names = {f.name for f in fields(cls.config_class)}
         config = cls.config_class(**{k: v for k, v in raw.items() if k in names})
         config.validate()
@@ -415,15 +446,23 @@ class Tokenizer:
         scales = raw["scales"]
         tokenizer.global_scale = _scale_vector(scales["global"], n_features)
         tokenizer.symbol_scales = {str(s): _scale_vector(v, n_features) for s, v in scales["symbols"].items()}
-        tokenizer.n_train_patches = int(raw["n_train_patches"])
+        tokenizer.n_train_patches = check_int(raw["n_train_patches"], "n_train_patches", 0, 2**62)
+        return tokenizer
+
+    def _load_weights(self, weights_bytes: bytes) -> None:
+        """The fitted state from model.safetensors' bytes: every tensor finite, shapes as the config says."""
         try:
             tensors = load_safetensors_bytes(weights_bytes)
         except Exception as err:  # safetensors raises its own error types for truncated or garbled files
-            raise ValueError(f"{WEIGHTS_FILE} cannot be read: {err}") from err
-        tokenizer._load_tensors(tensors)
-        assert tokenizer.decode_table is not None and tokenizer.decode_table.shape == (
-            tokenizer.vocab_size, tokenizer.patch_len), "decode table does not match the config"
-        return tokenizer
+            raise ValueError(f"cannot be read: {err}") from err
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"tensor {name} holds NaN or infinite values")
+        self._load_tensors(tensors)
+        assert self.decode_table is not None and self.decode_table.shape == (self.vocab_size, self.patch_len), \
+            "decode table does not match the config"
+        if not np.all(np.isfinite(self.decode_table)):
+            raise ValueError("the decode table computed from the weights holds NaN or infinite values")
 
     def _require_fitted(self) -> None:
         if self.decode_table is None:
@@ -439,7 +478,7 @@ class Tokenizer:
 def _scale_vector(values, n_features: int) -> np.ndarray:
     scale = np.asarray(values, dtype=np.float64)
     if scale.shape != (n_features,) or not np.all(np.isfinite(scale) & (scale > 0)):
-        raise ValueError(f"a scale must be {n_features} positive numbers, got {values!r}")
+        raise ValueError(f"a scale must be {n_features} finite positive numbers, got {show(values)}")
     return scale
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import check_number
 from ..errors import ConfigError
 from .base import Tokenizer, TokenizerConfig, register, summed
 
@@ -41,8 +42,8 @@ class UniformConfig(QuantileConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not isinstance(self.clip, (int, float)) or not math.isfinite(self.clip) or self.clip <= 0:
-            raise ConfigError(f"uniform tokenizer clip must be a positive number, got {self.clip!r}")
+        check_number(self.clip, "uniform tokenizer clip", 0, 1000, lo_open=True,
+                     hint="the bins span +-clip standard deviations; 4 is the default")
 
 
 class _BinTokenizer(Tokenizer):

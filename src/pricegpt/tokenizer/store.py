@@ -19,6 +19,7 @@ is a DataError naming the file and the position.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -191,11 +192,10 @@ class TokenStore:
 # ---------------------------------------------------------------------------------------------- reading
 def _open_txt(path: Path, vocab_size: int | None) -> TokenStore:
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not a text file of token ids (byte {err.start} is not UTF-8)") from err
+        data = path.read_bytes()
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or err})") from err
+    text = _decode_text(path, data)
     words = text.split()
     if not words:
         raise DataError(f"{path}: empty token file; expected whitespace-separated integer token ids")
@@ -218,6 +218,31 @@ def _open_txt(path: Path, vocab_size: int | None) -> TokenStore:
     n_train = int(len(ids) * TXT_TRAIN_FRACTION)
     bounds = {"train": (0, n_train), "val": (n_train, len(ids)), "test": (len(ids), len(ids))}
     return TokenStore(path, {"all": ids}, {"all": bounds}, vocab)
+
+
+def _decode_text(path: Path, data: bytes) -> str:
+    """UTF-8 text (a leading byte-order mark is dropped); UTF-16/32 and binary files are DataErrors saying so."""
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        raise DataError(f"{path}: the file is UTF-32 text; save it as UTF-8 (plain text) and try again")
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or _looks_utf16(data):
+        raise DataError(f"{path}: the file is UTF-16 text (as some Windows editors save it); save it as UTF-8 "
+                        "(plain text) and try again")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a text file of token ids (byte {err.start} is not UTF-8); save it as UTF-8 "
+                        "text of whitespace-separated ids") from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{path}: holds a NUL byte at byte {nul}: a binary file, not a text file of token ids")
+    return text
+
+
+def _looks_utf16(data: bytes) -> bool:
+    """UTF-16 without a byte-order mark: ASCII digits and spaces alternating with NUL bytes."""
+    head = data[:1000]
+    half = len(head) // 2
+    return half > 0 and max(head[1::2].count(0), head[0::2].count(0)) >= 0.9 * half
 
 
 def _is_int(word: str) -> bool:
@@ -243,8 +268,9 @@ def _open_store(path: Path, vocab_size: int | None) -> TokenStore:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise DataError(f"{path}: not a token store (no {INDEX_FILE}); {redo}") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{index_path}: cannot be read as JSON ({err}); {redo}") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise DataError(f"{index_path}: cannot be read as JSON ({reason}); {redo}") from None
     required = {"vocab_size": int, "patch_len": int, "symbols": list, "per_symbol": dict, "train_end": str,
                 "val_end": str, "tokenizer_hash": str, "tokenizer_kind": str}
     for key, kind in required.items():

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError
+from ..config import check_int, check_number
 from .base import Tokenizer, TokenizerConfig, register
 
 log = logging.getLogger("pricegpt")
@@ -58,11 +58,15 @@ class VQVAEConfig(TokenizerConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("hidden_dim", "latent_dim", "steps", "batch_size", "restart_every", "kmeans_iters",
-                     "kmeans_sample"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"vqvae option {name} must be a positive integer, got {value!r}")
+        for name, hi in (("hidden_dim", 8192), ("latent_dim", 4096), ("steps", 10**7), ("batch_size", 2**20),
+                         ("restart_every", 10**7), ("kmeans_iters", 10**4), ("kmeans_sample", 10**8)):
+            check_int(getattr(self, name), f"vqvae option {name}", 1, hi)
+        check_number(self.lr, "vqvae option lr", 0, 10, lo_open=True)
+        for name in ("beta", "sum_weight"):
+            check_number(getattr(self, name), f"vqvae option {name}", 0, 100)
+        check_number(self.ema_decay, "vqvae option ema_decay", 0, 1, hi_open=True)
+        for name in ("dead_code_frac", "restart_until"):
+            check_number(getattr(self, name), f"vqvae option {name}", 0, 1)
 
 
 class VQVAE(nn.Module):
