@@ -11,7 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import PriceGPTError
+from .config import check_num_generate, check_num_samples, check_seed, check_temperature, check_top_k, check_top_p
+from .errors import ConfigError, PriceGPTError
 
 log = logging.getLogger("pricegpt")
 
@@ -24,10 +25,9 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-# Upper bounds of the count flags: beyond them a run cannot fit a machine (the library checks the memory a
-# given value needs against the machine it runs on; these catch typos before anything is loaded).
+# Upper bound of the count flags without a bound of their own: beyond it a run cannot fit a machine (the library
+# checks the memory a given value needs against the machine it runs on; this catches typos before anything loads).
 MAX_COUNT = 10**9
-MAX_SEED = 2**32 - 1  # numpy's and torch's common range, so one seed means the same everywhere
 
 
 def _whole(text: str) -> int:
@@ -48,8 +48,33 @@ def _bounded_int(low: int, high: int, what: str = "a whole number"):
     return parse
 
 
+def _checked(parse_text, check):
+    """An argparse type: `parse_text` reads the flag, `check` (one of config's check_* bounds, the same the
+    library applies) bounds it; its message becomes argparse's."""
+    def parse(text: str):
+        try:
+            return check(parse_text(text), "the value")
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix("the value ")) from None
+
+    parse.__name__ = check.__name__.removeprefix("check_")
+    return parse
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+
+
 _positive_int = _bounded_int(1, MAX_COUNT, "a whole number")
-_seed = _bounded_int(0, MAX_SEED, "a seed")
+_seed = _checked(_whole, check_seed)
+_num_samples = _checked(_whole, check_num_samples)
+_num_generate = _checked(_whole, check_num_generate)
+_temperature = _checked(_number, check_temperature)
+_top_p = _checked(_number, check_top_p)
+_top_k = _checked(_whole, check_top_k)
 
 
 def _price(text: str) -> float:
@@ -309,11 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run directory (default: the most recent under runs/)")
     p.add_argument("--seed-tokens", "--seed_tokens", dest="seed_tokens", required=True,
                    help='context token ids, e.g. "80 81 83 89 66"')
-    p.add_argument("--num-generate", "--num_generate", dest="num_generate", type=_positive_int, default=50)
-    p.add_argument("--num-samples", "--num_samples", dest="num_samples", type=_positive_int, default=1)
-    p.add_argument("--temperature", type=_nonneg_float, default=1.0)
-    p.add_argument("--top-k", "--top_k", dest="top_k", type=_positive_int)
-    p.add_argument("--top-p", "--top_p", dest="top_p", type=_unit_float)
+    p.add_argument("--num-generate", "--num_generate", dest="num_generate", type=_num_generate, default=50)
+    p.add_argument("--num-samples", "--num_samples", dest="num_samples", type=_num_samples, default=1)
+    p.add_argument("--temperature", type=_temperature, default=1.0)
+    p.add_argument("--top-k", "--top_k", dest="top_k", type=_top_k)
+    p.add_argument("--top-p", "--top_p", dest="top_p", type=_top_p)
     p.add_argument("--seed", type=_seed)
     p.add_argument("--decode", action="store_true", help="also print decoded log returns and a price path")
     p.add_argument("--start-price", type=_price, default=100.0, help="start price of the decoded path")
@@ -325,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="price data (default: the data the run was built from)")
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars")
-    p.add_argument("--num-samples", type=_positive_int)
+    p.add_argument("--num-samples", type=_num_samples)
     p.add_argument("--max-origins", type=_positive_int, help="cap on forecast origins per symbol")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--allow-overlap", action="store_true", help="allow test origins before the run's train_end")
@@ -337,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--symbol", required=True)
     p.add_argument("--horizon", type=_positive_int, required=True)
-    p.add_argument("--num-samples", type=_positive_int, default=512)
+    p.add_argument("--num-samples", type=_num_samples, default=512)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", help="fan chart PNG (default: RUN/forecast/SYMBOL.png)")
     _add_date_format(p)
@@ -362,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long-only", action="store_true", help="never short (strategy and momentum)")
     p.add_argument("--kelly-fraction", type=_unit_float, default=0.5, help="kelly: fraction of full Kelly")
     p.add_argument("--momentum-lookback", type=_positive_int, default=20, help="bars of the momentum baseline")
-    p.add_argument("--num-samples", type=_positive_int)
+    p.add_argument("--num-samples", type=_num_samples)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", help="output directory (default: RUN/backtest)")
     _add_date_format(p)
@@ -381,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-len", type=_positive_int, help="bars per token (default: the preset's)")
     p.add_argument("--codebook-size", type=_positive_int, help="tokenizer codes (default: the preset's)")
     p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: 4)")
-    p.add_argument("--num-samples", type=_positive_int)
+    p.add_argument("--num-samples", type=_num_samples)
     p.add_argument("--cost-bps", type=_bps, default=1.0)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--ablation", action="store_true",
