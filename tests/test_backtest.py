@@ -122,7 +122,7 @@ def test_bars_per_year_from_the_data(stocks_frame):
 class LastReturnForecaster:
     """Every sampled path repeats the context's last return: P(up) is 1 exactly when the decision bar rose."""
 
-    def sample_cumulative(self, contexts, symbols, horizon, num_samples, *, seed=0):
+    def sample_cumulative(self, contexts, symbols, horizon, num_samples, *, seed=0, context_ends=None):
         last = np.array([np.asarray(c, dtype=float).reshape(len(c), -1)[-1, 0] for c in contexts])
         return np.cumsum(np.broadcast_to(last[:, None, None], (len(last), num_samples, horizon)), axis=-1)
 
@@ -133,16 +133,17 @@ def test_position_is_decided_at_a_close_and_held_from_the_next_bar(stocks_frame)
     times = frame["timestamp"].iloc[1:]  # the timestamp of each return
     walk = walk_forward(frame, LastReturnForecaster(), VAL_END, BacktestConfig(horizon=1, num_samples=4))
     bars = walk.bars
-    first = int((times <= VAL_END).sum())  # the first test bar: the first decision
-    assert bars["timestamp"].iloc[0] == times.iloc[first + 1]
+    first = int((times <= VAL_END).sum())  # the first test bar: the first bar held, decided at the close before
+    assert bars["timestamp"].iloc[0] == times.iloc[first] and len(bars) == len(returns) - first
+    assert walk.decisions["timestamp"].iloc[0] == times.iloc[first - 1]
     # held during bar t = sign of bar t-1's return (the last return known at the decision), never of bar t's own
-    np.testing.assert_array_equal(bars["position"].to_numpy(), np.sign(returns[first:-1]))
-    np.testing.assert_allclose(bars["bar_return"].to_numpy(), np.expm1(returns[first + 1:]))
+    np.testing.assert_array_equal(bars["position"].to_numpy(), np.sign(returns[first - 1:-1]))
+    np.testing.assert_allclose(bars["bar_return"].to_numpy(), np.expm1(returns[first:]))
     # rebalancing every 3 bars: positions change only on bars after a decision
     walk = walk_forward(frame, LastReturnForecaster(), VAL_END, BacktestConfig(horizon=2, rebalance=3, num_samples=4))
     held = walk.bars["position"].to_numpy()
-    np.testing.assert_array_equal(held, np.repeat(np.sign(returns[first:-1:3]), 3)[:len(held)])
-    assert len(walk.decisions) == math.ceil((len(returns) - 1 - first) / 3)
+    np.testing.assert_array_equal(held, np.repeat(np.sign(returns[first - 1:-1:3]), 3)[:len(held)])
+    assert len(walk.decisions) == math.ceil((len(returns) - first) / 3)
 
 
 def _moved_after(frame: pd.DataFrame, cut: pd.Timestamp, seed: int = 0) -> pd.DataFrame:
@@ -252,7 +253,8 @@ def test_buy_and_hold_is_the_price_change_over_the_window(stocks_frame, stocks_b
 
 def test_outputs_and_headline(stocks_frame, stocks_backtest, tmp_path):
     metrics, out = stocks_backtest
-    assert sorted(p.name for p in out.iterdir()) == ["decisions.csv", "equity.png", "metrics.json", "positions.csv"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "decisions.csv", "equity.png", "metrics.json", "positions.csv"]
     assert json.loads((out / "metrics.json").read_text()) == metrics
     for name in ("strategy", "buy_and_hold", "momentum"):
         assert set(metrics[name]) == {"total_return", "cagr", "sharpe", "sortino", "max_drawdown", "turnover",
@@ -265,7 +267,9 @@ def test_outputs_and_headline(stocks_frame, stocks_backtest, tmp_path):
     s = metrics["settings"]
     assert (s["horizon"], s["rebalance"], s["num_samples"], s["thresholds"]) == (
         5, 5, 256, {"long_above": 0.55, "short_below": 0.45})
-    assert s["first_decision"] > "2011-03-19" and s["n_decisions"] == sum(
+    # decided at the close of the last validation bar at the earliest; every bar held is a test bar
+    held = pd.read_csv(out / "positions.csv")["timestamp"]
+    assert s["first_decision"] < "2011-03-19" < held.min() and s["n_decisions"] == sum(
         b["n_decisions"] for b in metrics["per_symbol"].values())
     assert metrics["sharpe_ci"]["low"] < metrics["strategy"]["sharpe"] < metrics["sharpe_ci"]["high"]
     assert (out / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -302,5 +306,5 @@ def test_data_before_the_runs_train_end_is_refused(stocks_frame, tiny_run):
     run = Run(dir=tiny_run, model=None, tokenizer=None, meta={"train_end": "2009-04-06T00:00:00Z",
                                                               "val_end": "2011-03-19T00:00:00Z"})
     early = stocks_frame[stocks_frame["timestamp"] < "2008-01-01"]
-    with pytest.raises(PriceGPTError, match="trained on those bars"):
+    with pytest.raises(PriceGPTError, match="val_end 2011-03-19.*chosen on those bars"):
         run_backtest(run, early, forecaster=BootstrapForecaster(), write=False)

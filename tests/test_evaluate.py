@@ -6,9 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pricegpt.data import Splits, time_splits
+from pricegpt.data import Splits, iso, time_splits
+from pricegpt.data.windows import (
+    LeakageError,
+    Origins,
+    check_leakage,
+    resolve_cutoffs,
+    select_origins,
+    symbol_series,
+)
 from pricegpt.errors import PriceGPTError
-from pricegpt.evaluate import Origins, check_no_overlap, select_origins, symbol_series
 from pricegpt.evaluate.baselines import BASELINES, baseline_forecasts
 from pricegpt.tokenizer import bar_features
 
@@ -52,18 +59,36 @@ def test_origins_are_strided_from_the_split_start(stocks_series):
     assert ibm[-1] + 4 <= len(series["IBM"].labels) < ibm[-1] + 8
 
 
-def test_leakage_guard_refuses_origins_at_or_before_train_end(stocks_series):
+def test_leakage_rule_refuses_targets_outside_the_stage_window(stocks_frame, stocks_series):
+    from types import SimpleNamespace
+
     splits, series = stocks_series
     origins = select_origins(series, "test", 4, max_origins=3)
-    assert check_no_overlap(origins, series, splits.train_end) == 0
-    late_cutoff = pd.Timestamp(origins.target_start(series).max()).tz_localize("UTC")
-    with pytest.raises(PriceGPTError, match="allow-overlap"):
-        check_no_overlap(origins, series, late_cutoff)
-    assert check_no_overlap(origins, series, late_cutoff, allow_overlap=True) > 0
-    # a target starting exactly at train_end counts as overlapping
-    exact = pd.Timestamp(origins.target_start(series).min()).tz_localize("UTC")
-    with pytest.raises(PriceGPTError):
-        check_no_overlap(origins, series, exact)
+
+    def cutoffs(stage, train_end, val_end):
+        run = SimpleNamespace(meta={"train_end": iso(train_end), "val_end": iso(val_end)}, tokenizer=None)
+        return resolve_cutoffs(stocks_frame, stage, run, train_end=splits.train_end, val_end=splits.val_end)
+
+    assert check_leakage(origins, series, cutoffs("test", splits.train_end, splits.val_end)) == 0
+    starts = origins.target_start(series)
+    late = pd.Timestamp(starts.max()).tz_localize("UTC")  # a run selected on bars up to the last origin
+    with pytest.raises(LeakageError, match="val_end.*chosen on those bars.*--allow-overlap"):
+        check_leakage(origins, series, cutoffs("test", splits.train_end, late))
+    assert check_leakage(origins, series, cutoffs("test", splits.train_end, late), allow_overlap=True) > 0
+    # a target starting exactly at val_end counts as leaked; the backtest has no --allow-overlap to offer
+    exact = pd.Timestamp(starts.min()).tz_localize("UTC")
+    with pytest.raises(LeakageError, match="extends past"):
+        check_leakage(origins, series, cutoffs("backtest", splits.train_end, exact))
+    # calibration: val targets must lie after train_end and end at or before val_end
+    val = select_origins(series, "val", 4)
+    assert check_leakage(val, series, cutoffs("calibrate", splits.train_end, splits.val_end), horizon=4) == 0
+    ends = val.target_end(series, 4)
+    early_val_end = pd.Timestamp(ends.max()).tz_localize("UTC") - pd.Timedelta(days=1)
+    with pytest.raises(LeakageError, match="end after the run's val_end"):
+        check_leakage(val, series, cutoffs("calibrate", splits.train_end, early_val_end), horizon=4)
+    later_train_end = pd.Timestamp(val.target_start(series).min()).tz_localize("UTC")
+    with pytest.raises(LeakageError, match="train_end.*trained on those bars"):
+        check_leakage(val, series, cutoffs("calibrate", later_train_end, splits.val_end), horizon=4)
 
 
 def test_baselines_never_see_the_future_and_fit_on_train_only(stocks_series):
@@ -261,8 +286,9 @@ def test_forecast_command_prints_risk_and_writes_a_safely_named_chart(tiny_run, 
     assert forecast_command(args) == 0
     out = capsys.readouterr().out
     assert "VaR 95%" in out and "P(up over 6 bars)" in out and "P(touch +5%)" in out
-    charts = list((run / "forecast").iterdir())
+    charts = [p for p in (run / "forecast").iterdir() if not p.name.startswith(".")]
     assert len(charts) == 1 and charts[0].suffix == ".png" and "<" not in charts[0].name
+    assert forecast_command(args) == 0  # its own chart in RUN/forecast/ is replaced
     args.symbol = "AAPL"
     with pytest.raises(DataError, match=r"AAPL.*available: .*MSFT"):
         forecast_command(args)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pricegpt.errors import DataError
-from pricegpt.forecast import Forecaster, quantile_table, risk, safe_filename
+from pricegpt.errors import ConfigError, DataError, PriceGPTError
+from pricegpt.forecast import Forecaster, origin_seed, quantile_table, risk, symbol_file_name
 from pricegpt.model.gpt import GPTConfig
 from pricegpt.runs import Run
 from pricegpt.tokenizer import create_tokenizer
@@ -54,6 +54,7 @@ def test_context_patches_end_at_the_origin_and_use_the_symbols_scale(tokenizer):
     paths = fc.sample_returns(contexts, symbols, horizon=6, num_samples=3, seed=1)
     assert paths.shape == (2, 3, 6)
     # sequence_len 8, ceil(6 / 4) = 2 new tokens -> 6 context patches = the last 24 bars of each context
+    assert len(fc.model.calls) == 2  # one engine call per origin, each with its own seed
     seen = torch.cat([c["idx"] for c in fc.model.calls]).numpy()
     assert seen.shape == (2, 6)
     for row, context, symbol in zip(seen, contexts, symbols):
@@ -79,19 +80,26 @@ def test_short_history_uses_what_there_is_and_too_short_is_an_error(tokenizer):
         fc.sample_returns([np.zeros(3)], ["MSFT"], horizon=4, num_samples=2)
 
 
-def test_batching_is_chunked_under_a_memory_budget_without_changing_results(tokenizer, monkeypatch):
+def test_every_origin_has_its_own_seed_whatever_the_batch_or_the_memory_budget(tokenizer, monkeypatch):
     rng = np.random.default_rng(1)
     contexts = rng.normal(0, 0.01, size=(7, 40))
     symbols = ["AAPL", "GOOG", "IBM", "MSFT", "AAPL", "GOOG", "IBM"]
+    ends = pd.date_range("2012-01-02", periods=7, freq="D", tz="UTC")
     one_call = _forecaster(tokenizer)
-    full = one_call.sample_cumulative(contexts, symbols, horizon=5, num_samples=10)
-    assert len(one_call.model.calls) == 1 and one_call.model.calls[0]["idx"].shape[0] == 7
+    full = one_call.sample_cumulative(contexts, symbols, horizon=5, num_samples=10, seed=3, context_ends=ends)
+    seeds = [call["seed"] for call in one_call.model.calls]
+    assert len(seeds) == 7 and len(set(seeds)) == 7
+    assert seeds[2] == origin_seed(3, "IBM", ends[2].value)
+    # alone, in another order, or with a budget of 4 rows per call: the same seeds for the same origins
+    alone = _forecaster(tokenizer)
+    alone.sample_cumulative(contexts[2:3], symbols[2:3], horizon=5, num_samples=10, seed=3, context_ends=ends[2:3])
+    assert [c["seed"] for c in alone.model.calls] == [seeds[2]]
     chunked = _forecaster(tokenizer)
     c = chunked.model.config
     row_bytes = c.n_layer * 2 * c.sequence_len * c.n_kv_head * c.head_dim * 4
     monkeypatch.setattr("pricegpt.forecast.KV_CACHE_BUDGET_BYTES", 4 * row_bytes)  # 4 rows per engine call
-    np.testing.assert_array_equal(chunked.sample_cumulative(contexts, symbols, horizon=5, num_samples=10), full)
-    assert len(chunked.model.calls) > 7
+    np.testing.assert_array_equal(chunked.sample_cumulative(contexts, symbols, horizon=5, num_samples=10, seed=3,
+                                                            context_ends=ends), full)
     assert all(call["idx"].shape[0] * call["samples"] <= 4 for call in chunked.model.calls)
     assert full.shape == (7, 10, 5)
     np.testing.assert_allclose(np.diff(full, axis=-1, prepend=0), one_call.sample_returns(contexts, symbols, 5, 10))
@@ -104,7 +112,7 @@ def test_sample_paths_and_quantile_table(tokenizer, stocks_frame):
     assert paths.symbols == ["IBM", "MSFT"] and paths.paths.shape == (2, 4, 6)
     assert paths.origins[0] == frame[frame["symbol"] == "IBM"]["timestamp"].iloc[-1]
     assert paths.last_close[1] == frame[frame["symbol"] == "MSFT"]["close"].iloc[-1]
-    with pytest.raises(DataError, match="available: IBM, MSFT"):
+    with pytest.raises(DataError, match="available: 'IBM', 'MSFT'"):
         fc.sample_paths(frame, 6, 4, symbols=["<script>"])
     rng = np.random.default_rng(2)
     paths.paths = rng.normal(0, 0.01, size=(2, 500, 6))
@@ -141,11 +149,12 @@ def test_barrier_touch_counts_the_path_not_just_its_end():
     assert batch["p_touch_up"]["0.05"].tolist() == [1.0, 0.0] and batch["p_touch_down"]["0.05"].tolist() == [0.0, 1.0]
 
 
-def test_safe_filename_keeps_paths_inside_the_folder():
-    assert safe_filename("BTC-USD") == "BTC-USD"
-    assert safe_filename("../../etc/passwd") == "_.._etc_passwd"
-    assert "/" not in safe_filename("a/b") and safe_filename("<script>") == "_script_"
-    assert safe_filename("..") == "symbol"
+def test_symbol_file_names_stay_inside_the_folder_and_short():
+    assert symbol_file_name("BTC-USD") == "BTC-USD"
+    for evil in ("../../etc/passwd", "a/b", "<script>", "..", "", "x" * 300, "a\\b", "con"):
+        name = symbol_file_name(evil)
+        assert "/" not in name and "\\" not in name and not name.startswith(".") and 0 < len(name) <= 64, name
+    assert symbol_file_name("x" * 300) != symbol_file_name("x" * 299)  # the hash keeps long names apart
 
 
 def test_forecaster_needs_a_tokenizer():
@@ -158,3 +167,30 @@ def test_origin_timestamp_is_tz_aware(tokenizer, stocks_frame):
     fc = _forecaster(tokenizer)
     paths = fc.sample_paths(stocks_frame[stocks_frame["symbol"] == "IBM"], 4, 2)
     assert isinstance(paths.origins[0], pd.Timestamp) and str(paths.origins[0].tz) == "UTC"
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"horizon_bars": 0}, "horizon_bars"), ({"horizon_bars": 2.5}, "horizon_bars"), ({"horizon_bars": True}, "horizon"),
+    ({"num_samples": -1}, "num-samples"), ({"num_samples": "8"}, "num-samples"), ({"num_samples": 10**9}, "1000000"),
+    ({"seed": -1}, "seed"), ({"seed": 2**64}, "seed"), ({"temperature": float("nan")}, "temperature"),
+    ({"horizon_bars": 100_000, "num_samples": 1_000_000}, "memory"), ({"symbols": ["NOPE"]}, "NOPE.*not in the data"),
+])
+def test_forecaster_api_refuses_bad_values_with_a_user_error_before_sampling(tokenizer, stocks_frame, kwargs,
+                                                                            fragment):
+    fc = _forecaster(tokenizer)
+    frame = stocks_frame[stocks_frame["symbol"] == "IBM"]
+    args = {"horizon_bars": 4, "num_samples": 8, **kwargs}
+    with pytest.raises(PriceGPTError, match=fragment):
+        fc.predict_quantiles(frame, **args)
+    with pytest.raises(PriceGPTError, match=fragment):
+        fc.sample_paths(frame, **args)
+    assert fc.model.calls == []
+
+
+def test_too_little_history_is_a_data_error_naming_the_symbol(tokenizer, stocks_frame):
+    fc = _forecaster(tokenizer)
+    short = stocks_frame[stocks_frame["symbol"] == "IBM"].head(3)  # 2 returns, a patch needs 4
+    with pytest.raises(DataError, match="IBM: a forecast needs at least 4 bars of history"):
+        fc.predict_quantiles(short, horizon_bars=4, num_samples=8)
+    with pytest.raises(ConfigError, match="num_samples"):
+        fc.sample_returns([np.zeros(8)], ["IBM"], 4, 0)

@@ -5,17 +5,24 @@
 
 Two layers. Pure functions (`simulate`, `performance`, `sharpe_ci`, `sign_positions`, `kelly_positions`,
 `momentum_positions`, `bars_per_year`) know nothing of models; `walk_forward` / `run_backtest` drive any object with
-the Forecaster's batched method `sample_cumulative(contexts, symbols, horizon, num_samples, *, seed)` ->
-(origins, num_samples, horizon) cumulative log returns, such as `Forecaster` or `BootstrapForecaster` below.
+the Forecaster's batched method `sample_cumulative(contexts, symbols, horizon, num_samples, *, seed, context_ends)`
+-> (origins, num_samples, horizon) cumulative log returns, such as `Forecaster` or `BootstrapForecaster` below.
 
 Conventions
-- Timing. Bars are indexed by their close-to-close return. A decision is made at the close of a test bar (timestamp
-  > val_end) from the data up to and including that close; the position is held from the NEXT bar on, i.e. it earns
-  bar t+1's return first, and stays until the next decision `rebalance` bars later (default: the horizon H). In
-  positions.csv a row (timestamp, position) is the position HELD DURING that bar (decided at the previous close).
-- Seeds. The forecaster is called once per decision timestamp (all symbols deciding then, batched) with a seed
-  derived from (seed, timestamp), so a decision's random stream does not depend on how many bars come later:
-  truncating or changing data after a date leaves every earlier decision bit-identical.
+- Timing. Bars are indexed by their close-to-close return. The origins are data.windows' `decision_origins`: every
+  `rebalance` bars (default: the horizon H) from the first test bar (timestamp > val_end, the leakage rule of
+  data.windows: never a bar that trained or selected the model). The decision of origin i is made at the close of
+  bar i - 1 from the data up to and including that close; its position is held from bar i on, i.e. it earns bar
+  i's return first, and stays until the next decision. So the backtest trades exactly the test bars. In
+  positions.csv a row (timestamp, position) is the position HELD DURING that bar (decided at the previous close);
+  in decisions.csv `timestamp` is the close the decision was made at.
+- Seeds. The forecaster is called once per decision timestamp (all symbols deciding then, batched) and samples each
+  decision from a seed derived from (seed, symbol, decision timestamp) (forecast.origin_seed), so a decision's
+  random stream depends neither on the other symbols nor on how many bars come later: truncating or changing data
+  after a date leaves every earlier decision bit-identical.
+- Values. Every setting is checked before any work (BacktestConfig: costs in [0, 10000] bps, seeds in
+  [0, 2**63 - 1], ...), and the test split must hold at least two decisions whose whole H-bar target is in the
+  data (else a DataError saying how many bars it has), so no Sharpe comes from a single decision.
 - Returns and costs. Per bar: net = position * simple_return - (cost_bps + slippage_bps) / 1e4 * |delta position|,
   where delta position includes the entry from flat. No liquidation cost at the end. Buy-and-hold is the price return
   (position 1, no costs), so its total return is last close / first close - 1 over the window (first = the close of
@@ -32,8 +39,10 @@ Conventions
   Undefined values (zero variance, no invested bar) are null.
 - Sharpe CI: stationary bootstrap (Politis & Romano 1994) of the portfolio's net returns, geometric block lengths
   with mean T^(1/3), percentile interval, 1000 resamples by default.
-- Test split: the run's val_end; when the data has no bar after it (another file), the data's own 85% cutoff as in
-  evaluation, refused if that is not after the run's train_end.
+- Test split: data.windows' "backtest" stage: bars after the given val_end, else the run's val_end; when the data
+  has no bar after the run's (another file), the data's own 85% cutoff as in evaluation. Any decision whose first
+  held bar is at or before the run's val_end is refused (LeakageError): those bars chose the checkpoint and the
+  temperature.
 
 Outputs (OUT = RUN/backtest/ by default, built in a temporary directory and renamed): metrics.json (blocks strategy,
 buy_and_hold, momentum = the portfolio's; portfolio, per_symbol, sharpe_ci, risk, settings), positions.csv (timestamp,
@@ -51,7 +60,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, DataError, OutputExistsError, PriceGPTError
+from .errors import ConfigError, OutputExistsError
 
 log = logging.getLogger("pricegpt")
 
@@ -60,6 +69,10 @@ SECONDS_PER_YEAR = 365.25 * 86400
 BACKTEST_DIR = "backtest"
 OUTPUT_FILES = ("metrics.json", "positions.csv", "decisions.csv", "equity.png")
 PERFORMANCE_KEYS = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "turnover", "hit_rate")
+MAX_COST_BPS = 10_000.0  # 100% of the traded value per unit of turnover: anything above is a typo
+MIN_DECISIONS = 2  # decisions with a whole H-bar target the test split must hold
+MAX_BOOT = 100_000
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting with these as a formula
 
 
 @dataclass
@@ -82,21 +95,29 @@ class BacktestConfig:
     n_boot: int = 1000
 
     def __post_init__(self):
+        from .config import check_bool, check_int, check_num_samples, check_number, check_seed
+        from .forecast import MAX_HORIZON_BARS
+
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        for name in ("horizon", "num_samples", "momentum_lookback", "n_boot"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be a positive whole number, got {getattr(self, name)}")
-        self.rebalance = int(self.rebalance or self.horizon)
-        if self.rebalance < 1:
-            raise ConfigError(f"rebalance must be a positive whole number of bars, got {self.rebalance}")
-        if self.cost_bps < 0 or self.slippage_bps < 0:
-            raise ConfigError("--cost-bps and --slippage-bps must be >= 0")
-        if not 0.0 <= self.short_below <= self.long_above <= 1.0:
+        self.horizon = check_int(self.horizon, "--horizon", 1, MAX_HORIZON_BARS)
+        self.rebalance = check_int(self.horizon if self.rebalance is None else self.rebalance, "--rebalance", 1,
+                                   MAX_HORIZON_BARS)
+        self.num_samples = check_num_samples(self.num_samples, "--num-samples")
+        self.seed = check_seed(self.seed, "--seed")
+        self.momentum_lookback = check_int(self.momentum_lookback, "--momentum-lookback", 1, MAX_HORIZON_BARS)
+        self.n_boot = check_int(self.n_boot, "n_boot", 1, MAX_BOOT)
+        for name, flag in (("cost_bps", "--cost-bps"), ("slippage_bps", "--slippage-bps")):
+            setattr(self, name, check_number(getattr(self, name), flag, 0.0, MAX_COST_BPS,
+                                             hint="basis points of the traded value, e.g. 1 for 0.01%"))
+        self.long_above = check_number(self.long_above, "--long-above", 0.0, 1.0)
+        self.short_below = check_number(self.short_below, "--short-below", 0.0, 1.0)
+        if not self.short_below <= self.long_above:
             raise ConfigError(f"sign thresholds need 0 <= short_below ({self.short_below}) <= long_above "
                               f"({self.long_above}) <= 1")
-        if self.kelly_fraction <= 0 or self.kelly_cap <= 0:
-            raise ConfigError("kelly_fraction and kelly_cap must be > 0")
+        self.long_only = check_bool(self.long_only, "--long-only")
+        self.kelly_fraction = check_number(self.kelly_fraction, "--kelly-fraction", 0.0, 1.0, lo_open=True)
+        self.kelly_cap = check_number(self.kelly_cap, "kelly_cap", 0.0, 100.0, lo_open=True)
 
 
 # ------------------------------------------------------------------------------------------ pure functions
@@ -235,26 +256,26 @@ def forecast_summary(cumulative) -> dict:
 # ------------------------------------------------------------------------------------------- forecasters
 class BootstrapForecaster:
     """A model-free reference with the Forecaster's batched interface: each origin's paths are H returns drawn
-    with replacement from the `window` log returns up to and including the origin (seeded per origin)."""
+    with replacement from the `window` log returns up to and including the origin, seeded per origin from (seed,
+    symbol, context end) like the Forecaster (forecast.origin_seed)."""
 
     def __init__(self, window: int = 250):
         self.window = int(window)
 
-    def sample_cumulative(self, contexts, symbols, horizon: int, num_samples: int, *, seed: int = 0) -> np.ndarray:
+    def sample_cumulative(self, contexts, symbols, horizon: int, num_samples: int, *, seed: int = 0,
+                          context_ends=None) -> np.ndarray:
+        from .data.windows import timestamps_ns
+        from .forecast import origin_seed
+
         contexts = list(contexts)
+        keys = timestamps_ns(context_ends) if context_ends is not None else [len(c) for c in contexts]
         out = np.empty((len(contexts), num_samples, horizon))
-        for i, context in enumerate(contexts):
+        for i, (context, symbol, key) in enumerate(zip(contexts, symbols, keys)):
             x = np.asarray(context, dtype=np.float64)
             trailing = (x if x.ndim == 1 else x[:, 0])[-self.window:]
-            rng = np.random.default_rng([seed % 2**64, i])
+            rng = np.random.default_rng(origin_seed(seed, str(symbol), int(key)))
             out[i] = np.cumsum(trailing[rng.integers(0, len(trailing), size=(num_samples, horizon))], axis=-1)
         return out
-
-
-def origin_seed(seed: int, timestamp) -> int:
-    """The sampling seed of the decisions at `timestamp`: independent of which other decisions exist."""
-    ns = pd.Timestamp(timestamp).value
-    return int(np.random.SeedSequence([seed % 2**64, ns % 2**64]).generate_state(1)[0])
 
 
 # ------------------------------------------------------------------------------------------- walk-forward
@@ -268,58 +289,60 @@ class WalkForward:
     config: BacktestConfig
 
 
-def walk_forward(frame: pd.DataFrame, forecaster, val_end, config: BacktestConfig) -> WalkForward:
-    """Decisions at the test bars (timestamp > val_end) of every symbol of the canonical price `frame`."""
-    from .data import log_returns, parse_time
+def walk_forward(frame: pd.DataFrame, forecaster, cutoffs, config: BacktestConfig) -> WalkForward:
+    """Decisions over the test bars of every symbol of the canonical price `frame` (module docstring).
 
-    val_end = parse_time(val_end, "val_end")
-    returns = log_returns(frame)
-    features = forecaster.features(frame) if hasattr(forecaster, "features") else None
-    min_context = int(getattr(forecaster, "patch_len", 1))
+    cutoffs: a data.windows.Cutoffs of the "backtest" stage (run_backtest's), or a val_end (then the test bars
+    are those after it, with no run to guard). Refuses a test split with fewer than MIN_DECISIONS decisions
+    whose whole horizon is in the data, and origins the leakage rule forbids, before forecasting anything."""
+    from .data.windows import (
+        Cutoffs,
+        check_leakage,
+        decision_origins,
+        require_origins,
+        resolve_cutoffs,
+        return_features,
+        symbol_series,
+    )
+    from .forecast import check_paths_memory
+
+    if not isinstance(cutoffs, Cutoffs):
+        cutoffs = resolve_cutoffs(frame, "backtest", val_end=cutoffs)
+    features = forecaster.features(frame) if hasattr(forecaster, "features") else return_features(frame)
+    series = symbol_series(features, cutoffs.splits)
     H, R, N = config.horizon, config.rebalance, config.momentum_lookback
-    pending: dict[pd.Timestamp, list] = {}  # decision timestamp -> [(symbol, context, trailing return, j)]
-    series = {}
-    for symbol, group in returns.groupby("symbol", sort=True):
-        symbol = str(symbol)
-        ts = pd.DatetimeIndex(group["timestamp"])
-        lr = group["log_return"].to_numpy(dtype=np.float64)
-        context_source = lr if features is None else features[symbol][1]
-        assert len(context_source) == len(lr), f"{symbol}: {len(context_source)} feature rows vs {len(lr)} returns"
-        test = np.flatnonzero(ts > val_end)
-        if len(test) == 0:
-            continue
-        first = max(int(test[0]), min_context - 1)
-        decision_bars = np.arange(first, len(lr) - 1, R)  # the last decision needs one bar after it
-        if len(decision_bars) == 0:
-            continue
-        series[symbol] = (ts, lr, decision_bars)
-        for j in decision_bars:
-            trailing = float(lr[max(0, j - N + 1): j + 1].sum())
-            pending.setdefault(ts[j], []).append((symbol, context_source[: j + 1], trailing, int(j)))
-    if not series:
-        raise DataError(f"no test bars after val_end {val_end:%Y-%m-%d %H:%M} with a bar after them to trade in "
-                        "the data; give data that extends past the run's val_end")
+    origins = decision_origins(series, R, min_context=int(getattr(forecaster, "patch_len", 1)))
+    require_origins(origins, series, cutoffs, H, minimum=MIN_DECISIONS)
+    check_leakage(origins, series, cutoffs)
+    decided_at = origins.context_end(series)
+    pending: dict[np.datetime64, list[int]] = {}  # decision timestamp -> origins deciding then
+    for k, when in enumerate(decided_at):
+        pending.setdefault(when, []).append(k)
+    check_paths_memory(max(len(group) for group in pending.values()), config.num_samples, H)
     rows = []
-    for k, timestamp in enumerate(sorted(pending)):
-        group = pending[timestamp]
-        cum = forecaster.sample_cumulative([g[1] for g in group], [g[0] for g in group], H, config.num_samples,
-                                           seed=origin_seed(config.seed, timestamp))
+    for step, when in enumerate(sorted(pending)):
+        group = pending[when]
+        symbols = [str(origins.symbols[k]) for k in group]
+        contexts = [series[s].features[:origins.index[k]] for s, k in zip(symbols, group)]
+        cum = forecaster.sample_cumulative(contexts, symbols, H, config.num_samples, seed=config.seed,
+                                           context_ends=np.full(len(group), when))
         cum = np.asarray(cum, dtype=np.float64)
         assert cum.shape == (len(group), config.num_samples, H), f"forecaster returned {cum.shape}"
         summary = forecast_summary(cum)
-        for i, (symbol, _, trailing, j) in enumerate(group):
-            lr = series[symbol][1]
+        for j, (symbol, k) in enumerate(zip(symbols, group)):
+            lr, i = series[symbol].returns, int(origins.index[k])
             # the outcome of the forecast, for the risk report only (never used for positions)
-            realised = math.expm1(lr[j + 1: j + 1 + H].sum()) if j + H < len(lr) else float("nan")
-            row = {"timestamp": timestamp, "symbol": symbol, "trailing_return": trailing, "realised_return": realised}
+            realised = math.expm1(lr[i:i + H].sum()) if i + H <= len(lr) else float("nan")
+            row = {"timestamp": pd.Timestamp(when).tz_localize("UTC"), "symbol": symbol,
+                   "trailing_return": float(lr[max(0, i - N):i].sum()), "realised_return": realised}
             for key, value in summary.items():
                 if isinstance(value, dict):
-                    row.update({f"{key}_{level}": float(v[i]) for level, v in value.items()})
+                    row.update({f"{key}_{level}": float(v[j]) for level, v in value.items()})
                 else:
-                    row[key] = float(value[i])
+                    row[key] = float(value[j])
             rows.append(row)
-        if (k + 1) % 100 == 0:
-            log.info(f"backtest: {k + 1}/{len(pending)} decision times")
+        if (step + 1) % 100 == 0:
+            log.info(f"backtest: {step + 1}/{len(pending)} decision times")
     decisions = pd.DataFrame(rows).sort_values(["symbol", "timestamp"], ignore_index=True)
     if config.strategy == "sign":
         decisions["target"] = sign_positions(decisions["p_up"], config.long_above, config.short_below,
@@ -328,20 +351,23 @@ def walk_forward(frame: pd.DataFrame, forecaster, val_end, config: BacktestConfi
         decisions["target"] = kelly_positions(decisions["mean"], decisions["var"], config.kelly_fraction,
                                               config.kelly_cap, config.long_only)
     decisions["momentum_target"] = momentum_positions(decisions["trailing_return"], config.long_only)
-    bars = [_held_positions(symbol, *series[symbol], decisions[decisions["symbol"] == symbol]) for symbol in series]
+    bars = [_held_positions(series[symbol], origins.index[origins.symbols == symbol],
+                            decisions[decisions["symbol"] == symbol]) for symbol in sorted(set(origins.symbols))]
     return WalkForward(decisions, pd.concat(bars, ignore_index=True), config)
 
 
-def _held_positions(symbol, ts, lr, decision_bars, decisions) -> pd.DataFrame:
-    """Bars first decision + 1 .. last with the position held during each (each target held until the next)."""
-    n = len(lr)
+def _held_positions(series, starts, decisions) -> pd.DataFrame:
+    """Bars first origin .. last with the position held during each: each target from its origin's bar until
+    the next origin."""
+    n = len(series.returns)
     position, momentum = np.zeros(n), np.zeros(n)
-    ends = list(decision_bars[1:]) + [n - 1]
-    for j, end, target, mom in zip(decision_bars, ends, decisions["target"], decisions["momentum_target"]):
-        position[j + 1: end + 1], momentum[j + 1: end + 1] = target, mom
-    window = slice(int(decision_bars[0]) + 1, n)
-    return pd.DataFrame({"timestamp": ts[window], "symbol": symbol, "bar_return": np.expm1(lr[window]),
-                         "position": position[window], "momentum_position": momentum[window]})
+    ends = list(starts[1:]) + [n]
+    for i, end, target, mom in zip(starts, ends, decisions["target"], decisions["momentum_target"]):
+        position[i:end], momentum[i:end] = target, mom
+    window = slice(int(starts[0]), n)
+    return pd.DataFrame({"timestamp": pd.to_datetime(series.timestamps[window], utc=True), "symbol": series.symbol,
+                         "bar_return": np.expm1(series.returns[window]), "position": position[window],
+                         "momentum_position": momentum[window]})
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -432,15 +458,19 @@ def _iso(ts) -> str:
 def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float = 1.0, slippage_bps: float = 0.0,
                  horizon: int | None = None, rebalance: int | None = None, num_samples: int | None = 256,
                  seed: int = 0, out=None, forecaster=None, val_end=None, write: bool = True, **options) -> dict:
-    """Walk-forward backtest of `run` (a directory or a loaded Run) on `data` (path, sample:NAME or a price frame;
-    default: the run's data) over the test split, writing `out` (default RUN/backtest/) as a whole.
+    """Walk-forward backtest of `run` (a directory or a loaded Run) on `data` (anything `load_prices` reads: a path,
+    sample:NAME, a price frame; default: the run's data) over the test split, writing `out` (default
+    RUN/backtest/) as a whole.
 
-    forecaster: any object with `sample_cumulative` (default: the run's Forecaster); without a run, `val_end` (or
-    the data's own 85% cutoff) starts the test split. horizon: default the run's horizon, else one token
-    (patch_len bars), else 1. options: further BacktestConfig fields (long_above, short_below, long_only,
-    kelly_fraction, kelly_cap, momentum_lookback, n_boot). Returns the metrics.json dict."""
+    forecaster: any object with `sample_cumulative` (default: the run's Forecaster). val_end: where the test split
+    starts (default: the run's val_end; without a run, the data's own 85% cutoff); with a run it may not be
+    earlier than the run's (LeakageError). horizon: default the run's horizon, else one token (patch_len bars),
+    else 1. options: further BacktestConfig fields (long_above, short_below, long_only, kelly_fraction, kelly_cap,
+    momentum_lookback, n_boot). Every value, the output folder and the leakage rule are checked before anything
+    is forecast. Returns the metrics.json dict."""
     from .data import load_prices
-    from .evaluate import _json_ready
+    from .data.windows import resolve_cutoffs, run_cutoffs
+    from .evaluate import _json_ready, source_name
 
     if run is not None and not hasattr(run, "meta"):
         from .runs import load_run
@@ -452,73 +482,65 @@ def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float
         from .forecast import Forecaster
 
         forecaster = Forecaster(run)
-    source = data if data is not None else (run.meta.get("data") if run is not None else None)
+    meta = run.meta if run is not None else {}
+    horizon = horizon if horizon is not None else (meta.get("horizon") or getattr(forecaster, "patch_len", 1))
+    config = BacktestConfig(strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps, horizon=horizon,
+                            rebalance=rebalance, num_samples=256 if num_samples is None else num_samples, seed=seed,
+                            **options)
+    if out is None and run is not None:
+        out = Path(run.dir) / BACKTEST_DIR
+    if write and out is not None:
+        check_output_dir(out)
+    source = data if data is not None else meta.get("data")
     if source is None:
         where = run.dir if run is not None else "run_backtest"
         raise ConfigError(f"{where} does not record the data it was built from; pass --data PATH")
-    frame = source if isinstance(source, pd.DataFrame) else load_prices(source)
-    meta = run.meta if run is not None else {}
-    horizon = int(horizon or meta.get("horizon") or getattr(forecaster, "patch_len", 1))
-    config = BacktestConfig(strategy=strategy, cost_bps=float(cost_bps), slippage_bps=float(slippage_bps),
-                            horizon=horizon, rebalance=rebalance, num_samples=int(num_samples or 256), seed=int(seed),
-                            **options)
-    train_end, val_end = _cutoffs(frame, run, val_end)
-    log.info(f"backtest: {config.strategy}, horizon {horizon}, rebalance {config.rebalance}, test after "
-             f"{_iso(val_end)}, {config.num_samples} samples")
-    walk = walk_forward(frame, forecaster, val_end, config)
+    frame = load_prices(source)
+    cutoffs = resolve_cutoffs(frame, "backtest", run, val_end=val_end)
+    log.info(f"backtest: {config.strategy}, horizon {config.horizon}, rebalance {config.rebalance}, test after "
+             f"{_iso(cutoffs.splits.val_end)}, {config.num_samples} samples")
+    walk = walk_forward(frame, forecaster, cutoffs, config)
     metrics = backtest_metrics(walk, frame)
-    metrics["settings"].update({"train_end": None if train_end is None else _iso(train_end), "val_end": _iso(val_end),
-                                "data": source if isinstance(source, str) else type(source).__name__,
+    train_end = run_cutoffs(run)[0]
+    metrics["settings"].update({"train_end": None if train_end is None else _iso(train_end),
+                                "val_end": _iso(cutoffs.splits.val_end), "data": source_name(source),
                                 "run": None if run is None else str(run.dir),
                                 "forecaster": type(forecaster).__name__})
     metrics = _json_ready(metrics)
-    if out is None and run is not None:
-        out = Path(run.dir) / BACKTEST_DIR
     if write and out is not None:
         write_outputs(out, metrics, walk)
         log.info(f"backtest: wrote {out}")
     return metrics
 
 
-def _cutoffs(frame: pd.DataFrame, run, val_end) -> tuple[pd.Timestamp | None, pd.Timestamp]:
-    """(train_end or None, val_end): `val_end` when given, else the run's cutoffs, else (or when those leave no
-    test bar in this data, as in evaluation) the data's own 70/85% cutoffs. A test split that is not after the
-    run's train_end is refused: the model was trained on those bars."""
-    from .data import parse_time, time_splits
-
-    meta = run.meta if run is not None else {}
-    known = meta.get("train_end") or getattr(getattr(run, "tokenizer", None), "train_end", None)
-    train_end = None if known is None else parse_time(known, "the run's train_end")
-    if val_end is not None:
-        return train_end, parse_time(val_end, "val_end")
-    if train_end is not None:
-        try:
-            splits = time_splits(frame, train_end=train_end, val_end=meta.get("val_end"))
-            if (frame["timestamp"] > splits.val_end).any():
-                return train_end, splits.val_end
-        except PriceGPTError as err:
-            log.info(f"backtest: the run's cutoffs do not fit this data ({err})")
-    own = time_splits(frame)
-    if train_end is None:
-        return None, own.val_end
-    log.warning(f"backtest: the run's cutoffs leave no test bars in this data; using the data's own (test after "
-                f"{_iso(own.val_end)})")
-    if own.val_end <= train_end:
-        raise PriceGPTError(f"the data's test split (after {_iso(own.val_end)}) is not after the run's train_end "
-                            f"{_iso(train_end)}: the model was trained on those bars; backtest on data that "
-                            "extends past the run's val_end")
-    return train_end, own.val_end
-
-
 # ------------------------------------------------------------------------------------------------ outputs
-def write_outputs(out, metrics: dict, walk: WalkForward) -> None:
-    """metrics.json, positions.csv, decisions.csv and equity.png, built in a temporary directory and renamed onto
-    `out`. An existing `out` is replaced only when it holds nothing but a previous backtest's files."""
-    from .fileio import atomic_dir, atomic_path, write_json
+def check_output_dir(out) -> None:
+    """OutputExistsError unless `out` is absent or holds nothing but a previous backtest's files."""
+    from .fileio import OUTPUT_MARKER
 
     out = Path(out)
-    if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir()} <= set(OUTPUT_FILES)):
+    if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir()} <= {*OUTPUT_FILES, OUTPUT_MARKER}):
         raise OutputExistsError(f"{out} exists and does not hold a backtest; choose another --out or remove it")
+
+
+def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with every text cell that a spreadsheet would run as a formula (starting with = + - @, a tab or a
+    carriage return) prefixed with a quote; numbers are left alone."""
+    out = table.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            out[column] = [f"'{v}" if isinstance(v, str) and v.startswith(CSV_FORMULA_START) else v
+                           for v in out[column]]
+    return out
+
+
+def write_outputs(out, metrics: dict, walk: WalkForward) -> None:
+    """metrics.json, positions.csv, decisions.csv and equity.png, built in a temporary directory and renamed onto
+    `out`. An existing `out` is replaced only when it holds nothing but a previous backtest's files. Symbols in
+    the CSVs are neutralised against spreadsheet formulas (`csv_safe`)."""
+    from .fileio import atomic_dir, atomic_path, write_json
+
+    check_output_dir(out)
     positions = walk.bars.assign(timestamp=walk.bars["timestamp"].map(_iso))
     positions = positions[["timestamp", "symbol", "position", "momentum_position", "bar_return"]]
     decisions = walk.decisions.assign(timestamp=walk.decisions["timestamp"].map(_iso))
@@ -526,7 +548,7 @@ def write_outputs(out, metrics: dict, walk: WalkForward) -> None:
         write_json(tmp / "metrics.json", metrics)
         for name, table in (("positions.csv", positions), ("decisions.csv", decisions)):
             with atomic_path(tmp / name) as path:
-                table.to_csv(path, index=False, float_format="%.10g")
+                csv_safe(table).to_csv(path, index=False, float_format="%.10g")
         plot_equity(tmp / "equity.png", walk, metrics)
 
 

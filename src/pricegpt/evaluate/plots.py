@@ -55,7 +55,7 @@ def fan_chart(path, history: np.ndarray, paths: np.ndarray, realised: np.ndarray
     ax.axvline(0, color="0.6", lw=0.8, ls=":")
     ax.set_xlabel("bars from the origin")
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, parse_math=False)  # a symbol with `$` is text, not TeX
     ax.legend(fontsize=7, loc="upper left", ncol=2)
     _save(fig, path)
 

@@ -1,14 +1,17 @@
 """RUN/eval/report.md and a self-contained RUN/eval/report.html (PNGs inlined as base64 data URIs), plus the PNGs.
 
-Both files are rendered from one list of sections, so they always say the same thing. Every string that comes
-from the user (symbols, paths, run names) is escaped: html.escape in HTML; in Markdown, HTML special characters
-become entities too (viewers render raw HTML) and `|` and newlines are escaped.
+Both files are rendered from one list of sections, so they always say the same thing. All text is escaped when
+rendered, so a string that comes from the user (symbol, path, data name, run name) can never become markup:
+html.escape in HTML; in Markdown (`markdown_text`) HTML special characters become entities (viewers render raw
+HTML), the characters that make links, images, emphasis, code and tables are backslash-escaped, URLs cannot
+become autolinks, and newlines are spaces.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +56,7 @@ def _pct(value) -> str:
 # ------------------------------------------------------------------------------------------------ content
 def build_sections(out: Path, metrics: dict, run, series, origins, cum, realised) -> list[Section]:
     """Write the PNGs into `out` and return the report's sections."""
-    from ..forecast import safe_filename
+    from ..forecast import symbol_file_name
 
     fc, tok = metrics["forecast"], metrics["tokens"]
     H = fc["horizon_bars"]
@@ -110,7 +113,7 @@ def build_sections(out: Path, metrics: dict, run, series, origins, cum, realised
         i = int(origins.index[last])
         trailing = series[symbol].returns[max(0, i - max(3 * H, 20)):i]
         history = np.concatenate([[0.0], np.cumsum(trailing)]) - trailing.sum()
-        file = f"fan_{k}_{safe_filename(symbol)}.png"
+        file = f"fan_{k}_{symbol_file_name(symbol)}.png"
         plots.fan_chart(out / file, history, cum[last], realised[last], title=f"{symbol}: {H} bars after origin")
         s.img(file, f"{symbol}: sampled paths (50/80/95% bands, a few paths) and the realised path (black)")
     sections.append(s)
@@ -170,28 +173,42 @@ def build_sections(out: Path, metrics: dict, run, series, origins, cum, realised
 
 
 # ---------------------------------------------------------------------------------------------- rendering
-def _md_cell(value) -> str:
-    """Text safe in a Markdown table or paragraph: HTML special characters as entities (Markdown viewers render
-    raw HTML), `|` and backslashes escaped, one line."""
-    text = html.escape(str(value), quote=False)
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~!#])")
+_MD_AUTOLINK = re.compile(r"(?i):(?=//)|(?<=www)\.|@")
+_MD_BLOCK_START = re.compile(r"^(\s*)([-+=](?=\s|[-+=]*$)|\d{1,9}(?=[.)](?:\s|$)))")  # list, break, heading
+
+
+def markdown_text(value) -> str:
+    """Text that renders as itself in a Markdown paragraph or table cell, on one line: HTML special characters as
+    entities, Markdown's link, image, emphasis, code, heading and table characters backslash-escaped, a leading
+    list marker escaped, and the `:` of `://`, the `.` of `www.` and `@` escaped so that no URL or e-mail address
+    becomes an autolink."""
+    text = html.escape(str(value), quote=False).replace("\r", " ").replace("\n", " ")
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    text = _MD_AUTOLINK.sub(lambda m: "\\" + m.group(0), text)
+    return _MD_BLOCK_START.sub(_escape_block_start, text)
+
+
+def _escape_block_start(match: re.Match) -> str:
+    indent, marker = match.group(1), match.group(2)
+    return f"{indent}{marker}\\" if marker.isdigit() else f"{indent}\\{marker}"  # "1\." / "\-"
 
 
 def render_markdown(title: str, sections: list[Section]) -> str:
-    lines = [f"# {_md_cell(title)}", ""]
+    lines = [f"# {markdown_text(title)}", ""]
     for sec in sections:
         lines += [f"## {sec.title}", ""]
         for item in sec.items:
             if item[0] == "p":
-                lines += [_md_cell(item[1]), ""]
+                lines += [markdown_text(item[1]), ""]
             elif item[0] == "table":
                 header, rows = item[1], item[2]
-                lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
+                lines.append("| " + " | ".join(markdown_text(h) for h in header) + " |")
                 lines.append("|" + "|".join(["---"] * len(header)) + "|")
-                lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+                lines += ["| " + " | ".join(markdown_text(c) for c in row) + " |" for row in rows]
                 lines.append("")
             else:
-                lines += [f"![{_md_cell(item[2])}]({item[1]})", ""]
+                lines += [f"![{markdown_text(item[2])}]({item[1]})", ""]
     return "\n".join(lines)
 
 
