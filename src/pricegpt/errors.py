@@ -13,6 +13,10 @@ class DataError(PriceGPTError):
     """A price or token file cannot be read or fails validation."""
 
 
+class LeakageError(DataError):
+    """Forecast origins whose targets lie on bars the run was trained on or selected with."""
+
+
 class ConfigError(PriceGPTError):
     """A configuration file, preset, override or flag is invalid."""
 

@@ -43,6 +43,7 @@ def run_pipeline(args) -> dict:
     splits = time_splits(frame, train_end=args.train_end, val_end=args.val_end)
     # a bad --config/--set fails here, not after the tokenizer has been fitted into a new run directory
     resolve_config(args.preset, args.config, list(args.set or []), args.max_steps)
+    _check_splits_hold_the_horizon(frame, splits, args)
     tokenizer_options = dict(PRESET_TOKENIZER.get(args.preset, {}))
     tokenizer_options.update({k: v for k, v in (("patch_len", args.patch_len),
                                                  ("codebook_size", args.codebook_size)) if v})
@@ -101,6 +102,29 @@ def _fingerprint(out: Path, stage: str, settings: dict, inputs: tuple[str, ...])
 # stages.json existed
 _STAGE_OUTPUT = {"tokenizer": "tokenizer/report.json", "tokenize": "tokens/index.json", "train": "model/meta.json",
                  "calibrate": "calibration.json", "evaluate": "eval/metrics.json", "backtest": "backtest/metrics.json"}
+
+
+def _check_splits_hold_the_horizon(frame, splits, args) -> None:
+    """Before any stage: the later stages' values in bounds, and the validation and test splits long enough for
+    the horizon (calibration, evaluation and backtest would otherwise refuse after training)."""
+    from .backtest import MIN_DECISIONS, BacktestConfig
+    from .data.windows import (
+        decision_origins,
+        require_origins,
+        resolve_cutoffs,
+        return_features,
+        select_origins,
+        symbol_series,
+    )
+
+    horizon = args.horizon or DEFAULT_HORIZON
+    BacktestConfig(cost_bps=args.cost_bps, horizon=horizon, num_samples=args.num_samples or 256, seed=args.seed)
+    series = symbol_series(return_features(frame), splits)
+    for stage, split in (("calibrate", "val"), ("test", "test")):
+        cutoffs = resolve_cutoffs(frame, stage, train_end=splits.train_end, val_end=splits.val_end)
+        require_origins(select_origins(series, split, horizon), series, cutoffs, horizon)
+    cutoffs = resolve_cutoffs(frame, "backtest", train_end=splits.train_end, val_end=splits.val_end)
+    require_origins(decision_origins(series, horizon), series, cutoffs, horizon, minimum=MIN_DECISIONS)
 
 
 def _newer_than_inputs(root: Path, name: str, inputs: tuple[str, ...]) -> bool:

@@ -34,17 +34,13 @@ import numpy as np
 import pandas as pd
 
 from ..config import show
-from ..errors import ConfigError, DataError, PriceGPTError
+from ..errors import ConfigError, DataError, LeakageError, PriceGPTError
 from .frame import SPLIT_NAMES, Splits, iso, parse_time, time_splits
 
 log = logging.getLogger("pricegpt")
 
 STAGES = ("calibrate", "val", "test", "backtest")
 _STAGE_SPLIT = {"calibrate": "val", "val": "val", "test": "test", "backtest": "test"}
-
-
-class LeakageError(DataError):
-    """Origins whose targets lie on bars the run was trained or selected on."""
 
 
 # --------------------------------------------------------------------------------------------------- series
