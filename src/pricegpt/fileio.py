@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -52,6 +53,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On any exception the temporary file is removed and the previous `path` (if any) is untouched.
     """
     path = Path(path)
+    clean_stale_temporaries(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -64,6 +66,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        # again after writing: some writers (safetensors) replace the file and leave it 0600
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     except OSError as err:
@@ -170,17 +174,22 @@ def clean_stale_temporaries(path: str | os.PathLike) -> None:
     parent = path.parent
     if not parent.is_dir():
         return
-    for stale in parent.glob(f".{glob_escape(path.name)}.*"):
-        if stale.name.endswith(".tmp") or stale.name == f".{path.name}.old":
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+    # exactly the names tempfile.mkstemp/mkdtemp made for this target (8 random characters), so that the
+    # temporaries of another target whose name extends this one ("a" vs "a.b") are never touched
+    made_here = re.compile(rf"\.{re.escape(path.name)}\.([a-z0-9_]{{8}}\.tmp|old)")
+    for stale in parent.iterdir():
+        if not made_here.fullmatch(stale.name):
+            continue
+        if stale.name.endswith(".old") and not path.exists() and not path.is_symlink():
+            # killed between atomic_dir's two renames: the previous output is complete, put it back
+            with contextlib.suppress(OSError):
+                os.replace(stale, path)
+                continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
 
 @contextlib.contextmanager
