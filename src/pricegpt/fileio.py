@@ -103,6 +103,56 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False, default=_json_default) + "\n")
 
 
+def json_ready(value):
+    """Plain Python values for strict JSON: numpy scalars and arrays become numbers and lists, NaN/inf None."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+# ----------------------------------------------------------------------------------- names and cells from users
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_file_names(symbols: list[str]) -> dict[str, str]:
+    """THE file stem per symbol: the symbol itself when it is a plain name, else a sanitised name plus a short hash
+    (no path separators, at most 59 characters); unique even on case-insensitive file systems."""
+    import hashlib
+
+    names, taken = {}, set()
+    for symbol in symbols:
+        stem = symbol
+        if not _SAFE_NAME.match(symbol) or symbol.endswith(".") or symbol.lower() in _RESERVED \
+                or symbol.lower() in taken:
+            cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", symbol).strip("_")[:48] or "symbol"
+            stem = f"{cleaned}-{hashlib.sha256(symbol.encode('utf-8')).hexdigest()[:10]}"
+        taken.add(stem.lower())
+        names[symbol] = stem
+    return names
+
+
+def csv_safe_cell(value):
+    """A text cell a spreadsheet would run as a formula (starting with = + - @, a tab or a carriage return) gets
+    a leading quote; everything else, numbers included, is returned unchanged."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(CSV_FORMULA_START) else value
+
+
 def _json_default(obj):
     import numpy as np
 

@@ -20,10 +20,8 @@ is a DataError naming the file and the position.
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ import pandas as pd
 
 from ..data import SPLIT_NAMES, Splits, iso
 from ..errors import DataError, OutputExistsError, TokenizerError
-from ..fileio import atomic_dir, atomic_path, write_json, write_text
+from ..fileio import atomic_dir, atomic_path, safe_file_names, write_json, write_text
 from .base import Tokenizer, splits_for
 
 log = logging.getLogger("pricegpt")
@@ -39,27 +37,10 @@ log = logging.getLogger("pricegpt")
 INDEX_FILE, ALL_TOKENS_FILE, ARRAYS_DIR, TOKENIZER_DIR = "index.json", "all_tokens.txt", "arrays", "tokenizer"
 STORE_FORMAT = 1
 TXT_TRAIN_FRACTION = 0.8
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint8) if vocab_size <= 256 else np.dtype(np.uint16)
-
-
-def safe_file_names(symbols: list[str]) -> dict[str, str]:
-    """A file stem per symbol: the symbol itself when it is a plain name, else a sanitised name plus a short hash;
-    unique even on case-insensitive file systems."""
-    names, taken = {}, set()
-    for symbol in symbols:
-        stem = symbol
-        if not _SAFE_NAME.match(symbol) or symbol.endswith(".") or symbol.lower() in _RESERVED \
-                or symbol.lower() in taken:
-            cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", symbol).strip("_")[:48] or "symbol"
-            stem = f"{cleaned}-{hashlib.sha256(symbol.encode('utf-8')).hexdigest()[:10]}"
-        taken.add(stem.lower())
-        names[symbol] = stem
-    return names
 
 
 def write_token_store(tokenizer: Tokenizer, frame: pd.DataFrame, out_dir: str | Path, splits: Splits | None = None,

@@ -11,8 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import check_num_generate, check_num_samples, check_seed, check_temperature, check_top_k, check_top_p
-from .errors import ConfigError, PriceGPTError
+from ..config import check_num_generate, check_num_samples, check_seed, check_temperature, check_top_k, check_top_p
+from ..errors import ConfigError, PriceGPTError
 
 log = logging.getLogger("pricegpt")
 
@@ -127,7 +127,7 @@ def _unit_float(text: str) -> float:
 
 # ----------------------------------------------------------------------------------------------------- data
 def cmd_data_list(args) -> int:
-    from .data import SAMPLES, load_prices
+    from ..data import SAMPLES, load_prices
 
     print(f"{'name':<22} {'symbols':>7} {'bars':>7}  description")
     for name, description in SAMPLES.items():
@@ -137,7 +137,7 @@ def cmd_data_list(args) -> int:
 
 
 def cmd_data_info(args) -> int:
-    from .data import describe, read_prices
+    from ..data import describe, read_prices
 
     frame, report = read_prices(args.path, date_format=args.date_format)
     table = describe(frame, report.dropped)
@@ -149,7 +149,7 @@ def cmd_data_info(args) -> int:
 
 
 def cmd_data_download(args) -> int:
-    from .data.download import download_yahoo
+    from ..data.download import download_yahoo
 
     tickers = [t.strip() for t in args.tickers.split(",") if t.strip()]
     path = download_yahoo(tickers, interval=args.interval, start=args.start, end=args.end, out=args.out,
@@ -160,8 +160,8 @@ def cmd_data_download(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ tokenizer
 def cmd_tokenizer_fit(args) -> int:
-    from .data import load_prices
-    from .tokenizer import fit_to_dir
+    from ..data import load_prices
+    from ..tokenizer import fit_to_dir
 
     frame = load_prices(args.data, date_format=args.date_format)
     kwargs = {k: v for k, v in {"patch_len": args.patch_len, "codebook_size": args.codebook_size,
@@ -181,8 +181,8 @@ def cmd_tokenizer_fit(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from .data import load_prices, time_splits
-    from .tokenizer import load_tokenizer, write_token_store
+    from ..data import load_prices, time_splits
+    from ..tokenizer import load_tokenizer, write_token_store
 
     tokenizer = load_tokenizer(args.tokenizer)
     frame = load_prices(args.data, date_format=args.date_format)
@@ -196,7 +196,7 @@ def cmd_tokenize(args) -> int:
 
 # ------------------------------------------------------------------------------------------------- training
 def cmd_train(args) -> int:
-    from .train import train_run
+    from ..train import train_run
 
     result = train_run(tokens=args.tokens, out=args.out, preset=args.preset, config_file=args.config,
                        overrides=args.set or [], max_steps=args.max_steps, resume=args.resume)
@@ -211,19 +211,19 @@ def _data_arg(args):
     """--data as the library takes it: the path, or the frame read with the user's --date-format."""
     if args.data is None or args.date_format is None:
         return args.data
-    from .data import load_prices
+    from ..data import load_prices
 
     return load_prices(args.data, date_format=args.date_format)
 
 
 def cmd_generate(args) -> int:
-    from .runs import generate_command
+    from ..runs import generate_command
 
     return generate_command(args)
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_run
+    from ..evaluate import evaluate_run
 
     evaluate_run(args.run, data=_data_arg(args), split=args.split, allow_overlap=args.allow_overlap,
                  num_samples=args.num_samples, horizon=args.horizon, max_origins=args.max_origins, seed=args.seed)
@@ -231,32 +231,32 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_forecast(args) -> int:
-    from .forecast import forecast_command
+    from ..forecast import forecast_command
 
     return forecast_command(args)
 
 
 def cmd_analyze(args) -> int:
-    from .analysis import analyze_command
+    from ..analysis import analyze_command
 
     return analyze_command(args)
 
 
 def cmd_backtest(args) -> int:
-    from .backtest import backtest_command
+    from ..backtest import backtest_command
 
     return backtest_command(args)
 
 
 def cmd_pipeline(args) -> int:
-    from .pipeline import run_pipeline
+    from ..pipeline import run_pipeline
 
     run_pipeline(args)
     return 0
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from ..bench import run_bench
 
     return run_bench(quick=args.quick, only=args.only)
 
@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
