@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pricegpt.errors import ConfigError, DataError
-from pricegpt.model import Engine, KVCache, sample_next_token
+from pricegpt.model import Engine, KVCache, generate, sample_next_token
 from test_model import tiny_model
 
 
@@ -13,8 +13,8 @@ def test_cached_and_uncached_greedy_generation_are_identical(context_len, new_to
     # (10, 40), (16, 3) and (30, 25) overflow sequence_len=16: the window refills and both paths must agree.
     model = tiny_model()
     contexts = torch.randint(0, 32, (2, context_len))
-    cached = model.generate(contexts, new_tokens, num_samples=2, temperature=0.0)
-    uncached = model.generate(contexts, new_tokens, num_samples=2, temperature=0.0, use_cache=False)
+    cached = generate(model, contexts, new_tokens, num_samples=2, temperature=0.0)
+    uncached = generate(model, contexts, new_tokens, num_samples=2, temperature=0.0, use_cache=False)
     assert cached.shape == (2, 2, new_tokens) and cached.dtype == torch.long
     assert torch.equal(cached, uncached)
     assert torch.equal(cached[:, 0], cached[:, 1])  # greedy: every sample of a context is the same path
@@ -24,8 +24,8 @@ def test_cached_and_uncached_seeded_sampling_are_identical():
     model = tiny_model()
     contexts = torch.randint(0, 32, (2, 12))
     kwargs = dict(num_samples=4, temperature=1.0, seed=123)
-    cached = model.generate(contexts, 30, **kwargs)
-    uncached = model.generate(contexts, 30, use_cache=False, **kwargs)
+    cached = generate(model, contexts, 30, **kwargs)
+    uncached = generate(model, contexts, 30, use_cache=False, **kwargs)
     assert torch.equal(cached, uncached)
     assert not torch.equal(cached[:, 0], cached[:, 1])  # samples of one context differ from each other
 
@@ -34,7 +34,7 @@ def test_refill_window_matches_a_fresh_forward_over_the_kept_tokens():
     # After the window refills, the next token is what a plain forward over the last refill_len tokens predicts.
     model = tiny_model()
     context = torch.randint(0, 32, (1, 16))
-    path = model.generate(context, 2, temperature=0.0)[0, 0]
+    path = generate(model, context, 2, temperature=0.0)[0, 0]
     with torch.no_grad():
         first = model(context)[0, -1].argmax()
         window = torch.cat([context[0], path[:1]])[-12:]  # refill_len = 16 - 16 // 4
@@ -45,10 +45,10 @@ def test_refill_window_matches_a_fresh_forward_over_the_kept_tokens():
 def test_same_seed_same_samples_different_seed_different_samples():
     model = tiny_model()
     context = [1, 2, 3, 4, 5]
-    a = model.generate(context, 20, num_samples=8, seed=7)
-    b = model.generate(context, 20, num_samples=8, seed=7)
-    c = model.generate(context, 20, num_samples=8, seed=8)
-    d, e = model.generate(context, 20, num_samples=8), model.generate(context, 20, num_samples=8)
+    a = generate(model, context, 20, num_samples=8, seed=7)
+    b = generate(model, context, 20, num_samples=8, seed=7)
+    c = generate(model, context, 20, num_samples=8, seed=8)
+    d, e = generate(model, context, 20, num_samples=8), generate(model, context, 20, num_samples=8)
     assert a.shape == (1, 8, 20)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
@@ -59,22 +59,22 @@ def test_contexts_longer_than_sequence_len_keep_their_last_tokens():
     model = tiny_model()
     long_context = torch.randint(0, 32, (2, 40))
     for use_cache in (True, False):
-        a = model.generate(long_context, 10, num_samples=3, seed=0, use_cache=use_cache)
-        b = model.generate(long_context[:, -16:], 10, num_samples=3, seed=0, use_cache=use_cache)
+        a = generate(model, long_context, 10, num_samples=3, seed=0, use_cache=use_cache)
+        b = generate(model, long_context[:, -16:], 10, num_samples=3, seed=0, use_cache=use_cache)
         assert torch.equal(a, b)
 
 
 def test_context_forms_and_bad_ids():
     model = tiny_model()
-    as_list = model.generate([3, 1, 4, 1, 5], 4, temperature=0.0)
-    as_1d = model.generate(torch.tensor([3, 1, 4, 1, 5]), 4, temperature=0.0)
+    as_list = generate(model, [3, 1, 4, 1, 5], 4, temperature=0.0)
+    as_1d = generate(model, torch.tensor([3, 1, 4, 1, 5]), 4, temperature=0.0)
     assert as_list.shape == (1, 1, 4) and torch.equal(as_list, as_1d)
     with pytest.raises(DataError, match="vocab_size=32"):
-        model.generate([3, 32], 4)
+        generate(model, [3, 32], 4)
     with pytest.raises(DataError):
-        model.generate([-1, 3], 4)
+        generate(model, [-1, 3], 4)
     with pytest.raises(DataError):
-        model.generate(torch.zeros(1, 0, dtype=torch.long), 4)
+        generate(model, torch.zeros(1, 0, dtype=torch.long), 4)
 
 
 @pytest.mark.parametrize(
@@ -82,14 +82,14 @@ def test_context_forms_and_bad_ids():
 )
 def test_bad_sampling_arguments_are_config_errors(kwargs):
     with pytest.raises(ConfigError):
-        tiny_model().generate([1, 2], 3, **kwargs)
+        generate(tiny_model(), [1, 2], 3, **kwargs)
 
 
 def test_generation_restores_training_mode_and_max_new_tokens_zero():
     model = tiny_model().train()
-    out = model.generate([1, 2, 3], 0, num_samples=5)
+    out = generate(model, [1, 2, 3], 0, num_samples=5)
     assert out.shape == (1, 5, 0)
-    paths = model.generate([1, 2, 3], 2)
+    paths = generate(model, [1, 2, 3], 2)
     assert model.training
     paths[0, 0, 0] = 7  # an ordinary tensor, not an inference-mode one
 

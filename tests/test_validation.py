@@ -19,7 +19,7 @@ import torch
 from conftest import assert_user_error, run_cli
 from pricegpt.config import GPTConfig, TrainConfig, check_seed, derive_seed, load_config, resolve_config
 from pricegpt.errors import CheckpointError, ConfigError, PriceGPTError, TokenizerError
-from pricegpt.model import GPT, Engine, sample_next_token
+from pricegpt.model import GPT, Engine, generate, sample_next_token
 from pricegpt.runs import find_tokenizer_dir
 from pricegpt.tokenizer import TokenStore, load_tokenizer
 from train_helpers import cli_main as cli
@@ -249,8 +249,8 @@ def test_the_generation_api_raises_price_gpt_errors(kwargs, fragment):
     model = GPT(GPTConfig(sequence_len=16, vocab_size=16, n_layer=1, n_head=2, n_kv_head=1, n_embd=16)).eval()
     kwargs = {"max_new_tokens": 3, **kwargs}
     with pytest.raises(ConfigError, match=fragment):
-        model.generate([1, 2], **kwargs)
-    assert model.generate([1, 2], 2, num_samples=np.int64(2), top_k=np.int64(3), seed=np.int64(1)).shape == (1, 2, 2)
+        generate(model, [1, 2], **kwargs)
+    assert generate(model, [1, 2], 2, num_samples=np.int64(2), top_k=np.int64(3), seed=np.int64(1)).shape == (1, 2, 2)
     with pytest.raises(ConfigError, match="temperature"):
         sample_next_token(torch.zeros(2, 16), temperature=-1.0)
     assert Engine(model).generate([1, 2], 2, temperature=1e-3, top_p=1e-3, seed=0).shape == (1, 1, 2)

@@ -49,6 +49,7 @@ import torch
 
 from .config import check_int, check_memory, check_num_samples, check_seed, check_temperature, derive_seed, show
 from .errors import ConfigError, DataError, OutputExistsError, PriceGPTError
+from .model import generate
 
 log = logging.getLogger("pricegpt")
 
@@ -162,7 +163,7 @@ class Forecaster:
             idx = torch.as_tensor(np.asarray(ids)[None], dtype=torch.long)
             for b, s0 in enumerate(range(0, num_samples, block)):
                 n = min(block, num_samples - s0)
-                generated = self.model.generate(idx, n_new, num_samples=n, temperature=temperature,
+                generated = generate(self.model, idx, n_new, num_samples=n, temperature=temperature,
                                                 seed=origin_seed(seed, symbol, int(key), b))
                 out[i, s0:s0 + n] = self.tokenizer.decode(generated[0].cpu().numpy(), symbol)[:, :horizon]
         return out

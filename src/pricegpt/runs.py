@@ -1,4 +1,4 @@
-"""Run directories: loading a trained run (model + tokenizer + metadata) and the `generate` command.
+"""Run directories: loading a trained run (model + tokenizer + metadata), finding the latest run, token ids.
 
 A run directory (see ARCHITECTURE.md) holds `model/` (best weights, config.json, meta.json), `tokenizer/`,
 `config.yaml`, `metrics.csv` and, after evaluation, `calibration.json` and `eval/`. `run.json`, written by the
@@ -15,6 +15,8 @@ from pathlib import Path
 from .config import show
 from .errors import CheckpointError, DataError
 from .fileio import write_json
+from .model import GPT
+from .tokenizer import load_tokenizer
 
 RUNS_ROOT = Path("runs")
 
@@ -61,8 +63,6 @@ def find_tokenizer_dir(run_dir: Path) -> Path | None:
 
 def load_run(run_dir: str | os.PathLike, device: str = "cpu", *, need_tokenizer: bool = False) -> Run:
     """Load RUN/model (best weights) and the run's tokenizer. Every problem is a CheckpointError naming the file."""
-    from .model import GPT
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} not found; train one with `pricegpt train` or "
@@ -79,8 +79,6 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu", *, need_tokenizer:
     tokenizer = None
     tok_dir = find_tokenizer_dir(run_dir)
     if tok_dir is not None:
-        from .tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(tok_dir)
         if tokenizer.vocab_size != model.config.vocab_size:
             raise CheckpointError(
@@ -159,48 +157,3 @@ def parse_token_ids(text: str, vocab_size: int, flag: str = "--seed-tokens") -> 
         raise DataError(f"{flag}: token id(s) {', '.join(bad[:5])} outside the vocabulary [0, {vocab_size}) of this "
                         "model")
     return ids
-
-
-def generate_command(args) -> int:
-    """`pricegpt generate`: one line of generated ids per sample; with --decode also returns and a price path.
-
-    Every flag is checked before the run is loaded, and the run's model and tokenizer before anything is sampled."""
-    import numpy as np
-    import torch
-
-    from .config import (
-        check_num_generate,
-        check_num_samples,
-        check_number,
-        check_seed,
-        check_temperature,
-        check_top_k,
-        check_top_p,
-    )
-
-    num_generate = check_num_generate(args.num_generate)
-    num_samples = check_num_samples(args.num_samples)
-    temperature = check_temperature(args.temperature)
-    top_k, top_p = check_top_k(args.top_k), check_top_p(args.top_p)
-    seed = None if args.seed is None else check_seed(args.seed)
-    if args.decode:
-        check_number(args.start_price, "--start-price", 0, 1e12, lo_open=True,
-                     hint="the price the decoded path starts from, e.g. 100")
-    run_dir = Path(args.run) if args.run else latest_run()
-    run = load_run(run_dir, need_tokenizer=args.decode)
-    if args.decode and args.symbol is not None:
-        run.tokenizer.check_symbol(args.symbol, "--symbol")
-    ids = parse_token_ids(args.seed_tokens, run.model.config.vocab_size)
-    context = torch.tensor([ids], dtype=torch.long)
-    out = run.model.generate(context, num_generate, num_samples=num_samples, temperature=temperature, top_k=top_k,
-                             top_p=top_p, seed=seed)
-    samples = out[0].tolist()
-    for i, row in enumerate(samples):
-        print(" ".join(map(str, row)) if num_samples == 1 else f"sample {i}: " + " ".join(map(str, row)))
-    if args.decode:
-        for i, row in enumerate(samples):
-            returns = np.asarray(run.tokenizer.decode(np.asarray(row), symbol=args.symbol), dtype=np.float64).ravel()
-            prices = args.start_price * np.exp(np.cumsum(returns))
-            print(f"sample {i} log returns: " + " ".join(f"{r:+.5f}" for r in returns))
-            print(f"sample {i} prices from {args.start_price:g}: " + " ".join(f"{p:.4f}" for p in prices))
-    return 0

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from ..config import check_num_generate, check_num_samples, check_seed, check_temperature, check_top_k, check_top_p
 from ..errors import ConfigError, PriceGPTError
+from . import commands
 
 log = logging.getLogger("pricegpt")
 
@@ -125,142 +125,6 @@ def _unit_float(text: str) -> float:
     return value
 
 
-# ----------------------------------------------------------------------------------------------------- data
-def cmd_data_list(args) -> int:
-    from ..data import SAMPLES, load_prices
-
-    print(f"{'name':<22} {'symbols':>7} {'bars':>7}  description")
-    for name, description in SAMPLES.items():
-        frame = load_prices(f"sample:{name}")
-        print(f"{'sample:' + name:<22} {frame['symbol'].nunique():>7} {len(frame):>7}  {description}")
-    return 0
-
-
-def cmd_data_info(args) -> int:
-    from ..data import describe, read_prices
-
-    frame, report = read_prices(args.path, date_format=args.date_format)
-    table = describe(frame, report.dropped)
-    print(f"{args.path}: {table['symbol'].size} symbol(s), columns: {', '.join(frame.columns[2:])}"
-          + (" (adjusted close)" if report.adjusted else ""))
-    print(table.to_string(index=False))
-    print(f"total: {len(frame)} bars, {table['symbol'].size} symbol(s), {int(table['dropped'].sum())} dropped row(s)")
-    return 0
-
-
-def cmd_data_download(args) -> int:
-    from ..data.download import download_yahoo
-
-    tickers = [t.strip() for t in args.tickers.split(",") if t.strip()]
-    path = download_yahoo(tickers, interval=args.interval, start=args.start, end=args.end, out=args.out,
-                          overwrite=args.force)
-    print(f"wrote {path}")
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------ tokenizer
-def cmd_tokenizer_fit(args) -> int:
-    from ..data import load_prices
-    from ..tokenizer import fit_to_dir
-
-    frame = load_prices(args.data, date_format=args.date_format)
-    kwargs = {k: v for k, v in {"patch_len": args.patch_len, "codebook_size": args.codebook_size,
-                                "features": args.features}.items() if v is not None}
-    report = fit_to_dir(frame, args.out, kind=args.kind, train_end=args.train_end, val_end=args.val_end,
-                        seed=args.seed, overwrite=args.force, **kwargs)
-    print(f"tokenizer ({report['kind']}, K={report['codebook_size']}, patch_len={report['patch_len']}) "
-          f"written to {args.out}")
-    print(f"codes used: {report['codes_used']}/{report['codebook_size']} ({report['codes_used_frac']:.0%}), "
-          f"usage perplexity {report['usage_perplexity']:.1f}")
-    if report.get("recon_mse") is None:
-        print("validation recon MSE: n/a (no validation data after train_end)")
-    else:
-        print(f"validation recon MSE {report['recon_mse']:.3e} (rmse {report['recon_rmse_bps']:.1f} bps) vs "
-              f"quantile baseline {report['baseline_quantile_recon_mse']:.3e}")
-    return 0
-
-
-def cmd_tokenize(args) -> int:
-    from ..data import load_prices, time_splits
-    from ..tokenizer import load_tokenizer, write_token_store
-
-    tokenizer = load_tokenizer(args.tokenizer)
-    frame = load_prices(args.data, date_format=args.date_format)
-    # Without explicit cutoffs the store takes the tokenizer's train_end (see write_token_store).
-    splits = time_splits(frame, train_end=args.train_end, val_end=args.val_end) \
-        if args.train_end or args.val_end else None
-    write_token_store(tokenizer, frame, args.out, splits, overwrite=args.force)
-    print(f"token store written to {args.out}")
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------- training
-def cmd_train(args) -> int:
-    from ..train import train_run
-
-    result = train_run(tokens=args.tokens, out=args.out, preset=args.preset, config_file=args.config,
-                       overrides=args.set or [], max_steps=args.max_steps, resume=args.resume)
-    if result is not None:
-        print(f"best model (val loss {result['best_val_loss']:.4f} at step {result['best_step']}) in "
-              f"{Path(args.out) / 'model'}")
-    return 0
-
-
-# ------------------------------------------------------------------------------------------ generate & co.
-def _data_arg(args):
-    """--data as the library takes it: the path, or the frame read with the user's --date-format."""
-    if args.data is None or args.date_format is None:
-        return args.data
-    from ..data import load_prices
-
-    return load_prices(args.data, date_format=args.date_format)
-
-
-def cmd_generate(args) -> int:
-    from ..runs import generate_command
-
-    return generate_command(args)
-
-
-def cmd_evaluate(args) -> int:
-    from ..evaluate import evaluate_run
-
-    evaluate_run(args.run, data=_data_arg(args), split=args.split, allow_overlap=args.allow_overlap,
-                 num_samples=args.num_samples, horizon=args.horizon, max_origins=args.max_origins, seed=args.seed)
-    return 0
-
-
-def cmd_forecast(args) -> int:
-    from ..forecast import forecast_command
-
-    return forecast_command(args)
-
-
-def cmd_analyze(args) -> int:
-    from ..analysis import analyze_command
-
-    return analyze_command(args)
-
-
-def cmd_backtest(args) -> int:
-    from ..backtest import backtest_command
-
-    return backtest_command(args)
-
-
-def cmd_pipeline(args) -> int:
-    from ..pipeline import run_pipeline
-
-    run_pipeline(args)
-    return 0
-
-
-def cmd_bench(args) -> int:
-    from ..bench import run_bench
-
-    return run_bench(quick=args.quick, only=args.only)
-
-
 # ------------------------------------------------------------------------------------------------- parsing
 def _add_date_format(p: argparse.ArgumentParser) -> None:
     p.add_argument("--date-format", type=_date_format,
@@ -279,11 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     data_sub.required = True
     p = data_sub.add_parser("list", help="list the embedded datasets")
-    p.set_defaults(func=cmd_data_list)
+    p.set_defaults(func=commands.cmd_data_list)
     p = data_sub.add_parser("info", help="per-symbol summary of a price file, folder or sample:NAME")
     p.add_argument("path")
     _add_date_format(p)
-    p.set_defaults(func=cmd_data_info)
+    p.set_defaults(func=commands.cmd_data_info)
     p = data_sub.add_parser("download", help="download prices from Yahoo Finance (needs the `yahoo` extra)")
     p.add_argument("--tickers", required=True, help="comma-separated, e.g. AAPL,MSFT,BTC-USD")
     p.add_argument("--interval", default="1d", help="1m, 5m, 15m, 30m, 1h, 1d, 1wk ... (default 1d)")
@@ -291,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", required=True)
     p.add_argument("--out", required=True, help="output file (.csv, .csv.gz or .parquet)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    p.set_defaults(func=cmd_data_download)
+    p.set_defaults(func=commands.cmd_data_download)
 
     tok = sub.add_parser("tokenizer", help="fit a tokenizer")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION", parser_class=_Parser)
@@ -308,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     _add_date_format(p)
-    p.set_defaults(func=cmd_tokenizer_fit)
+    p.set_defaults(func=commands.cmd_tokenizer_fit)
 
     p = sub.add_parser("tokenize", help="turn prices into a token store with a fitted tokenizer")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory")
@@ -318,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-end", help="default: the tokenizer's")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     _add_date_format(p)
-    p.set_defaults(func=cmd_tokenize)
+    p.set_defaults(func=commands.cmd_tokenize)
 
     p = sub.add_parser("train", help="train the GPT on a token store or token file")
     p.add_argument("--tokens", required=True, help="token store directory or a .txt file of token ids")
@@ -328,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=1e-3")
     p.add_argument("--max-steps", type=_positive_int)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=commands.cmd_train)
 
     p = sub.add_parser("generate", help="sample token continuations from a trained run")
     p.add_argument("--run", help="run directory (default: the most recent under runs/)")
@@ -343,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", action="store_true", help="also print decoded log returns and a price path")
     p.add_argument("--start-price", type=_price, default=100.0, help="start price of the decoded path")
     p.add_argument("--symbol", help="symbol whose scale decodes the returns (default: global scale)")
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=commands.cmd_generate)
 
     p = sub.add_parser("evaluate", help="token and forecast metrics vs baselines; writes RUN/eval/")
     p.add_argument("--run", required=True)
@@ -355,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--allow-overlap", action="store_true", help="allow test origins before the run's train_end")
     _add_date_format(p)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=commands.cmd_evaluate)
 
     p = sub.add_parser("forecast", help="quantiles and risk for the next H bars of one symbol")
     p.add_argument("--run", required=True)
@@ -366,13 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", help="fan chart PNG (default: RUN/forecast/SYMBOL.png)")
     _add_date_format(p)
-    p.set_defaults(func=cmd_forecast)
+    p.set_defaults(func=commands.cmd_forecast)
 
     p = sub.add_parser("analyze", help="token statistics, transitions, patterns, outliers, entropy")
     p.add_argument("--tokens", required=True, help="token store directory or a .txt file of token ids")
     p.add_argument("--out", help="directory for the PNGs and analysis.json")
     p.add_argument("--tokenizer", help="tokenizer directory, to flag tokens with extreme decoded returns")
-    p.set_defaults(func=cmd_analyze)
+    p.set_defaults(func=commands.cmd_analyze)
 
     p = sub.add_parser("backtest", help="walk-forward backtest of forecast-driven positions after costs")
     p.add_argument("--run", required=True)
@@ -391,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", help="output directory (default: RUN/backtest)")
     _add_date_format(p)
-    p.set_defaults(func=cmd_backtest)
+    p.set_defaults(func=commands.cmd_backtest)
 
     p = sub.add_parser("pipeline", help="data -> tokenizer -> train -> evaluate -> backtest -> report")
     p.add_argument("--data", required=True, help="price file, folder or sample:NAME")
@@ -413,12 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train the same pipeline with the quantile tokenizer and compare in the report")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     _add_date_format(p)
-    p.set_defaults(func=cmd_pipeline)
+    p.set_defaults(func=commands.cmd_pipeline)
 
     p = sub.add_parser("bench", help="benchmarks against real peers, as ratios")
     p.add_argument("--quick", action="store_true", help="short version (< 3 minutes on 2 cores)")
     p.add_argument("--only", help="comma-separated subset: train,generate,encode,e2e,scaling")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=commands.cmd_bench)
     return parser
 
 

@@ -284,3 +284,9 @@ class Engine:
         finally:
             model.train(was_training)
         return tokens[:, T:].reshape(B, num_samples, max_new_tokens)
+
+
+def generate(model: GPT, idx, max_new_tokens: int, **sampling) -> torch.Tensor:
+    """Sample continuations of `model`: idx (B, T) (or a 1-D tensor / list of ints) -> (B, num_samples,
+    max_new_tokens). `sampling`: num_samples, temperature, top_k, top_p, seed, use_cache (Engine.generate)."""
+    return Engine(model).generate(idx, max_new_tokens, **sampling)

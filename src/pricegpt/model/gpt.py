@@ -246,35 +246,6 @@ class GPT(nn.Module):
             return logits
         return F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1, reduction=reduction)
 
-    def generate(
-        self,
-        idx,
-        max_new_tokens: int,
-        *,
-        num_samples: int = 1,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        use_cache: bool = True,
-    ) -> torch.Tensor:
-        """Sample continuations: idx (B, T) (or a 1-D tensor / list of ints) -> (B, num_samples, max_new_tokens).
-
-        See engine.Engine.generate for cropping, the context window and sampling.
-        """
-        from .engine import Engine  # engine imports this module
-
-        return Engine(self).generate(
-            idx,
-            max_new_tokens,
-            num_samples=num_samples,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            use_cache=use_cache,
-        )
-
     # ---------------------------------------------------------------- bookkeeping
 
     def num_params(self, non_embedding: bool = False) -> int:

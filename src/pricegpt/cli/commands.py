@@ -1,0 +1,166 @@
+"""What each `pricegpt` subcommand does: map its parsed flags to one library call and print what it returns
+(formatted by text.py). Library modules are imported when their command runs, so the CLI starts fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+# ----------------------------------------------------------------------------------------------------- data
+def cmd_data_list(args) -> int:
+    from ..data import SAMPLES, load_prices
+
+    print(f"{'name':<22} {'symbols':>7} {'bars':>7}  description")
+    for name, description in SAMPLES.items():
+        frame = load_prices(f"sample:{name}")
+        print(f"{'sample:' + name:<22} {frame['symbol'].nunique():>7} {len(frame):>7}  {description}")
+    return 0
+
+
+def cmd_data_info(args) -> int:
+    from ..data import describe, read_prices
+
+    frame, report = read_prices(args.path, date_format=args.date_format)
+    table = describe(frame, report.dropped)
+    print(f"{args.path}: {table['symbol'].size} symbol(s), columns: {', '.join(frame.columns[2:])}"
+          + (" (adjusted close)" if report.adjusted else ""))
+    print(table.to_string(index=False))
+    print(f"total: {len(frame)} bars, {table['symbol'].size} symbol(s), {int(table['dropped'].sum())} dropped row(s)")
+    return 0
+
+
+def cmd_data_download(args) -> int:
+    from ..data.download import download_yahoo
+
+    tickers = [t.strip() for t in args.tickers.split(",") if t.strip()]
+    path = download_yahoo(tickers, interval=args.interval, start=args.start, end=args.end, out=args.out,
+                          overwrite=args.force)
+    print(f"wrote {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+def cmd_tokenizer_fit(args) -> int:
+    from ..data import load_prices
+    from ..tokenizer import fit_to_dir
+
+    frame = load_prices(args.data, date_format=args.date_format)
+    kwargs = {k: v for k, v in {"patch_len": args.patch_len, "codebook_size": args.codebook_size,
+                                "features": args.features}.items() if v is not None}
+    report = fit_to_dir(frame, args.out, kind=args.kind, train_end=args.train_end, val_end=args.val_end,
+                        seed=args.seed, overwrite=args.force, **kwargs)
+    print(f"tokenizer ({report['kind']}, K={report['codebook_size']}, patch_len={report['patch_len']}) "
+          f"written to {args.out}")
+    print(f"codes used: {report['codes_used']}/{report['codebook_size']} ({report['codes_used_frac']:.0%}), "
+          f"usage perplexity {report['usage_perplexity']:.1f}")
+    if report.get("recon_mse") is None:
+        print("validation recon MSE: n/a (no validation data after train_end)")
+    else:
+        print(f"validation recon MSE {report['recon_mse']:.3e} (rmse {report['recon_rmse_bps']:.1f} bps) vs "
+              f"quantile baseline {report['baseline_quantile_recon_mse']:.3e}")
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    from ..data import load_prices, time_splits
+    from ..tokenizer import load_tokenizer, write_token_store
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    frame = load_prices(args.data, date_format=args.date_format)
+    # Without explicit cutoffs the store takes the tokenizer's train_end (see write_token_store).
+    splits = time_splits(frame, train_end=args.train_end, val_end=args.val_end) \
+        if args.train_end or args.val_end else None
+    write_token_store(tokenizer, frame, args.out, splits, overwrite=args.force)
+    print(f"token store written to {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- training
+def cmd_train(args) -> int:
+    from ..train import train_run
+
+    result = train_run(tokens=args.tokens, out=args.out, preset=args.preset, config_file=args.config,
+                       overrides=args.set or [], max_steps=args.max_steps, resume=args.resume)
+    if result is not None:
+        print(f"best model (val loss {result['best_val_loss']:.4f} at step {result['best_step']}) in "
+              f"{Path(args.out) / 'model'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ generate & co.
+def _data_arg(args):
+    """--data as the library takes it: the path, or the frame read with the user's --date-format."""
+    if args.data is None or args.date_format is None:
+        return args.data
+    from ..data import load_prices
+
+    return load_prices(args.data, date_format=args.date_format)
+
+
+def cmd_generate(args) -> int:
+    """One line of generated ids per sample; with --decode also returns and a price path. Every flag is checked
+    (by the parser) before the run is loaded, the run's model and tokenizer before anything is sampled."""
+    import numpy as np
+    import torch
+
+    from ..model import generate
+    from ..runs import latest_run, load_run, parse_token_ids
+
+    run = load_run(Path(args.run) if args.run else latest_run(), need_tokenizer=args.decode)
+    if args.decode and args.symbol is not None:
+        run.tokenizer.check_symbol(args.symbol, "--symbol")
+    ids = parse_token_ids(args.seed_tokens, run.model.config.vocab_size)
+    out = generate(run.model, torch.tensor([ids], dtype=torch.long), args.num_generate,
+                   num_samples=args.num_samples, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   seed=args.seed)
+    samples = out[0].tolist()
+    for i, row in enumerate(samples):
+        print(" ".join(map(str, row)) if args.num_samples == 1 else f"sample {i}: " + " ".join(map(str, row)))
+    if args.decode:
+        for i, row in enumerate(samples):
+            returns = np.asarray(run.tokenizer.decode(np.asarray(row), symbol=args.symbol), dtype=np.float64).ravel()
+            prices = args.start_price * np.exp(np.cumsum(returns))
+            print(f"sample {i} log returns: " + " ".join(f"{r:+.5f}" for r in returns))
+            print(f"sample {i} prices from {args.start_price:g}: " + " ".join(f"{p:.4f}" for p in prices))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ..evaluate import evaluate_run
+
+    evaluate_run(args.run, data=_data_arg(args), split=args.split, allow_overlap=args.allow_overlap,
+                 num_samples=args.num_samples, horizon=args.horizon, max_origins=args.max_origins, seed=args.seed)
+    return 0
+
+
+def cmd_forecast(args) -> int:
+    from ..forecast import forecast_command
+
+    return forecast_command(args)
+
+
+def cmd_analyze(args) -> int:
+    from ..analysis import analyze_command
+
+    return analyze_command(args)
+
+
+def cmd_backtest(args) -> int:
+    from ..backtest import backtest_command
+
+    return backtest_command(args)
+
+
+def cmd_pipeline(args) -> int:
+    from ..pipeline import run_pipeline
+
+    run_pipeline(args)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from ..bench import run_bench
+
+    return run_bench(quick=args.quick, only=args.only)
+
+
