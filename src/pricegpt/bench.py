@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .tokenizer.store import write_store
 
 SECTIONS = ("train", "generate", "encode", "e2e", "scaling")
 HF_SKIPPED = "pip install 'pricegpt[bench]'"  # printed as "skipped: pip install ..."
@@ -454,33 +455,19 @@ def section_e2e(settings: BenchSettings, threads: int) -> Iterator[Result]:
 
 # -------------------------------------------------------------------------------------------------- scaling
 def write_synthetic_store(path: str | os.PathLike, n_tokens: int, vocab_size: int = 128, seed: int = 0) -> Path:
-    """A token store directory in tokenizer.store's on-disk format (index.json + arrays/SYN.npy, no tokenizer
-    copy or all_tokens.txt): one symbol of `n_tokens` uniform ids on minute patches, split 80/10/10."""
-    from .data import SPLIT_NAMES
-    from .tokenizer.store import ARRAYS_DIR, INDEX_FILE, STORE_FORMAT, token_dtype
-
+    """A token store (through the store's own writer, without a tokenizer copy or all_tokens.txt): one symbol of
+    `n_tokens` uniform ids on minute patches, split 80/10/10."""
     path = Path(path)
-    dtype = token_dtype(vocab_size)
-    tokens = np.random.default_rng(seed).integers(0, vocab_size, n_tokens).astype(dtype)
+    tokens = np.random.default_rng(seed).integers(0, vocab_size, n_tokens)
     counts = [int(n_tokens * 0.8), int(n_tokens * 0.1)]
     counts.append(n_tokens - sum(counts))
-    starts = np.datetime64("2000-01-01T00:00:00") + np.arange(n_tokens).astype("timedelta64[m]")
-    iso = [s + "Z" for s in np.datetime_as_string(starts, unit="s").tolist()]
-    split_counts = dict(zip(SPLIT_NAMES, counts))
-    index = {
-        "format": STORE_FORMAT, "tokenizer_kind": "synthetic", "tokenizer_hash": "synthetic",
-        "vocab_size": vocab_size, "patch_len": 1, "dtype": dtype.name, "train_end": iso[counts[0] - 1],
-        "val_end": iso[counts[0] + counts[1] - 1], "tokenizer_train_end": iso[counts[0] - 1], "symbols": ["SYN"],
-        "n_tokens": n_tokens, "split_counts": split_counts, "skipped": {},
-        "per_symbol": {"SYN": {"file": f"{ARRAYS_DIR}/SYN.npy", "n_tokens": n_tokens, "split_counts": split_counts,
-                               "patch_starts": iso,
-                               "splits": [name for name, count in split_counts.items() for _ in range(count)]}}}
-    (path / ARRAYS_DIR).mkdir(parents=True)
-    np.save(path / ARRAYS_DIR / "SYN.npy", tokens)
-    # write_json's layout, streamed: joining the text of millions of list items first would take gigabytes here
-    with open(path / INDEX_FILE, "w", encoding="utf-8") as fh:
-        json.dump(index, fh, indent=2)
-        fh.write("\n")
+    starts = np.datetime64("2000-01-01T00:00:00", "ns") + np.arange(n_tokens).astype("timedelta64[m]")
+    labels = np.repeat(np.arange(3), counts)
+    iso = [s + "Z" for s in np.datetime_as_string(starts[[counts[0] - 1, counts[0] + counts[1] - 1]],
+                                                  unit="s").tolist()]
+    header = {"tokenizer_kind": "synthetic", "tokenizer_hash": "synthetic", "vocab_size": vocab_size,
+              "patch_len": 1, "train_end": iso[0], "val_end": iso[1], "tokenizer_train_end": iso[0]}
+    write_store(path, {"SYN": (tokens, starts, labels)}, header, all_tokens=False)
     return path
 
 

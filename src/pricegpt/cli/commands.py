@@ -152,9 +152,17 @@ def cmd_backtest(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
-    from ..pipeline import run_pipeline
+    from ..pipeline import PipelineSettings, run_pipeline
+    from .text import pipeline_headline
 
-    run_pipeline(args)
+    settings = PipelineSettings(
+        preset=args.preset, config=args.config, overrides=list(args.set or []), train_end=args.train_end,
+        val_end=args.val_end, max_steps=args.max_steps, tokenizer_kind=args.tokenizer_kind,
+        patch_len=args.patch_len, codebook_size=args.codebook_size, horizon=args.horizon,
+        num_samples=args.num_samples, cost_bps=args.cost_bps, seed=args.seed, ablation=args.ablation,
+        force=args.force, date_format=args.date_format)
+    result = run_pipeline(args.data, args.out, settings)
+    print(pipeline_headline(result.evaluation, result.backtest, result.run / "eval" / "report.html"))
     return 0
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 
 from ..data import SPLIT_NAMES, Splits, iso
 from ..errors import DataError, OutputExistsError, TokenizerError
-from ..fileio import atomic_dir, atomic_path, safe_file_names, write_json, write_text
+from ..fileio import atomic_dir, atomic_path, safe_file_names, write_text
 from .base import Tokenizer, splits_for
 
 log = logging.getLogger("pricegpt")
@@ -37,6 +37,10 @@ log = logging.getLogger("pricegpt")
 INDEX_FILE, ALL_TOKENS_FILE, ARRAYS_DIR, TOKENIZER_DIR = "index.json", "all_tokens.txt", "arrays", "tokenizer"
 STORE_FORMAT = 1
 TXT_TRAIN_FRACTION = 0.8
+
+
+STORE_HEADER_KEYS = ("tokenizer_kind", "tokenizer_hash", "vocab_size", "patch_len", "train_end", "val_end",
+                     "tokenizer_train_end")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -77,27 +81,48 @@ def write_token_store(tokenizer: Tokenizer, frame: pd.DataFrame, out_dir: str | 
                         f"({tokenizer.patch_len + 1} bars); nothing to tokenize")
     for symbol, reason in skipped.items():
         log.warning("token store: symbol %s skipped (%s)", symbol, reason)
-    files = safe_file_names(list(encoded))
-    index = {"format": STORE_FORMAT, "tokenizer_kind": tokenizer.kind, "tokenizer_hash": tokenizer.hash,
-             "vocab_size": tokenizer.vocab_size, "patch_len": tokenizer.patch_len, "dtype": dtype.name,
-             **splits.to_dict(), "tokenizer_train_end": tokenizer.config.train_end,
-             "symbols": list(encoded), "n_tokens": int(sum(len(t) for t, _, _ in encoded.values())),
-             "split_counts": {name: 0 for name in SPLIT_NAMES}, "per_symbol": {}, "skipped": skipped}
+    header = {"tokenizer_kind": tokenizer.kind, "tokenizer_hash": tokenizer.hash,
+              "vocab_size": tokenizer.vocab_size, "patch_len": tokenizer.patch_len, **splits.to_dict(),
+              "tokenizer_train_end": tokenizer.config.train_end}
+    series = {symbol: (tokens, p.starts, labels) for symbol, (tokens, p, labels) in encoded.items()}
+    return write_store(out_dir, series, header, tokenizer=tokenizer, skipped=skipped, overwrite=overwrite)
+
+
+def write_store(out_dir: str | Path, series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], header: dict,
+                *, tokenizer: Tokenizer | None = None, skipped: dict[str, str] | None = None,
+                overwrite: bool = False, all_tokens: bool = True) -> dict:
+    """THE writer of the store format: `series` maps symbol -> (token ids (n,), patch start times (n,) as
+    datetime64 UTC, split labels (n,) as indices into SPLIT_NAMES); `header` holds tokenizer_kind,
+    tokenizer_hash, vocab_size, patch_len, train_end, val_end, tokenizer_train_end. Built atomically (an existing
+    store is an OutputExistsError unless `overwrite`); with a `tokenizer`, a copy of it goes inside; with
+    `all_tokens`, the seed's flat all_tokens.txt too. Returns the index."""
+    dtype = token_dtype(int(header["vocab_size"]))
+    files = safe_file_names(list(series))
+    index = {"format": STORE_FORMAT, **{k: header[k] for k in STORE_HEADER_KEYS}, "dtype": dtype.name,
+             "symbols": list(series), "n_tokens": int(sum(len(t) for t, _, _ in series.values())),
+             "split_counts": {name: 0 for name in SPLIT_NAMES}, "per_symbol": {}, "skipped": dict(skipped or {})}
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        for symbol, (tokens, p, labels) in encoded.items():
+        for symbol, (tokens, starts, labels) in series.items():
             file = f"{ARRAYS_DIR}/{files[symbol]}.npy"
+            labels = np.asarray(labels)
             with atomic_path(tmp / file) as path, open(path, "wb") as fh:
-                np.save(fh, tokens)
+                np.save(fh, np.asarray(tokens).astype(dtype, copy=False))
             counts = {name: int((labels == i).sum()) for i, name in enumerate(SPLIT_NAMES)}
             for name, count in counts.items():
                 index["split_counts"][name] += count
             index["per_symbol"][symbol] = {
                 "file": file, "n_tokens": len(tokens), "split_counts": counts,
-                "patch_starts": [iso(ts) for ts in pd.DatetimeIndex(p.starts, tz="UTC")],
+                "patch_starts": [iso(ts) for ts in pd.DatetimeIndex(starts, tz="UTC")],
                 "splits": [SPLIT_NAMES[i] for i in labels]}
-        write_text(tmp / ALL_TOKENS_FILE, " ".join(str(i) for t, _, _ in encoded.values() for i in t.tolist()) + "\n")
-        tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
-        write_json(tmp / INDEX_FILE, index)
+        if all_tokens:
+            write_text(tmp / ALL_TOKENS_FILE,
+                       " ".join(str(i) for t, _, _ in series.values() for i in np.asarray(t).tolist()) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+        # streamed into the file: joining the text of millions of list items first would take gigabytes
+        with atomic_path(tmp / INDEX_FILE) as path, open(path, "w", encoding="utf-8") as fh:
+            json.dump(index, fh, indent=2, allow_nan=False)
+            fh.write("\n")
     return index
 
 
