@@ -1,5 +1,5 @@
 """Distributed data parallel on CPU: `torchrun --nproc-per-node=2` (gloo) matches one process with the same
-global batch."""
+global batch, and its MFU counts both devices."""
 
 from __future__ import annotations
 
@@ -7,15 +7,18 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import torch
 
-from pricegpt.train import train_run
+from pricegpt.model.gpt import GPT
+from pricegpt.train import latest_checkpoint, train_run
 from train_helpers import TINY, markov_tokens, read_weights, torch_threads_kept, write_token_file
 
 V = 16
 STEPS = 30
+PEAK = 1e9  # train.peak_flops: one device's
 SETTINGS = [*TINY, f"model.vocab_size={V}", "train.global_batch_size=8", "train.eval_every=10",
-            "train.save_every=10"]
+            "train.save_every=10", f"train.peak_flops={PEAK:g}"]
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
@@ -36,10 +39,18 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert result.stderr.count("step 0: val loss") == 1, "only rank 0 should log"
     assert "best model" in result.stdout
 
-    ddp_weights = read_weights(tmp_path / "ddp" / "checkpoints" / "last" / "model.safetensors")
-    single_weights = read_weights(tmp_path / "single" / "checkpoints" / "last" / "model.safetensors")
+    ddp_weights = read_weights(latest_checkpoint(tmp_path / "ddp") / "model.safetensors")
+    single_weights = read_weights(latest_checkpoint(tmp_path / "single") / "model.safetensors")
     for name, weight in single_weights.items():
         torch.testing.assert_close(ddp_weights[name], weight, rtol=1e-4, atol=1e-5,
                                    msg=lambda m, name=name: f"{name}: {m}")
     moved = read_weights(tmp_path / "single" / "model" / "model.safetensors")
     assert single["steps"] == STEPS and any(w.abs().sum() > 0 for w in moved.values())
+
+    # MFU: the tokens/s of both processes against the peak of both devices
+    flops_per_token = GPT.from_pretrained(tmp_path / "ddp" / "model").flops_per_token(16)
+    for run, world in (("single", 1), ("ddp", 2)):
+        rows = pd.read_csv(tmp_path / run / "metrics.csv").dropna(subset=["mfu"])
+        assert len(rows) > 0
+        expected = flops_per_token * rows["tok_per_s"] / (world * PEAK)
+        assert ((rows["mfu"] - expected).abs() <= 1e-4 * expected).all(), (run, rows, expected)

@@ -64,3 +64,30 @@ def torch_threads_kept():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def cli_main(capsys, *args):
+    """`pricegpt ARGS` in this process (no torch import per case): a CompletedProcess as a subprocess gives.
+
+    A SystemExit (argparse, or SIGTERM during training) becomes its exit code."""
+    import logging
+    import subprocess
+
+    from pricegpt.cli import main
+
+    logger = logging.getLogger("pricegpt")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    try:
+        with torch_threads_kept():
+            code = main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under root (files with their bytes, folders as None): to show that nothing changed."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}

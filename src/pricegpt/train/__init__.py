@@ -1,11 +1,16 @@
 """Training: `train_run` (what `pricegpt train` calls) and the `Trainer` behind it.
 
 loop.py (the trainer), optim.py (AdamW, Muon, warm-up + cosine schedule), data.py (windows inside each symbol's
-splits), checkpoint.py (atomic checkpoints, best model), metrics.py (metrics.csv, curve, TensorBoard),
-dist.py (DDP under torchrun).
+splits), checkpoint.py (step-folder checkpoints behind an atomic LATEST pointer, best model), metrics.py
+(metrics.csv, curve, TensorBoard), dist.py (DDP under torchrun).
+
+`latest_checkpoint(RUN)` is the checkpoint `--resume` continues from (None: nothing to resume);
+`best_model_dir(RUN)` the best model, also when a kill interrupted its replacement.
 """
 
+from .checkpoint import best_model_dir, latest_checkpoint
 from .data import TokenData, WindowSet, read_token_source
-from .loop import Trainer, train_run
+from .loop import Trainer, TrainingDivergedError, train_run
 
-__all__ = ["TokenData", "Trainer", "WindowSet", "read_token_source", "train_run"]
+__all__ = ["TokenData", "Trainer", "TrainingDivergedError", "WindowSet", "best_model_dir", "latest_checkpoint",
+           "read_token_source", "train_run"]

@@ -1,21 +1,37 @@
 """What a run directory keeps so that no work is lost: the resume checkpoint, the best model, the tokenizer copy.
 
-RUN/checkpoints/last/{model.safetensors, trainer_state.pt, meta.json}: written every `train.save_every` steps and
-on Ctrl-C / SIGTERM. The directory is built under a temporary sibling and renamed over the previous one only when
-complete (fileio.atomic_dir); a kill between the two renames leaves the previous checkpoint as `.last.old`, which
-`find_checkpoint` picks up. trainer_state.pt holds tensors and plain values only and is read with
-`torch.load(..., weights_only=True)`.
+RUN/checkpoints/step-000120/{model.safetensors, trainer_state.pt, meta.json}: written every `train.save_every`
+steps, at the end and on Ctrl-C / SIGTERM. A checkpoint is never replaced in place: the new step folder is built
+under a temporary name and renamed into place (fileio.atomic_dir), then the pointer RUN/checkpoints/LATEST (one
+line, the folder's name) is replaced atomically, and only then are older step folders deleted. At every instant of
+a save some complete checkpoint exists and `latest_checkpoint` finds it: the one LATEST names, else (LATEST missing
+or damaged) the newest complete step folder, else a checkpoint of the earlier layout (`last`, or `.last.old` that
+a kill between its two renames left). Finding a checkpoint never writes anything.
+
+trainer_state.pt holds tensors and plain values only; it is read with `torch.load(..., weights_only=True)` and
+checked entry by entry (`check_trainer_state`) before anything of it is used, so a damaged file is an error
+naming it, never a crash halfway through a resume.
 
 RUN/model/{config.json, model.safetensors, meta.json, tokenizer/}: the best model by validation loss, replaced
-atomically as a whole. meta.json records the step, losses and the data source (path, train_end, val_end,
-tokenizer hash).
+as a whole (fileio.atomic_dir). A kill between that replacement's two renames leaves no RUN/model but the previous
+one complete as RUN/.model.old: `best_model_dir` finds it and `restore_best_model` puts it back, so a kill leaves
+a loadable best model or (before the first evaluation) none, never a half-written one. meta.json records the
+step, losses and the data source (path, train_end, val_end, tokenizer hash).
+
+A full disk while writing any of these is the usual "no space left" PriceGPTError (safetensors reports it as its
+own exception, turned back into the OSError here); the previous checkpoint and model stay as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
+import os
 import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -23,15 +39,38 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..fileio import atomic_dir, atomic_path, write_json
+from ..fileio import OUTPUT_MARKER, atomic_dir, mark_output, write_json, write_text
 
-CHECKPOINT_DIR = Path("checkpoints") / "last"
+log = logging.getLogger("pricegpt")
+
+CHECKPOINTS_DIR = "checkpoints"
+POINTER_FILE = "LATEST"
+LEGACY_DIRS = ("last", ".last.old")  # the earlier layout: one folder replaced by two renames
 MODEL_DIR = "model"
 TOKENIZER_DIR = "tokenizer"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
 META_FILE = "meta.json"
+CHECKPOINT_FILES = (WEIGHTS_FILE, STATE_FILE, META_FILE)
 STATE_KEYS = ("step", "optimizers", "best_val_loss", "best_step", "evals_since_best", "global_batch_size", "rng")
+# step-000120, or step-000120-1 when a checkpoint of that step already exists (a save at the same step again)
+_STEP_DIR = re.compile(r"step-(\d{6,})(?:-(\d+))?")
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def step_dir_name(step: int, attempt: int = 0) -> str:
+    return f"step-{step:06d}" + (f"-{attempt}" if attempt else "")
+
+
+def _step_key(name: str) -> tuple[int, int] | None:
+    match = _STEP_DIR.fullmatch(name)
+    return (int(match[1]), int(match[2] or 0)) if match else None
+
+
+def restart_hint(run_dir: Path) -> str:
+    """What to do about a damaged checkpoint: start training over with the run's own config."""
+    return (f"remove {Path(run_dir) / CHECKPOINTS_DIR} and rerun with --resume to restart training from step 0 "
+            "with the run's config.yaml")
 
 
 # ------------------------------------------------------------------------------------------------ RNG states
@@ -52,6 +91,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore rng_state()'s result (checked by check_trainer_state first)."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
@@ -62,73 +102,233 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ------------------------------------------------------------------------------------------------ checkpoint
-def _save_weights(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(weights, str(tmp), metadata={"format": "pt"})
-
-
-def save_checkpoint(run_dir: Path, model: torch.nn.Module, trainer_state: dict, meta: dict) -> Path:
-    """Replace RUN/checkpoints/last with the current weights, trainer state and meta, atomically as a whole."""
-    path = Path(run_dir) / CHECKPOINT_DIR
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left behind by a kill during an earlier save
-        shutil.rmtree(stale, ignore_errors=True)
-    with atomic_dir(path, overwrite=True) as tmp:
-        _save_weights(model, tmp / WEIGHTS_FILE)
-        with atomic_path(tmp / STATE_FILE) as state_tmp:
-            torch.save(trainer_state, state_tmp)
-        write_json(tmp / META_FILE, meta)
-    return path
-
-
-def find_checkpoint(run_dir: Path) -> Path | None:
-    """RUN/checkpoints/last, or the previous one a kill left as `.last.old` mid-replacement, or None."""
-    path = Path(run_dir) / CHECKPOINT_DIR
-    if (path / META_FILE).is_file():
-        return path
-    old = path.with_name(f".{path.name}.old")
-    if not path.exists() and (old / META_FILE).is_file():
-        old.rename(path)
-        return path
+def _rng_problem(rng) -> str | None:
+    """Why `rng` is not a state rng_state() wrote, or None when it is one."""
+    if not isinstance(rng, dict) or not {"torch", "numpy", "python"} <= rng.keys():
+        return "the RNG state lacks its torch, numpy or python part"
+    torch_state = rng["torch"]
+    expected = torch.get_rng_state()
+    if not (isinstance(torch_state, torch.Tensor) and torch_state.dtype == torch.uint8
+            and torch_state.shape == expected.shape):
+        shape = tuple(torch_state.shape) if isinstance(torch_state, torch.Tensor) else type(torch_state).__name__
+        return f"the torch RNG state has the wrong size ({shape}, expected {tuple(expected.shape)})"
+    n, p = rng["numpy"], rng["python"]
+    if not (isinstance(n, dict) and n.get("kind") == "MT19937" and isinstance(n.get("keys"), torch.Tensor)
+            and n["keys"].shape == (624,) and _is_int(n.get("pos")) and 0 <= n["pos"] <= 624
+            and _is_int(n.get("has_gauss")) and isinstance(n.get("cached_gaussian"), float)):
+        return "the numpy RNG state is damaged"
+    if not (isinstance(p, dict) and _is_int(p.get("version")) and isinstance(p.get("internal"), torch.Tensor)
+            and p["internal"].shape == (625,) and (p.get("gauss_next") is None or isinstance(p["gauss_next"], float))):
+        return "the python RNG state is damaged"
+    cuda = rng.get("cuda", [])
+    if not (isinstance(cuda, list) and all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in cuda)):
+        return "the CUDA RNG state is damaged"
     return None
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """(weights, trainer_state, meta) of a checkpoint directory; a damaged one is a CheckpointError."""
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_loss(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+
+
+def check_trainer_state(state, where: Path, run_dir: Path) -> dict:
+    """`state` when it is a trainer state the trainer wrote, else a CheckpointError naming `where` and what to do."""
+    def damaged(what: str) -> CheckpointError:
+        return CheckpointError(f"{where} is damaged ({what}); {restart_hint(run_dir)}")
+
+    if not isinstance(state, dict):
+        raise damaged(f"it holds a {type(state).__name__}, not the trainer's dictionary")
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise damaged(f"it lacks {', '.join(missing)}")
+    for key in ("step", "evals_since_best"):
+        if not _is_int(state[key]) or state[key] < 0:
+            raise damaged(f"{key} is {state[key]!r}, not a whole number >= 0")
+    if not _is_int(state["global_batch_size"]) or state["global_batch_size"] <= 0:
+        raise damaged(f"global_batch_size is {state['global_batch_size']!r}, not a whole number > 0")
+    if state["best_step"] is not None and not (_is_int(state["best_step"]) and 0 <= state["best_step"]
+                                                <= state["step"]):
+        raise damaged(f"best_step is {state['best_step']!r}, not a step in [0, {state['step']}]")
+    for key in ("best_val_loss", "last_val_loss"):
+        if not _is_loss(state.get(key)):
+            raise damaged(f"{key} is {state[key]!r}, not a finite loss")
+    if not isinstance(state["optimizers"], list) or not all(isinstance(o, dict) for o in state["optimizers"]):
+        raise damaged("the optimizer states are not a list of dictionaries")
+    if not isinstance(state.get("stopped_early", False), bool):
+        raise damaged(f"stopped_early is {state['stopped_early']!r}, not true or false")
+    problem = _rng_problem(state["rng"])
+    if problem:
+        raise damaged(problem)
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ writing
+@contextlib.contextmanager
+def _safetensors_os_errors():
+    """safetensors reports a failed write as SafetensorError("... (os error 28)"): raise the OSError it wraps,
+    which fileio turns into its usual message ("no space left on the device while writing PATH; ...")."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as err:
+        code = _OS_ERROR.search(str(err))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1]))) from err
+
+
+def _write_synced(path: Path, write) -> None:
+    """write(file) into a new file and flush it to the disk (the folder around it is renamed into place after)."""
+    with open(path, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save
+
+    # serialised in memory and written by Python: a full disk is a plain OSError, and the file gets the usual
+    # permissions (safetensors' own save_file leaves 0600)
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _write_synced(path, lambda fh: fh.write(save(weights, metadata={"format": "pt"})))
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, trainer_state: dict, meta: dict) -> Path:
+    """Write RUN/checkpoints/step-NNNNNN, point LATEST at it, then delete the older ones; return its path.
+
+    A failure (a full disk) leaves the previous checkpoint and LATEST untouched and raises a PriceGPTError.
+    """
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    step = int(trainer_state["step"])
+    attempt = 0
+    while (root / step_dir_name(step, attempt)).exists():
+        attempt += 1
+    path = root / step_dir_name(step, attempt)
+    with atomic_dir(path) as tmp:
+        _save_weights(model, tmp / WEIGHTS_FILE)
+        _write_synced(tmp / STATE_FILE, lambda fh: torch.save(trainer_state, fh))
+        write_json(tmp / META_FILE, meta)
+    write_text(root / POINTER_FILE, path.name + "\n")
+    # only now that LATEST names the new folder may the older ones (and any a kill left half-built) go
+    for entry in root.iterdir():
+        stale = _step_key(entry.name) or entry.name in LEGACY_DIRS or (entry.name[:1] == "." and
+                                                                       entry.name.endswith(".tmp"))
+        if stale and entry.name != path.name:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ finding
+def _complete(path: Path) -> bool:
+    return all((path / name).is_file() for name in CHECKPOINT_FILES)
+
+
+def _pointer(root: Path) -> str | None:
+    """The folder name LATEST holds, or None when it is missing, unreadable or not a step folder's name."""
+    try:
+        name = (root / POINTER_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, ValueError):
+        return None
+    return name if _step_key(name) else None
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint `--resume` continues from: the folder LATEST names, else the newest complete step folder,
+    else an earlier layout's `last` / `.last.old`; None when the run has no complete checkpoint. Reads only."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return None
+    name = _pointer(root)
+    if name and _complete(root / name):
+        return root / name
+    steps = sorted((key, entry) for entry in root.iterdir() if (key := _step_key(entry.name)) and _complete(entry))
+    if steps:
+        if (root / POINTER_FILE).exists():
+            log.warning(f"{root / POINTER_FILE} is damaged or names a missing checkpoint; using the newest complete "
+                        f"one, {steps[-1][1].name}")
+        return steps[-1][1]
+    return next((root / legacy for legacy in LEGACY_DIRS if _complete(root / legacy)), None)
+
+
+def load_checkpoint(path: Path, run_dir: Path | None = None) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """(weights, trainer_state, meta) of a checkpoint folder; a damaged one is a CheckpointError naming the file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
+    run_dir = Path(run_dir) if run_dir is not None else path.parent.parent
+    hint = restart_hint(run_dir)
+    meta = read_meta(path / META_FILE, hint)
     try:
-        meta = json.loads((path / META_FILE).read_text())
         weights = load_file(str(path / WEIGHTS_FILE), device="cpu")
-        trainer_state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except (OSError, SafetensorError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path / WEIGHTS_FILE} is damaged ({str(err) or type(err).__name__}); {hint}") from err
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"checkpoint {path}: {STATE_FILE} holds objects other than tensors and plain values; "
-                              "it was refused unread (loading it could run code). Start a new run with another --out "
-                              "or restore the checkpoint from a trusted copy") from err
-    except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as err:
-        raise CheckpointError(f"checkpoint {path} is incomplete or corrupted ({str(err) or type(err).__name__}); "
-                              f"start a new run with another --out") from err
-    if not isinstance(meta, dict) or not isinstance(trainer_state, dict) or not set(STATE_KEYS) <= set(trainer_state):
-        raise CheckpointError(f"checkpoint {path} is incomplete or corrupted ({META_FILE} or {STATE_FILE} lacks "
-                              "entries); start a new run with another --out")
-    return weights, trainer_state, meta
+        raise CheckpointError(f"{path / STATE_FILE} holds objects other than tensors and plain values; it was "
+                              f"refused unread (loading it could run code). Restore it from a trusted copy, or "
+                              f"{hint}") from err
+    except Exception as err:  # noqa: BLE001 - torch.load on arbitrary bytes raises KeyError, EOFError, RuntimeError...
+        raise CheckpointError(f"{path / STATE_FILE} is damaged or not a trainer state ({type(err).__name__}: "
+                              f"{str(err)[:200]}); {hint}") from err
+    return weights, check_trainer_state(state, path / STATE_FILE, run_dir), meta
+
+
+def read_meta(path: Path, hint: str) -> dict:
+    """A meta.json as a dictionary; a missing or damaged one is a CheckpointError naming it."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise CheckpointError(f"{path} cannot be read ({str(err)[:200] or type(err).__name__}); {hint}") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} should hold a JSON object; {hint}")
+    return meta
 
 
 # ------------------------------------------------------------------------------------------------ best model
 def save_best_model(run_dir: Path, model, meta: dict, tokenizer_dir: Path | None) -> Path:
     """Replace RUN/model with `model` (save_pretrained), meta.json and a copy of the tokenizer, as a whole."""
     path = Path(run_dir) / MODEL_DIR
+    if best_model_dir(run_dir) == path and not (path / OUTPUT_MARKER).is_file():
+        mark_output(path)  # a best model written before output markers existed is still this run's to replace
     with atomic_dir(path, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
+        with _safetensors_os_errors():
+            model.save_pretrained(tmp)
         write_json(tmp / META_FILE, meta)
         if tokenizer_dir is not None:
-            shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
+            _copy_folder(Path(tokenizer_dir), tmp / TOKENIZER_DIR)
     return path
+
+
+def best_model_dir(run_dir: str | os.PathLike) -> Path | None:
+    """RUN/model when complete, else the previous best model a kill mid-replacement left as RUN/.model.old, else
+    None. Reads only (restore_best_model puts `.model.old` back)."""
+    path = Path(run_dir) / MODEL_DIR
+    for candidate in (path, path.with_name(f".{MODEL_DIR}.old")):
+        if all((candidate / name).is_file() for name in ("config.json", WEIGHTS_FILE, META_FILE)):
+            return candidate
+        if candidate.exists():
+            return None  # a RUN/model that is there but incomplete is not silently replaced by an older one
+    return None
+
+
+def restore_best_model(run_dir: Path) -> None:
+    """Put back the best model a kill between atomic_dir's two renames left as RUN/.model.old."""
+    path = Path(run_dir) / MODEL_DIR
+    old = path.with_name(f".{MODEL_DIR}.old")
+    if not path.exists() and best_model_dir(run_dir) == old:
+        os.replace(old, path)
+        log.warning(f"restored the best model {path} that an interrupted save left as {old.name}")
 
 
 def copy_tokenizer(run_dir: Path, tokenizer_dir: Path | None) -> None:
@@ -137,4 +337,14 @@ def copy_tokenizer(run_dir: Path, tokenizer_dir: Path | None) -> None:
     if tokenizer_dir is None or target.exists():
         return
     with atomic_dir(target) as tmp:
-        shutil.copytree(tokenizer_dir, tmp, dirs_exist_ok=True)
+        _copy_folder(Path(tokenizer_dir), tmp)
+
+
+def _copy_folder(source: Path, target: Path) -> None:
+    """shutil.copytree, except that an OSError (a full disk) propagates as itself, not inside a shutil.Error."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(source.iterdir()):
+        if entry.is_dir():
+            _copy_folder(entry, target / entry.name)
+        else:
+            shutil.copy2(entry, target / entry.name)

@@ -73,11 +73,11 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
-def any_process(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True on every process when `flag` is true on at least one (e.g. a Ctrl-C seen by one rank)."""
+def max_over_processes(value: int, info: DistInfo, device: torch.device) -> int:
+    """The largest of every process's `value` (e.g. the number of a signal one rank caught; 0: none); the same on
+    every process. A host sync under DDP: call it at the same steps on every rank, and not at every step."""
     if not info.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device, dtype=torch.int32)
+        return value
+    t = torch.tensor([value], device=device, dtype=torch.int32)
     torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
-    return bool(t.item())
-
+    return int(t.item())

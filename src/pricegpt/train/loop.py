@@ -9,8 +9,21 @@ One optimizer step of step index s:
 
 Every `eval_every` steps (and at step 0 and the last step) the validation loss is measured on a fixed, evenly
 spread set of validation windows; a better loss replaces RUN/model. Every `save_every` steps, at the end and on
-Ctrl-C / SIGTERM, RUN/checkpoints/last is replaced atomically. Only rank 0 logs and writes.
-Host syncs happen only at log, eval and checkpoint steps: the training loss accumulates on the device.
+Ctrl-C / SIGTERM a checkpoint is saved (checkpoint.py: step folders and a LATEST pointer, never a moment without
+one). Only rank 0 logs and writes. Host syncs happen only at log, eval and checkpoint steps: the training loss
+accumulates on the device, and the stop flag (a signal caught by any rank) is all-reduced at those steps only.
+
+Stopping. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint, records RUN/model/meta.json
+with finished=false and then raises: KeyboardInterrupt for SIGINT (the CLI exits 130), SystemExit(143) for
+SIGTERM (the conventional 128 + 15 a process manager expects), so no caller mistakes an interrupted run for a
+trained one. `--resume` continues exactly. A non-finite loss or weight stops training with TrainingDivergedError
+before anything of that step is saved; the last good checkpoint stays.
+
+Resuming. Every check (config, data, the checkpoint's files, --max-steps not below the run's step) happens before
+any file is written. A run already at max_steps, or stopped early (saved in the trainer state), has nothing left
+to train and says so. A run killed before its first checkpoint restarts from step 0 with its config.yaml.
+
+MFU = model FLOPs/token x tokens/s of all processes / (world size x the per-device peak of train.dtype).
 """
 
 from __future__ import annotations
@@ -31,34 +44,45 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import RunConfig, apply_overrides, explicit_keys, load_config, resolve_config, save_config
-from ..errors import CheckpointError, ConfigError, OutputExistsError
+from ..errors import CheckpointError, ConfigError, OutputExistsError, PriceGPTError
 from ..fileio import make_dirs, write_json
 from ..model.gpt import GPT
 from . import dist
 from .checkpoint import (
+    CHECKPOINTS_DIR,
     META_FILE,
     MODEL_DIR,
+    best_model_dir,
     copy_tokenizer,
-    find_checkpoint,
+    latest_checkpoint,
     load_checkpoint,
+    read_meta,
+    restart_hint,
+    restore_best_model,
     rng_state,
     save_best_model,
     save_checkpoint,
     set_rng_state,
 )
 from .data import TokenData, read_token_source
-from .metrics import MetricsLog
+from .metrics import METRICS_FILE, MetricsLog
 from .optim import build_optimizers, lr_factor, set_lr
 
 log = logging.getLogger("pricegpt")
 
 CONFIG_FILE = "config.yaml"
 FORMAT_VERSION = 1
-# bf16 dense peak FLOP/s of common accelerators, for MFU when train.peak_flops is 0 (CPUs: unknown, left empty)
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,
-              "RTX 4090": 165e12, "RTX 3090": 71e12}
+# Dense peak FLOP/s of one device, (bf16, tf32, fp32), for MFU when train.peak_flops is 0 (CPUs: unknown, MFU left
+# empty). fp32 matmuls run on the TF32 tensor cores only when torch's float32 matmul precision is "high"/"medium".
+PEAK_FLOPS = {"H200": (989e12, 494e12, 67e12), "H100": (989e12, 494e12, 67e12), "A100": (312e12, 156e12, 19.5e12),
+              "L40S": (362e12, 183e12, 91.6e12), "L4": (121e12, 60e12, 30.3e12), "A10G": (70e12, 35e12, 31.2e12),
+              "RTX 4090": (165e12, 82.6e12, 82.6e12), "RTX 3090": (71e12, 35.6e12, 35.6e12)}
 # source-record keys that must match for a resumed run to continue the same run on the same data
 RESUME_KEYS = ("tokenizer_hash", "train_end", "val_end", "train_tokens", "val_tokens", "symbols")
+
+
+class TrainingDivergedError(PriceGPTError):
+    """The loss or the weights became NaN or infinite; nothing of that step was saved."""
 
 
 class Trainer:
@@ -93,40 +117,72 @@ class Trainer:
         self.last_val_loss: float | None = None
         self.last_train_loss: float | None = None
         self.stopped_early = False
-        self.interrupted = False
+        self.saved_step: int | None = None  # the step of the newest checkpoint on disk
+        self._best_model_meta: dict | None = None  # RUN/model/meta.json as last written
         self._stop_signal: int | None = None
         self._loss_sum = torch.zeros((), device=self.device)
         self._loss_count = 0
         self.metrics = MetricsLog(self.run_dir, vocab_size=config.model.vocab_size,
                                   tensorboard=t.tensorboard) if self.dist.is_main else None
-        self.peak_flops = t.peak_flops or _known_peak_flops(self.device)
+        self.peak_flops = peak_flops(t, self.device, self.dist.world_size)
 
     # --------------------------------------------------------------------------------------------- resume
     def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
-        """Continue from RUN/checkpoints/last (or `path`): weights, optimizer state, step, best loss, RNG states."""
-        path = Path(path) if path else find_checkpoint(self.run_dir)
+        """Continue from the latest checkpoint (or `path`): weights, optimizer state, step, best loss, RNG states.
+
+        Reads only; every problem (a damaged file, a --max-steps below the run's step) raises before training."""
+        t = self.config.train
+        path = Path(path) if path else latest_checkpoint(self.run_dir)
         if path is None:
-            raise CheckpointError(f"{self.run_dir} has no checkpoint to resume from "
-                                  f"(expected {self.run_dir / 'checkpoints' / 'last' / META_FILE})")
-        weights, state, _ = load_checkpoint(path)
+            raise CheckpointError(f"{self.run_dir} has no checkpoint to resume from; start a new run without "
+                                  "--resume")
+        weights, state, _ = load_checkpoint(path, self.run_dir)
+        if state["step"] > t.max_steps:
+            raise ConfigError(f"{self.run_dir} is already at step {state['step']}; --max-steps (train.max_steps) "
+                              f"{t.max_steps} would go back: pass a larger --max-steps to train further")
         try:
             self.model.load_state_dict(weights)
             for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
                 optimizer.load_state_dict(saved)
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise CheckpointError(f"checkpoint {path} does not fit this model and optimizer ({err}); "
-                                  f"resume with the run's own config.yaml") from err
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+            raise CheckpointError(f"checkpoint {path} does not fit this model and optimizer ({str(err)[:200]}); "
+                                  f"resume with the run's own config.yaml, or {restart_hint(self.run_dir)}") from err
         if state["global_batch_size"] != self.global_batch:
             raise ConfigError(f"checkpoint {path} was trained with a global batch of {state['global_batch_size']} "
                               f"windows, this run has {self.global_batch}; set train.global_batch_size="
                               f"{state['global_batch_size']} to continue the same run")
-        self.step = int(state["step"])
-        self.best_val_loss, self.best_step = state["best_val_loss"], state["best_step"]
-        self.evals_since_best = int(state["evals_since_best"])
-        self.last_val_loss = state.get("last_val_loss")
-        set_rng_state(state["rng"])
         if self.metrics is not None:
-            self.metrics.resume(self.step)
+            self.metrics.resume(state["step"])
+        self.step = self.saved_step = state["step"]
+        self.best_val_loss, self.best_step = state["best_val_loss"], state["best_step"]
+        self.evals_since_best = state["evals_since_best"]
+        self.last_val_loss = state.get("last_val_loss")
+        # the patience in force now decides (a run resumed with a larger or no patience trains on)
+        patience = t.early_stopping_patience
+        self.stopped_early = bool(patience) and self.evals_since_best >= patience
+        self._load_best_model_meta()
+        try:
+            set_rng_state(state["rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as err:
+            raise CheckpointError(f"{path / 'trainer_state.pt'} is damaged (its RNG state cannot be restored: "
+                                  f"{err}); {restart_hint(self.run_dir)}") from err
+
+    def _load_best_model_meta(self) -> None:
+        """The best model on disk (RUN/model, or the copy a kill left as .model.old) and its meta.json; without one
+        the next evaluation saves the current weights as the best model."""
+        found = best_model_dir(self.run_dir)
+        if found is not None:
+            with contextlib.suppress(CheckpointError):
+                self._best_model_meta = read_meta(found / META_FILE, "")
+        if self._best_model_meta is None and self.best_val_loss is not None:
+            log.warning(f"{self.run_dir / MODEL_DIR} is missing or damaged; the current weights will be evaluated "
+                        "and saved as the best model")
+            self.best_val_loss = self.best_step = None
+
+    @property
+    def nothing_to_train(self) -> bool:
+        """True when the run is at max_steps or stopped early and has its best model."""
+        return (self.step >= self.config.train.max_steps or self.stopped_early) and self.best_val_loss is not None
 
     def _trainer_state(self) -> dict:
         return {
@@ -136,6 +192,7 @@ class Trainer:
             "best_step": self.best_step,
             "evals_since_best": self.evals_since_best,
             "last_val_loss": self.last_val_loss,
+            "stopped_early": self.stopped_early,
             # the data position: batches are a pure function of (seed, step) and the global batch size
             "data": {"seed": self.config.train.seed, "step": self.step},
             "global_batch_size": self.global_batch,
@@ -147,15 +204,36 @@ class Trainer:
         return {"format_version": FORMAT_VERSION, "step": self.step, "max_steps": self.config.train.max_steps,
                 "best_val_loss": self.best_val_loss, "best_step": self.best_step,
                 "world_size": self.dist.world_size, "global_batch_size": self.global_batch,
-                **self.data.source, **extra}
+                "stopped_early": self.stopped_early, **self.data.source, **extra}
 
     def save_checkpoint(self) -> None:
+        self._check_weights()
         if self.dist.is_main:
             # metrics first: a kill between the two leaves rows after the checkpoint (a resume drops them), never
             # a checkpoint whose earlier rows were not written yet
             self.metrics.flush(plot=False)
             save_checkpoint(self.run_dir, self.model, self._trainer_state(), self._meta())
+        self.saved_step = self.step
         dist.barrier(self.dist)
+
+    # ------------------------------------------------------------------------------------------- divergence
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        lr = self.config.train.lr
+        kept = (f"the last checkpoint (step {self.saved_step}) is kept" if self.saved_step is not None
+                else "no checkpoint had been saved yet")
+        return TrainingDivergedError(f"training diverged at step {self.step}: {what}; nothing of this step was "
+                                     f"saved and {kept}. Lower the learning rate (train.lr={lr:g}) and rerun with "
+                                     f"--resume --set train.lr={lr / 4:g}")
+
+    def _check_loss(self, what: str, value: float | None) -> None:
+        if value is not None and not math.isfinite(value):
+            raise self._diverged(f"the {what} is {value}")
+
+    def _check_weights(self) -> None:
+        """Before weights are saved: every one finite (the same answer on every rank, so all raise together)."""
+        finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all()
+        if not bool(finite):
+            raise self._diverged("the weights hold NaN or infinite values")
 
     # ------------------------------------------------------------------------------------------------ train
     def _lr_factor(self, step: int) -> float:
@@ -227,12 +305,15 @@ class Trainer:
         return (total[0] / total[1]).item()
 
     def _after_eval(self, val_loss: float) -> None:
+        self._check_loss("validation loss", val_loss)
         self.last_val_loss = val_loss
         if self.best_val_loss is None or val_loss < self.best_val_loss:
+            self._check_weights()
             self.best_val_loss, self.best_step, self.evals_since_best = val_loss, self.step, 0
             if self.dist.is_main:
                 meta = self._meta(val_loss=val_loss, train_loss=self.last_train_loss, finished=False)
                 save_best_model(self.run_dir, self.model, meta, self.data.tokenizer_dir)
+                self._best_model_meta = meta
         else:
             self.evals_since_best += 1
         patience = self.config.train.early_stopping_patience
@@ -240,73 +321,103 @@ class Trainer:
             self.stopped_early = True
 
     def train(self) -> dict:
-        """Train from `self.step` to `train.max_steps` (or early stopping, or a signal); return the result."""
+        """Train from `self.step` to `train.max_steps` (or early stopping); return the result.
+
+        A signal saves a checkpoint and raises (KeyboardInterrupt for SIGINT, SystemExit(143) for SIGTERM)."""
         from tqdm.auto import tqdm
 
         t = self.config.train
         show = self.dist.is_main
+        say = log.info if show else (lambda *_: None)
+        started = time.perf_counter()
+        if self.nothing_to_train:
+            reason = (f"stopped early at step {self.step} (no better validation loss in {t.early_stopping_patience} "
+                      "evaluations; set a larger train.early_stopping_patience to train on)" if self.stopped_early
+                      else f"already at step {self.step} of train.max_steps={t.max_steps} (pass a larger "
+                           "--max-steps to train further)")
+            say(f"{self.run_dir}: training is already finished: {reason}")
+            if self.dist.is_main:
+                self._mark_model(finished=True)
+            dist.barrier(self.dist)
+            return self._result(started)
         bar = tqdm(total=t.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (show and sys.stderr.isatty()))
-        say = (bar.write if not bar.disable else log.info) if show else (lambda *_: None)
+        if show and not bar.disable:
+            say = bar.write
         say(self._describe())
-        started = time.perf_counter()
-        with self._signals_caught():
-            if self.step == 0 and self.best_val_loss is None:
-                val_loss = self.evaluate()
-                self._after_eval(val_loss)
-                self._log(0, val_loss=val_loss, lr=0.0)
-                say(f"step 0: val loss {val_loss:.4f} (uniform: ln {self.config.model.vocab_size} = "
-                    f"{math.log(self.config.model.vocab_size):.4f})")
-            interval_start, interval_steps = time.perf_counter(), 0
-            while self.step < t.max_steps and not self.stopped_early:
-                self.train_step()
-                interval_steps += 1
-                bar.update(1)
-                step, done = self.step, self.step >= t.max_steps
-                is_eval = step % t.eval_every == 0 or done
-                if step % t.log_every == 0 or is_eval:
-                    elapsed = time.perf_counter() - interval_start
-                    tok_per_s = interval_steps * self.tokens_per_step / max(elapsed, 1e-9)
-                    self.last_train_loss = self._take_train_loss()
-                    mfu = (self.model.flops_per_token(self.data.train.length - 1) * tok_per_s / self.peak_flops
-                           if self.peak_flops else None)
-                    lr = self._lr_factor(step - 1) * t.lr
-                    self._log(step, lr=lr, train_loss=self.last_train_loss, tok_per_s=tok_per_s, mfu=mfu)
-                    bar.set_postfix(loss=f"{self.last_train_loss:.4f}", lr=f"{lr:.2e}",
-                                    tok_s=f"{tok_per_s:,.0f}", refresh=False)
-                    interval_start, interval_steps = time.perf_counter(), 0
-                if is_eval:
+        stopped_by = 0
+        try:
+            with self._signals_caught():
+                if self.best_val_loss is None:  # step 0, or a resumed run whose best model was lost
                     val_loss = self.evaluate()
                     self._after_eval(val_loss)
-                    self._log(step, val_loss=val_loss)
-                    say(f"step {step}/{t.max_steps}: train loss {self.last_train_loss:.4f}, val loss "
-                        f"{val_loss:.4f} (best {self.best_val_loss:.4f} at step {self.best_step})")
-                    if self.metrics is not None:
-                        self.metrics.flush()
-                    if self.stopped_early:
-                        say(f"early stopping: no better validation loss in {t.early_stopping_patience} evaluations")
-                stop = dist.any_process(self._stop_signal is not None, self.dist, self.device)
-                if step % t.save_every == 0 or done or stop or self.stopped_early:
-                    self.save_checkpoint()
-                if is_eval or step % t.save_every == 0:
-                    interval_start, interval_steps = time.perf_counter(), 0  # tokens/s: training time only
-                if stop:
-                    self.interrupted = True
-                    name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another rank"
-                    say(f"stopped by {name} at step {step}: checkpoint saved; continue with --resume")
-                    break
-        bar.close()
-        finished = not self.interrupted
+                    self._log(self.step, val_loss=val_loss, lr=0.0 if self.step == 0 else None)
+                    say(f"step {self.step}: val loss {val_loss:.4f} (uniform: ln {self.config.model.vocab_size} = "
+                        f"{math.log(self.config.model.vocab_size):.4f})")
+                interval_start, interval_steps = time.perf_counter(), 0
+                while self.step < t.max_steps and not self.stopped_early:
+                    self.train_step()
+                    interval_steps += 1
+                    bar.update(1)
+                    step, done = self.step, self.step >= t.max_steps
+                    is_eval = step % t.eval_every == 0 or done
+                    is_save = step % t.save_every == 0 or done
+                    is_log = step % t.log_every == 0 or is_eval
+                    if is_log:
+                        elapsed = time.perf_counter() - interval_start
+                        tok_per_s = interval_steps * self.tokens_per_step / max(elapsed, 1e-9)
+                        self.last_train_loss = self._take_train_loss()
+                        self._check_loss("training loss", self.last_train_loss)
+                        mfu = (self.model.flops_per_token(self.data.train.length - 1) * tok_per_s / self.peak_flops
+                               if self.peak_flops else None)
+                        lr = self._lr_factor(step - 1) * t.lr
+                        self._log(step, lr=lr, train_loss=self.last_train_loss, tok_per_s=tok_per_s, mfu=mfu)
+                        bar.set_postfix(loss=f"{self.last_train_loss:.4f}", lr=f"{lr:.2e}",
+                                        tok_s=f"{tok_per_s:,.0f}", refresh=False)
+                        interval_start, interval_steps = time.perf_counter(), 0
+                    if is_eval:
+                        val_loss = self.evaluate()
+                        self._after_eval(val_loss)
+                        self._log(step, val_loss=val_loss)
+                        say(f"step {step}/{t.max_steps}: train loss {self.last_train_loss:.4f}, val loss "
+                            f"{val_loss:.4f} (best {self.best_val_loss:.4f} at step {self.best_step})")
+                        if self.metrics is not None:
+                            self.metrics.flush()
+                        if self.stopped_early:
+                            say(f"early stopping: no better validation loss in {t.early_stopping_patience} "
+                                "evaluations")
+                    # one process reads its own flag for free; under DDP the all-reduce is a host sync, so it
+                    # happens only at steps that sync anyway (the same steps on every rank)
+                    if not self.dist.enabled or is_log or is_save:
+                        stopped_by = dist.max_over_processes(self._stop_signal or 0, self.dist, self.device)
+                    if is_save or stopped_by or self.stopped_early:
+                        self.save_checkpoint()
+                    if is_eval or is_save:
+                        interval_start, interval_steps = time.perf_counter(), 0  # tokens/s: training time only
+                    if stopped_by:
+                        name = (signal.Signals(self._stop_signal).name if self._stop_signal
+                                else "a signal on another rank")
+                        say(f"stopped by {name} at step {step}: checkpoint saved; continue with --resume")
+                        break
+        finally:
+            bar.close()
+            if self.metrics is not None:
+                self.metrics.close()
         if self.dist.is_main:
-            self._mark_model(finished)
+            self._mark_model(finished=not stopped_by)
             self.metrics.flush(plot=True)
-            self.metrics.close()
         dist.barrier(self.dist)
+        if stopped_by == signal.SIGTERM:
+            raise SystemExit(128 + signal.SIGTERM)
+        if stopped_by:
+            raise KeyboardInterrupt
+        return self._result(started)
+
+    def _result(self, started: float) -> dict:
         return {"best_val_loss": self.best_val_loss, "best_step": self.best_step, "steps": self.step,
                 "out": str(self.run_dir), "model_dir": str(self.run_dir / MODEL_DIR),
                 "final_train_loss": self.last_train_loss, "final_val_loss": self.last_val_loss,
-                "stopped_early": self.stopped_early, "interrupted": self.interrupted,
-                "seconds": time.perf_counter() - started}
+                "stopped_early": self.stopped_early, "seconds": time.perf_counter() - started}
 
     # ------------------------------------------------------------------------------------------- plumbing
     def _log(self, step: int, **values) -> None:
@@ -315,12 +426,12 @@ class Trainer:
 
     def _mark_model(self, finished: bool) -> None:
         """Record in RUN/model/meta.json whether training finished (the pipeline resumes unfinished runs)."""
-        import json
-
-        path = self.run_dir / MODEL_DIR / META_FILE
-        if path.is_file():
-            meta = json.loads(path.read_text())
-            write_json(path, {**meta, "finished": finished, "steps_trained": self.step})
+        if self._best_model_meta is None:
+            return
+        meta = {**self._best_model_meta, "finished": finished, "steps_trained": self.step}
+        if meta != self._best_model_meta:
+            write_json(self.run_dir / MODEL_DIR / META_FILE, meta)
+            self._best_model_meta = meta
 
     def _describe(self) -> str:
         m, t = self.config.model, self.config.train
@@ -332,7 +443,8 @@ class Trainer:
 
     @contextlib.contextmanager
     def _signals_caught(self):
-        """SIGINT / SIGTERM finish the current step, save a checkpoint and return; a second Ctrl-C aborts."""
+        """SIGINT / SIGTERM finish the current step and save a checkpoint (train raises after); a second Ctrl-C
+        aborts at once."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -357,10 +469,13 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
     """Train on a token store directory or .txt token file into run directory `out`; see the module docstring.
 
     A fresh run refuses an existing non-empty `out` (OutputExistsError) unless `allow_existing` (the pipeline's
-    run directory, which already holds the tokenizer and tokens) and `out` holds no model or checkpoint yet.
-    `resume` continues RUN/checkpoints/last with RUN/config.yaml (plus `overrides` / `max_steps`; the model
-    section cannot change; `preset` / `config_file` are ignored) and reproduces the uninterrupted run exactly.
-    Returns {"best_val_loss", "best_step", "steps", "out", "model_dir", ...}.
+    run directory, which already holds the tokenizer and tokens) and `out` holds no checkpoint nor finished
+    model; what a run killed before its first checkpoint left is trained over from step 0.
+    `resume` continues the latest checkpoint with RUN/config.yaml (plus `overrides` / `max_steps`; the model
+    section cannot change; `preset` / `config_file` are ignored) and reproduces the uninterrupted run exactly; a
+    run with a config.yaml but no checkpoint yet restarts from step 0 with a warning.
+    Every check happens before the first file is written.
+    Returns {"best_val_loss", "best_step", "steps", "out", "model_dir", "stopped_early", ...}.
     """
     out = Path(out)
     info = dist.dist_env()
@@ -379,15 +494,17 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
         data = TokenData.from_series(series, config.model.sequence_len, config.model.vocab_size, source=source,
                                      tokenizer_dir=tokenizer_dir, where=str(tokens))
         if checkpoint is not None:
-            _check_same_data(checkpoint, data.source)
+            _check_same_data(checkpoint, data.source, out)
         trainer = Trainer(config, data, out, dist_info=info)
         if checkpoint is not None:
             trainer.load_checkpoint(checkpoint)
         dist.barrier(info)  # every process has checked `out` before rank 0 writes to it
         if info.is_main:
-            make_dirs(out)
-            save_config(config, out / CONFIG_FILE)
-            copy_tokenizer(out, data.tokenizer_dir)
+            if not trainer.nothing_to_train:
+                make_dirs(out)
+                save_config(config, out / CONFIG_FILE)
+                copy_tokenizer(out, data.tokenizer_dir)
+            restore_best_model(out)
         return trainer.train()
     finally:
         if owns_process_group:
@@ -399,26 +516,47 @@ def _check_fresh_out(out: Path, allow_existing: bool) -> None:
         return
     if not out.is_dir():
         raise OutputExistsError(f"--out {out} exists and is not a directory; choose another --out")
-    if allow_existing:
-        taken = [name for name in (MODEL_DIR, "checkpoints") if (out / name).exists()]
-        if taken:
-            raise OutputExistsError(f"{out} already holds training output ({', '.join(taken)}); resume it with "
-                                    f"--resume or choose another --out")
-    elif any(out.iterdir()):
-        raise OutputExistsError(f"run directory {out} already exists and is not empty; choose another --out, "
-                                f"remove it, or continue it with --resume")
+    if not allow_existing:
+        if any(out.iterdir()):
+            raise OutputExistsError(f"run directory {out} already exists and is not empty; choose another --out, "
+                                    f"remove it, or continue it with --resume")
+        return
+    if latest_checkpoint(out) is not None:
+        raise OutputExistsError(f"{out} already holds a training checkpoint; resume it with --resume or choose "
+                                "another --out")
+    _refuse_finished_model(out)
+    left = [name for name in (MODEL_DIR, CHECKPOINTS_DIR, METRICS_FILE) if (out / name).exists()]
+    if left:
+        log.warning(f"{out} holds {', '.join(left)} of a training run stopped before its first checkpoint; "
+                    "training restarts from step 0")
 
 
-def _resume_config(out: Path, preset, config_file, overrides, max_steps) -> tuple[RunConfig, Path]:
+def _refuse_finished_model(out: Path) -> None:
+    """A finished best model without a checkpoint is never trained over (nothing could bring it back)."""
+    found = best_model_dir(out)
+    if found is None:
+        return
+    try:
+        finished = read_meta(found / META_FILE, "").get("finished", True) is not False
+    except CheckpointError:
+        return  # damaged: not a finished model anyone can use
+    if finished:
+        raise OutputExistsError(f"{out / MODEL_DIR} holds a finished model and {out} has no checkpoint to continue "
+                                f"from; choose another --out (or move {out / MODEL_DIR} away to train again)")
+
+
+def _resume_config(out: Path, preset, config_file, overrides, max_steps) -> tuple[RunConfig, Path | None]:
+    """The run's config.yaml with `overrides` and `max_steps`, and its latest checkpoint (None: restart)."""
     if preset or config_file:
         log.info(f"--resume continues with {out / CONFIG_FILE}; --preset/--config are ignored "
                  f"(--set and --max-steps still apply)")
-    checkpoint = find_checkpoint(out)
-    if checkpoint is None:
-        raise CheckpointError(f"cannot resume {out}: it has no checkpoint (expected "
-                              f"{out / 'checkpoints' / 'last' / META_FILE}); start a new run without --resume")
+    checkpoint = latest_checkpoint(out)
     if not (out / CONFIG_FILE).is_file():
-        raise CheckpointError(f"cannot resume {out}: {out / CONFIG_FILE} is missing")
+        if checkpoint is None:
+            raise CheckpointError(f"cannot resume {out}: it has no checkpoint and no {CONFIG_FILE}; start a new run "
+                                  "without --resume (with another --out, or after removing it)")
+        raise CheckpointError(f"cannot resume {out}: {out / CONFIG_FILE} is missing; restore it, or start a new "
+                              "run without --resume")
     saved = load_config(out / CONFIG_FILE)
     config = apply_overrides(saved, overrides or [])
     if config.model != saved.model:
@@ -426,25 +564,26 @@ def _resume_config(out: Path, preset, config_file, overrides, max_steps) -> tupl
                           "drop the model.* overrides")
     if max_steps is not None:
         config.train = dataclasses.replace(config.train, max_steps=max_steps)
+    if checkpoint is None:
+        _refuse_finished_model(out)
+        log.warning(f"{out} has no checkpoint yet (its training stopped before the first one); training restarts "
+                    f"from step 0 with {out / CONFIG_FILE}")
     return config, checkpoint
 
 
-def _check_same_data(checkpoint: Path, source: dict) -> None:
-    import json
-
-    try:
-        meta = json.loads((checkpoint / META_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{checkpoint / META_FILE} cannot be read ({err}); the checkpoint is damaged, "
-                              "start a new run with another --out") from err
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{checkpoint / META_FILE} should hold a JSON object; the checkpoint is damaged, "
-                              "start a new run with another --out")
+def _check_same_data(checkpoint: Path, source: dict, run_dir: Path) -> None:
+    meta = read_meta(checkpoint / META_FILE, restart_hint(run_dir))
     changed = [key for key in RESUME_KEYS if key in meta and meta[key] != source.get(key)]
     if changed:
         details = "; ".join(f"{k}: checkpoint {meta[k]!r}, now {source.get(k)!r}" for k in changed)
         raise CheckpointError(f"--tokens is not the data checkpoint {checkpoint} was trained on ({details}); "
                               f"resume with the same tokens ({meta.get('tokens')})")
+
+
+def peak_flops(train_config, device: torch.device, world_size: int) -> float:
+    """Peak FLOP/s of all processes together, for MFU: train.peak_flops (one device's) or a known GPU's peak
+    for train.dtype, times the number of processes; 0 when unknown (MFU is left empty)."""
+    return (train_config.peak_flops or _known_peak_flops(device, train_config.dtype)) * world_size
 
 
 def pick_device(name: str, info: dist.DistInfo) -> torch.device:
@@ -455,11 +594,18 @@ def pick_device(name: str, info: dist.DistInfo) -> torch.device:
     return torch.device("cuda", info.local_rank)
 
 
-def _known_peak_flops(device: torch.device) -> float:
+def _known_peak_flops(device: torch.device, dtype: str) -> float:
+    """One device's dense peak for `dtype` ("bf16" | "fp32"), 0 when the device is not in PEAK_FLOPS."""
     if device.type != "cuda":
         return 0.0
     name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), 0.0)
+    peaks = next((peaks for key, peaks in PEAK_FLOPS.items() if key in name), None)
+    if peaks is None:
+        return 0.0
+    bf16, tf32, fp32 = peaks
+    if dtype == "bf16":
+        return bf16
+    return tf32 if torch.get_float32_matmul_precision() != "highest" else fp32
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:

@@ -13,7 +13,7 @@ import math
 import time
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path, write_text
 
 COLUMNS = ("step", "lr", "train_loss", "val_loss", "tok_per_s", "mfu")
@@ -27,22 +27,34 @@ class MetricsLog:
         self.run_dir = Path(run_dir)
         self.vocab_size = vocab_size
         self.rows: list[dict] = []
-        self._writer = _tensorboard_writer(self.run_dir) if tensorboard else None
+        if tensorboard:
+            _check_tensorboard()
+        self._tensorboard = tensorboard
+        self._writer = None  # opened at the first value: building a trainer writes nothing
         self._plotted_at: float | None = None
 
     def resume(self, up_to_step: int) -> None:
-        """Load the rows already on disk up to and including `up_to_step` (the checkpoint being resumed)."""
+        """Load the rows already on disk up to and including `up_to_step` (the checkpoint being resumed).
+
+        A damaged metrics.csv is a CheckpointError naming it (rows that merely do not parse are skipped)."""
         path = self.run_dir / METRICS_FILE
         if not path.is_file():
             return
-        with open(path, newline="") as fh:
-            for row in csv.DictReader(fh):
-                try:
-                    step = int(row["step"])
-                except (KeyError, TypeError, ValueError):
-                    continue
-                if step <= up_to_step:
-                    self.rows.append({k: _number(row.get(k)) for k in COLUMNS} | {"step": step})
+        rows = []
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    try:
+                        step = int(row["step"])
+                    except (KeyError, TypeError, ValueError):
+                        continue
+                    if step <= up_to_step:
+                        rows.append({k: _number(row.get(k)) for k in COLUMNS} | {"step": step})
+        except (UnicodeDecodeError, csv.Error, OSError) as err:
+            what = f"byte {err.start} is not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err)
+            raise CheckpointError(f"{path} is damaged ({what}); move it away and rerun with --resume (training "
+                                  f"continues; the new {METRICS_FILE} starts after step {up_to_step})") from err
+        self.rows = rows
 
     def log(self, step: int, **values) -> None:
         """Record values for `step` (merged into that step's row when it already has one)."""
@@ -51,7 +63,9 @@ class MetricsLog:
             self.rows[-1].update(values)
         else:
             self.rows.append({"step": step, **values})
-        if self._writer is not None:
+        if self._tensorboard:
+            if self._writer is None:
+                self._writer = _tensorboard_writer(self.run_dir)
             for key, value in values.items():
                 self._writer.add_scalar(key, value, step)
 
@@ -103,12 +117,17 @@ class MetricsLog:
             self._writer = None
 
 
-def _tensorboard_writer(run_dir: Path):
+def _check_tensorboard() -> None:
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        import torch.utils.tensorboard  # noqa: F401
     except ImportError:
         raise ConfigError("train.tensorboard=true needs TensorBoard: pip install 'pricegpt[tensorboard]' "
                           "(or set train.tensorboard=false)") from None
+
+
+def _tensorboard_writer(run_dir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
