@@ -119,8 +119,8 @@ def test_only_and_threads_are_checked(monkeypatch):
 
 def test_run_bench_prints_header_lines_and_summary(monkeypatch, capsys):
     monkeypatch.setenv("PRICEGPT_BENCH_THREADS", "1")
-    monkeypatch.setattr(bench, "QUICK", replace(bench.QUICK, encode_bars=20_000, encode_naive_patches=100,
-                                                encode_rounds=1, encode_fit_steps=10))
+    monkeypatch.setattr(bench.suite, "QUICK", replace(bench.QUICK, encode_bars=20_000, encode_naive_patches=100,
+                                                      encode_rounds=1, encode_fit_steps=10))
     assert bench.run_bench(quick=True, only="encode") == 0
     out = capsys.readouterr().out
     assert "machine:" in out and "1 threads" in out and "== summary" in out

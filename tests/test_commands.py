@@ -40,7 +40,7 @@ def test_pipeline_writes_every_documented_output(workdir):
     run = workdir / "runs" / "quickstart"
     for rel in ("run.json", "config.yaml", "metrics.csv", "calibration.json", "tokenizer/report.json",
                 "tokens/index.json", "tokens/all_tokens.txt", "model/config.json", "model/model.safetensors",
-                "checkpoints/last/trainer_state.pt", "eval/metrics.json", "eval/report.md", "eval/report.html",
+                "checkpoints/LATEST", "eval/metrics.json", "eval/report.md", "eval/report.html",
                 "backtest/metrics.json", "backtest/positions.csv", "backtest/equity.png"):
         assert (run / rel).is_file(), rel
     metrics = json.loads((run / "eval" / "metrics.json").read_text())

@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=1e-3")
     p.add_argument("--max-steps", type=_positive_int)
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run's latest checkpoint (RUN/checkpoints/LATEST); none: restart at step 0")
     p.set_defaults(func=commands.cmd_train)
 
     p = sub.add_parser("generate", help="sample token continuations from a trained run")

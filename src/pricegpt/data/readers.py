@@ -7,7 +7,7 @@ format with a symbol column, or one series called "series"; a timestamp column o
 any column case, comma/semicolon/tab/pipe delimiters, UTF-8 (with or without BOM) or UTF-16 text.
 
 Timestamps: one format per column is inferred from all its values (ISO, month-first, day-first, with or without a
-time and a zone; Unix s/ms/us/ns; YYYYMMDD digits), see `frame.parse_timestamps`. Day-first and ambiguous columns
+time and a zone; Unix s/ms/us/ns; YYYYMMDD digits), see `dates.parse_timestamps`. Day-first and ambiguous columns
 are read with a warning, mixed ones refused. `date_format` (a strptime format; the CLI's --date-format) overrides
 the inference. Separate date and time-of-day columns (`Date,Time`) are combined into one timestamp. Excel serial
 day numbers (43831 ...) are refused, not guessed: convert them with `pd.to_datetime(x, unit="D",
@@ -41,7 +41,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..fileio import note_input
-from .frame import DateNote, Rows, parse_clock, parse_timestamps
+from .dates import DateNote, Rows, parse_clock, parse_timestamps
 
 log = logging.getLogger("pricegpt")
 

@@ -5,17 +5,9 @@ default; `quantile`; `uniform`), the token store the trainer reads, and `fit_to_
 writes a tokenizer directory. The tokenizer knows nothing of the model.
 """
 
-from .base import (
-    DEFAULT_PATCH_LEN,
-    FEATURES,
-    Patches,
-    Tokenizer,
-    TokenizerConfig,
-    bar_features,
-    create_tokenizer,
-    load_tokenizer,
-)
+from .base import DEFAULT_PATCH_LEN, FEATURES, Tokenizer, TokenizerConfig, create_tokenizer, load_tokenizer
 from .bins import QuantileConfig, QuantileTokenizer, UniformConfig, UniformTokenizer
+from .patches import Patches, bar_features
 from .report import fit_to_dir, tokenizer_report
 from .store import TokenStore, token_dtype, write_token_store
 from .vqvae import VQVAEConfig, VQVAETokenizer, benchmark_encode

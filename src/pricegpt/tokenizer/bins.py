@@ -21,7 +21,8 @@ import torch
 
 from ..config import check_number
 from ..errors import ConfigError
-from .base import Tokenizer, TokenizerConfig, register, summed
+from .base import Tokenizer, TokenizerConfig, register
+from .patches import summed
 
 
 @dataclass

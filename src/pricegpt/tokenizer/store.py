@@ -30,7 +30,8 @@ import pandas as pd
 from ..data import SPLIT_NAMES, Splits, iso
 from ..errors import DataError, OutputExistsError, TokenizerError
 from ..fileio import atomic_dir, atomic_path, safe_file_names, write_text
-from .base import Tokenizer, splits_for
+from .base import Tokenizer
+from .patches import splits_for
 
 log = logging.getLogger("pricegpt")
 

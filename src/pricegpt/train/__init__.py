@@ -1,6 +1,7 @@
 """Training: `train_run` (what `pricegpt train` calls) and the `Trainer` behind it.
 
-loop.py (the trainer), optim.py (AdamW, Muon, warm-up + cosine schedule), data.py (windows inside each symbol's
+run.py (train_run: the run directory, config and resume checks), loop.py (the trainer), device.py (the device and
+its peak FLOP/s for MFU), optim.py (AdamW, Muon, warm-up + cosine schedule), data.py (windows inside each symbol's
 splits), checkpoint.py (step-folder checkpoints behind an atomic LATEST pointer, best model), metrics.py
 (metrics.csv, curve, TensorBoard), dist.py (DDP under torchrun).
 
@@ -10,7 +11,8 @@ splits), checkpoint.py (step-folder checkpoints behind an atomic LATEST pointer,
 
 from .checkpoint import best_model_dir, latest_checkpoint
 from .data import TokenData, WindowSet, read_token_source
-from .loop import Trainer, TrainingDivergedError, train_run
+from .loop import Trainer, TrainingDivergedError
+from .run import train_run
 
 __all__ = ["TokenData", "Trainer", "TrainingDivergedError", "WindowSet", "best_model_dir", "latest_checkpoint",
            "read_token_source", "train_run"]

@@ -1,0 +1,190 @@
+"""The in-process sections of `pricegpt bench`: train, generate and encode.
+
+  train     one optimizer step (forward + backward + AdamW) at the seed shape, fp32 and bf16 autocast, against
+            Hugging Face `LlamaForCausalLM` of the same shape and parameter count; tokens/s and MFU, where MFU is
+            each model's own training FLOPs per token times tokens/s over a large square matmul timed in the same
+            rounds (the machine's matmul peak as it is right now, load included).
+  generate  64 paths x 64 tokens after a 192-token context: the KV-cache engine against recomputing every step
+            and against `transformers` `generate`.
+  encode    vqvae tokenizer bars/s on 10M bars against a naive per-patch numpy loop (a small sample, extrapolated).
+
+Without `transformers` (the `bench` extra) the Hugging Face lines say "skipped" and the rest runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..model import GPT, Engine, GPTConfig
+from ..tokenizer import VQVAETokenizer, benchmark_encode
+from .harness import BenchSettings, Result, _transformers, alternate, matmul_contender, paired_ratio, quiet_log, wall
+from .peers import llama_config, llama_train_step, pricegpt_train_step
+
+HF_SKIPPED = "pip install 'pricegpt[bench]'"  # printed as "skipped: pip install ..."
+TRAIN_GOAL = 1.0  # x HF Llama tokens/s
+MFU_GOAL = {"fp32": 0.85, "bf16": 0.60}  # of the matmul peak measured in the same rounds
+KV_VS_RECOMPUTE_GOAL, KV_VS_HF_GOAL = 10.0, 2.0
+ENCODE_GOAL = 5e6  # bars/s
+
+
+def bench_train(config, batch_size: int, dtype: str, rounds: int, peak_size: int) -> list[Result]:
+    """pricegpt vs Llama training steps and a matmul, alternated; a ratio line and an MFU line."""
+    gqa = config.n_kv_head != config.n_head
+    label = f"train {dtype}{' GQA' if gqa else ''}"
+    autocast = torch.bfloat16 if dtype == "bf16" else None
+    ours, our_flops = pricegpt_train_step(config, batch_size, autocast)
+    contenders = {"pricegpt": wall(ours)}
+    hf = _transformers()
+    if hf is not None:
+        theirs, their_flops = llama_train_step(config, batch_size, autocast)
+        contenders["llama"] = wall(theirs)
+    contenders["matmul"], matmul_flops = matmul_contender(peak_size, torch.bfloat16 if autocast else torch.float32)
+    seconds = alternate(contenders, rounds)
+    tokens = batch_size * config.sequence_len
+    peak = statistics.median(matmul_flops / s for s in seconds["matmul"])
+    mfu = statistics.median(our_flops * tokens / s / (matmul_flops / m)
+                            for s, m in zip(seconds["pricegpt"], seconds["matmul"]))
+    ours_tok_s = tokens / statistics.median(seconds["pricegpt"])
+    shape = f"B={batch_size} T={config.sequence_len}{f', GQA {config.n_kv_head} kv heads' if gqa else ''}"
+    results = []
+    if hf is None:
+        results.append(Result(f"{label} vs HF Llama", None, "skipped", HF_SKIPPED))
+        their_text = ""
+    else:
+        their_mfu = statistics.median(their_flops * tokens / s / (matmul_flops / m)
+                                      for s, m in zip(seconds["llama"], seconds["matmul"]))
+        their_text = f"; Llama MFU {their_mfu:.0%}"
+        ratio = paired_ratio(seconds["llama"], seconds["pricegpt"])
+        results.append(Result(
+            f"{label} vs HF Llama", ratio, f"{ratio:.3f}x", goal=TRAIN_GOAL, goal_text=">= 1.0x",
+            detail=f"{ours_tok_s:,.0f} vs {tokens / statistics.median(seconds['llama']):,.0f} tok/s ({shape}, Llama "
+                   f"intermediate {llama_config(config).intermediate_size}; median of {rounds} alternating rounds)"))
+    results.append(Result(
+        f"{label} MFU", mfu, f"{mfu:.1%}", goal=MFU_GOAL[dtype] if not gqa else None,
+        goal_text=f">= {MFU_GOAL[dtype]:.0%}",
+        detail=f"{our_flops * tokens / statistics.median(seconds['pricegpt']) / 1e9:,.1f} of {peak / 1e9:,.1f} "
+               f"GFLOP/s ({peak_size}^2 {dtype} matmul peak, same rounds){their_text}"))
+    return results
+
+
+def section_train(settings: BenchSettings) -> Iterator[Result]:
+    seed = GPTConfig()
+    gqa = replace(seed, n_kv_head=2)
+    runs = [(seed, "fp32"), (seed, "bf16"), (gqa, "fp32")] + ([(gqa, "bf16")] if settings.train_bf16_gqa else [])
+    for config, dtype in runs:
+        yield from bench_train(config, settings.train_batch, dtype, settings.train_rounds, settings.peak_size)
+
+
+# ------------------------------------------------------------------------------------------------- generate
+def recompute_scale(context: int, measured: int, wanted: int) -> float:
+    """Time of `wanted` recomputed tokens over that of the first `measured`: each step is a full forward over the
+    whole window, so its cost grows with the window length (context + tokens so far)."""
+    return sum(context + i for i in range(wanted)) / sum(context + i for i in range(measured))
+
+
+def bench_generate(config, *, context_len: int, paths: int, new_tokens: int, recompute_tokens: int,
+                   rounds: int) -> list[Result]:
+    """KV-cache engine vs recompute (use_cache=False) vs HF generate, one context, `paths` samples each."""
+    assert context_len + new_tokens <= config.sequence_len, "the bench keeps generation inside one window"
+    torch.manual_seed(0)
+    engine = Engine(GPT(config).eval())
+    context = torch.randint(0, config.vocab_size, (1, context_len), generator=torch.Generator().manual_seed(0))
+
+    def ours(n: int, use_cache: bool = True, rows: int = paths):
+        return lambda: engine.generate(context, n, num_samples=rows, seed=0, use_cache=use_cache)
+
+    contenders = {"kv": wall(ours(new_tokens)), "recompute": wall(ours(recompute_tokens, use_cache=False))}
+    warmup = [ours(2), ours(1, use_cache=False, rows=2)]  # every code path once, cheaply
+    hf = _transformers()
+    if hf is not None:
+        llama = hf.LlamaForCausalLM(llama_config(config)).eval()
+
+        def theirs(n: int, rows: int = paths):
+            return lambda: llama.generate(input_ids=context, attention_mask=torch.ones_like(context), do_sample=True,
+                                          top_k=0, max_new_tokens=n, min_new_tokens=n, num_return_sequences=rows,
+                                          use_cache=True, pad_token_id=0)
+
+        contenders["hf"] = wall(theirs(new_tokens))
+        warmup.append(theirs(2, rows=2))
+    seconds = alternate(contenders, rounds, warmup)
+    scale = recompute_scale(context_len, recompute_tokens, new_tokens)
+    kv = statistics.median(seconds["kv"])
+    what = f"{paths} paths x {new_tokens} tokens after {context_len}"
+    ratio = paired_ratio([s * scale for s in seconds["recompute"]], seconds["kv"])
+    results = [Result(
+        "generate KV vs recompute", ratio, f"{ratio:.1f}x", goal=KV_VS_RECOMPUTE_GOAL, goal_text=">= 10x",
+        detail=f"KV {kv:.3g} s ({paths * new_tokens / kv:,.0f} tok/s) vs recompute "
+               f"{statistics.median(seconds['recompute']) * scale:.3g} s, {what}; recompute timed on "
+               f"{recompute_tokens} tokens, extrapolated in proportion to the window length")]
+    if hf is None:
+        results.append(Result("generate KV vs HF generate", None, "skipped", HF_SKIPPED))
+    else:
+        ratio = paired_ratio(seconds["hf"], seconds["kv"])
+        results.append(Result(
+            "generate KV vs HF generate", ratio, f"{ratio:.1f}x", goal=KV_VS_HF_GOAL, goal_text=">= 2x",
+            detail=f"HF {statistics.median(seconds['hf']):.3g} s, {what} (do_sample, top_k=0, use_cache, "
+                   f"num_return_sequences={paths}); median of {rounds} rounds"))
+    return results
+
+
+def section_generate(settings: BenchSettings) -> Iterator[Result]:
+    yield from bench_generate(GPTConfig(), context_len=settings.gen_context, paths=settings.gen_paths,
+                              new_tokens=settings.gen_tokens, recompute_tokens=settings.gen_recompute_tokens,
+                              rounds=settings.gen_rounds)
+
+
+# --------------------------------------------------------------------------------------------------- encode
+def synthetic_prices(n_bars: int, seed: int = 0):
+    """A daily close series of one symbol "SYN" with Student-t returns (the data benchmark_encode fits on)."""
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(0.01 * rng.standard_t(4, n_bars)))
+    return pd.DataFrame({"timestamp": pd.date_range("2000-01-01", periods=n_bars, freq="D", tz="UTC"),
+                         "symbol": "SYN", "close": close})
+
+
+def naive_encode(tokenizer, patches: np.ndarray, symbol: str | None = None) -> np.ndarray:
+    """The peer: one patch at a time through the same encoder and nearest-code search, plain numpy float32.
+    patches (n, patch_len) -> ids (n,)."""
+    linears = [m for m in tokenizer.model.encoder if isinstance(m, torch.nn.Linear)]
+    layers = [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in linears]
+    codebook = tokenizer.model.codebook.numpy()
+    scale = tokenizer.scale(symbol)
+    ids = np.empty(len(patches), dtype=np.int64)
+    for i, patch in enumerate(patches):
+        h = (patch[:, None] / scale).reshape(-1).astype(np.float32)
+        for j, (weight, bias) in enumerate(layers):
+            h = weight @ h + bias
+            if j < len(layers) - 1:
+                h = np.maximum(h, 0)
+        ids[i] = np.argmin(((codebook - h) ** 2).sum(1))
+    return ids
+
+
+def bench_encode(n_bars: int, naive_patches: int, rounds: int, fit_steps: int) -> list[Result]:
+    """tokenizer.benchmark_encode on n_bars vs naive_encode on a sample of naive_patches, alternated."""
+    frame = synthetic_prices(20_000)
+    with quiet_log():  # the fit's progress lines are not the benchmark
+        tokenizer = VQVAETokenizer(steps=fit_steps).fit(frame, frame["timestamp"].iloc[-1], progress=False)
+    sample = 0.01 * np.random.default_rng(1).standard_t(4, (naive_patches, tokenizer.patch_len))
+    contenders = {"pricegpt": lambda: n_bars / benchmark_encode(n_bars, tokenizer=tokenizer),
+                  "naive": wall(lambda: naive_encode(tokenizer, sample, "SYN"))}
+    seconds = alternate(contenders, rounds, warmup=[lambda: benchmark_encode(10_000, tokenizer=tokenizer)])
+    agree = float(np.mean(naive_encode(tokenizer, sample, "SYN") == tokenizer.encode_patches(sample, "SYN")))
+    ours = n_bars / statistics.median(seconds["pricegpt"])
+    naive_bars = naive_patches * tokenizer.patch_len
+    ratio = paired_ratio([s * n_bars / naive_bars for s in seconds["naive"]], seconds["pricegpt"])
+    return [Result("encode bars/s", ours, f"{ours / 1e6:.2f}M", goal=ENCODE_GOAL, goal_text=">= 5M bars/s",
+                   detail=f"{n_bars / 1e6:g}M bars; {ratio:,.0f}x a naive per-patch numpy loop "
+                          f"({naive_bars / statistics.median(seconds['naive']) / 1e6:.3f}M bars/s on "
+                          f"{naive_patches:,} patches, extrapolated; same ids on {agree:.1%})")]
+
+
+def section_encode(settings: BenchSettings) -> Iterator[Result]:
+    yield from bench_encode(settings.encode_bars, settings.encode_naive_patches, settings.encode_rounds,
+                            settings.encode_fit_steps)

@@ -1,0 +1,156 @@
+"""`train_run(tokens=, out=, ...)`: what `pricegpt train` calls. It checks the run directory, resolves the config
+and the data, writes RUN/config.yaml and the tokenizer, then runs the `Trainer` (loop.py).
+
+Resuming. Every check (config, data, the checkpoint's files, --max-steps not below the run's step) happens before
+any file is written. A run already at max_steps, or stopped early (saved in the trainer state), has nothing left
+to train and says so. A run killed before its first checkpoint restarts from step 0 with its config.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+from ..config import RunConfig, apply_overrides, explicit_keys, load_config, resolve_config, save_config
+from ..errors import CheckpointError, ConfigError, OutputExistsError
+from ..fileio import make_dirs
+from . import dist
+from .checkpoint import (
+    CHECKPOINTS_DIR,
+    META_FILE,
+    MODEL_DIR,
+    best_model_dir,
+    copy_tokenizer,
+    latest_checkpoint,
+    read_meta,
+    restart_hint,
+    restore_best_model,
+)
+from .data import TokenData, read_token_source
+from .loop import Trainer
+from .metrics import METRICS_FILE
+
+log = logging.getLogger("pricegpt")
+
+CONFIG_FILE = "config.yaml"
+# source-record keys that must match for a resumed run to continue the same run on the same data
+RESUME_KEYS = ("tokenizer_hash", "train_end", "val_end", "train_tokens", "val_tokens", "symbols")
+
+
+def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | None = None,
+              config_file: str | os.PathLike | None = None, overrides: list[str] | None = None,
+              max_steps: int | None = None, resume: bool = False, allow_existing: bool = False) -> dict:
+    """Train on a token store directory or .txt token file into run directory `out`; see the module docstring.
+
+    A fresh run refuses an existing non-empty `out` (OutputExistsError) unless `allow_existing` (the pipeline's
+    run directory, which already holds the tokenizer and tokens) and `out` holds no checkpoint nor finished
+    model; what a run killed before its first checkpoint left is trained over from step 0.
+    `resume` continues the latest checkpoint with RUN/config.yaml (plus `overrides` / `max_steps`; the model
+    section cannot change; `preset` / `config_file` are ignored) and reproduces the uninterrupted run exactly; a
+    run with a config.yaml but no checkpoint yet restarts from step 0 with a warning.
+    Every check happens before the first file is written.
+    Returns {"best_val_loss", "best_step", "steps", "out", "model_dir", "stopped_early", ...}.
+    """
+    out = Path(out)
+    info = dist.dist_env()
+    owns_process_group = not dist.is_initialized()
+    try:
+        if resume:
+            config, checkpoint = _resume_config(out, preset, config_file, overrides, max_steps)
+            explicit = {"model.vocab_size"}
+        else:
+            _check_fresh_out(out, allow_existing)
+            config = resolve_config(preset, config_file, overrides, max_steps)
+            explicit, checkpoint = explicit_keys(config_file, overrides), None
+        series, source, tokenizer_dir = read_token_source(tokens)
+        if "model.vocab_size" not in explicit and source.get("vocab_size"):
+            config.model = dataclasses.replace(config.model, vocab_size=int(source["vocab_size"]))
+        data = TokenData.from_series(series, config.model.sequence_len, config.model.vocab_size, source=source,
+                                     tokenizer_dir=tokenizer_dir, where=str(tokens))
+        if checkpoint is not None:
+            _check_same_data(checkpoint, data.source, out)
+        trainer = Trainer(config, data, out, dist_info=info)
+        if checkpoint is not None:
+            trainer.load_checkpoint(checkpoint)
+        dist.barrier(info)  # every process has checked `out` before rank 0 writes to it
+        if info.is_main:
+            if not trainer.nothing_to_train:
+                make_dirs(out)
+                save_config(config, out / CONFIG_FILE)
+                copy_tokenizer(out, data.tokenizer_dir)
+            restore_best_model(out)
+        return trainer.train()
+    finally:
+        if owns_process_group:
+            dist.shutdown()
+
+
+def _check_fresh_out(out: Path, allow_existing: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputExistsError(f"--out {out} exists and is not a directory; choose another --out")
+    if not allow_existing:
+        if any(out.iterdir()):
+            raise OutputExistsError(f"run directory {out} already exists and is not empty; choose another --out, "
+                                    f"remove it, or continue it with --resume")
+        return
+    if latest_checkpoint(out) is not None:
+        raise OutputExistsError(f"{out} already holds a training checkpoint; resume it with --resume or choose "
+                                "another --out")
+    _refuse_finished_model(out)
+    left = [name for name in (MODEL_DIR, CHECKPOINTS_DIR, METRICS_FILE) if (out / name).exists()]
+    if left:
+        log.warning(f"{out} holds {', '.join(left)} of a training run stopped before its first checkpoint; "
+                    "training restarts from step 0")
+
+
+def _refuse_finished_model(out: Path) -> None:
+    """A finished best model without a checkpoint is never trained over (nothing could bring it back)."""
+    found = best_model_dir(out)
+    if found is None:
+        return
+    try:
+        finished = read_meta(found / META_FILE, "").get("finished", True) is not False
+    except CheckpointError:
+        return  # damaged: not a finished model anyone can use
+    if finished:
+        raise OutputExistsError(f"{out / MODEL_DIR} holds a finished model and {out} has no checkpoint to continue "
+                                f"from; choose another --out (or move {out / MODEL_DIR} away to train again)")
+
+
+def _resume_config(out: Path, preset, config_file, overrides, max_steps) -> tuple[RunConfig, Path | None]:
+    """The run's config.yaml with `overrides` and `max_steps`, and its latest checkpoint (None: restart)."""
+    if preset or config_file:
+        log.info(f"--resume continues with {out / CONFIG_FILE}; --preset/--config are ignored "
+                 f"(--set and --max-steps still apply)")
+    checkpoint = latest_checkpoint(out)
+    if not (out / CONFIG_FILE).is_file():
+        if checkpoint is None:
+            raise CheckpointError(f"cannot resume {out}: it has no checkpoint and no {CONFIG_FILE}; start a new run "
+                                  "without --resume (with another --out, or after removing it)")
+        raise CheckpointError(f"cannot resume {out}: {out / CONFIG_FILE} is missing; restore it, or start a new "
+                              "run without --resume")
+    saved = load_config(out / CONFIG_FILE)
+    config = apply_overrides(saved, overrides or [])
+    if config.model != saved.model:
+        raise ConfigError("--resume cannot change the model section (the checkpoint's weights fix its shape); "
+                          "drop the model.* overrides")
+    if max_steps is not None:
+        config.train = dataclasses.replace(config.train, max_steps=max_steps)
+    if checkpoint is None:
+        _refuse_finished_model(out)
+        log.warning(f"{out} has no checkpoint yet (its training stopped before the first one); training restarts "
+                    f"from step 0 with {out / CONFIG_FILE}")
+    return config, checkpoint
+
+
+def _check_same_data(checkpoint: Path, source: dict, run_dir: Path) -> None:
+    meta = read_meta(checkpoint / META_FILE, restart_hint(run_dir))
+    changed = [key for key in RESUME_KEYS if key in meta and meta[key] != source.get(key)]
+    if changed:
+        details = "; ".join(f"{k}: checkpoint {meta[k]!r}, now {source.get(k)!r}" for k in changed)
+        raise CheckpointError(f"--tokens is not the data checkpoint {checkpoint} was trained on ({details}); "
+                              f"resume with the same tokens ({meta.get('tokens')})")
