@@ -2,13 +2,13 @@
 
 Sections (`--only` picks some): train, generate, encode (sections.py) and e2e, scaling (scaling.py); the peers
 are in peers.py and the timing harness in harness.py. `FULL` and `QUICK` (`--quick`) are the settings;
-`run_bench` prints each line as it is measured, then the summary table.
+`run_bench` yields each line as it is measured, then the summary table.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -55,25 +55,25 @@ def summary_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(quick: bool = False, only: str | None = None) -> int:
-    """Run the chosen sections, printing each line as it is measured, then the summary table. Returns 0."""
+def run_bench(quick: bool = False, only: str | None = None) -> Iterator[str]:
+    """Run the chosen sections and yield the report line by line as it is measured (the machine header, each
+    section's results and time), then the summary table; the command line prints the lines as they come."""
     sections = parse_only(only)
     settings = QUICK if quick else FULL
     threads = bench_threads()
     torch.set_num_threads(threads)
-    print(machine_header(threads, quick), flush=True)
+    yield machine_header(threads, quick)
     runners = {"train": lambda: section_train(settings), "generate": lambda: section_generate(settings),
                "encode": lambda: section_encode(settings), "e2e": lambda: section_e2e(settings, threads),
                "scaling": lambda: section_scaling(settings, threads)}
     results: list[Result] = []
     started = time.perf_counter()
     for name in sections:
-        print(f"\n== {name}", flush=True)
+        yield f"\n== {name}"
         section_start = time.perf_counter()
         for result in runners[name]():
-            print(result.line(), flush=True)
+            yield result.line()
             results.append(result)
-        print(f"({name}: {time.perf_counter() - section_start:.0f} s)", flush=True)
-    print(f"\n== summary ({time.perf_counter() - started:.0f} s in all)")
-    print(summary_table(results))
-    return 0
+        yield f"({name}: {time.perf_counter() - section_start:.0f} s)"
+    yield f"\n== summary ({time.perf_counter() - started:.0f} s in all)"
+    yield summary_table(results)

@@ -169,6 +169,8 @@ def cmd_pipeline(args) -> int:
 def cmd_bench(args) -> int:
     from ..bench import run_bench
 
-    return run_bench(quick=args.quick, only=args.only)
+    for line in run_bench(quick=args.quick, only=args.only):
+        print(line, flush=True)
+    return 0
 
 

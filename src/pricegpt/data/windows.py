@@ -28,6 +28,7 @@ Both need `min_context` bars of context (one patch of the tokenizer).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ import pandas as pd
 
 from ..config import show
 from ..errors import ConfigError, DataError, LeakageError, PriceGPTError
-from .frame import SPLIT_NAMES, Splits, iso, parse_time, time_splits
+from .frame import SPLIT_NAMES, Splits, iso, log_returns, parse_time, time_splits
 
 log = logging.getLogger("pricegpt")
 
@@ -73,8 +74,6 @@ def symbol_series(features: dict[str, tuple[np.ndarray, np.ndarray]], splits: Sp
 def return_features(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """`{symbol: (timestamps (n,) datetime64[ns], log returns (n, 1))}`: the features of a forecaster that has no
     tokenizer (bar n ends at timestamps[n])."""
-    from .frame import log_returns
-
     out = {}
     for symbol, group in log_returns(frame).groupby("symbol", sort=True):
         times = group["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
@@ -309,6 +308,12 @@ def require_origins(origins: Origins, series: dict[str, SymbolSeries], cutoffs: 
                     f"{max(1, bars[longest] // minimum)} or less, or data that extends further")
 
 
+def source_name(source) -> str:
+    """How a price source is named in every stage's outputs: the path or sample:NAME, or the type of an in-memory
+    frame."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"in-memory {type(source).__name__}"
+
+
 __all__ = ["Cutoffs", "LeakageError", "Origins", "STAGES", "SymbolSeries", "check_leakage", "decision_origins",
            "require_origins", "resolve_cutoffs", "return_features", "run_cutoffs", "select_origins",
-           "symbol_series", "timestamps_ns"]
+           "source_name", "symbol_series", "timestamps_ns"]
