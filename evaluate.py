@@ -27,7 +27,7 @@ def seed_summary(metrics: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from pricegpt.pipeline import headline_table
+    from pricegpt.cli.text import headline_table
     from pricegpt.runs import latest_run
 
     run = next((a.split("=", 1)[1] for a in argv if a.startswith("--run=")), None)

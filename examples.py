@@ -58,7 +58,8 @@ def show_data():
 def fit_tokenizer(frame, splits, out: Path):
     """Fit a VQ-VAE tokenizer on the train split, tokenize every symbol into a store, analyse the tokens."""
     from pricegpt import TokenStore, fit_to_dir, load_tokenizer, write_token_store
-    from pricegpt.analysis import analyze, format_report
+    from pricegpt.analysis import analyze
+    from pricegpt.cli.text import format_report
 
     heading(2, "tokenizer: patches of returns -> codes, a token store, token analysis")
     started = time.perf_counter()
@@ -120,21 +121,24 @@ def model_forward(store):
 
 # ------------------------------------------------------------------------------------------ 4. generation
 def generation(model, tokenizer, store):
-    """Sample continuations with a seeded generator; the same seed gives the same paths."""
+    """Sample continuations with a seeded generator (the engine, model.generate); the same seed gives the same
+    paths."""
     import torch
+
+    from pricegpt.model import generate
 
     heading(4, "generation: seeded sampling with temperature, top-k and top-p")
     context = torch.as_tensor(store.split_tokens(SYMBOL, "train")[-16:].astype("int64"))
     print(f"context: the last 16 train tokens of {SYMBOL}: {' '.join(str(int(i)) for i in context)}")
     print("(the model is untrained: its zero lm_head gives every token the same probability)")
-    paths = model.generate(context, 12, num_samples=3, temperature=0.8, top_k=20, seed=0)
-    print(f"generate(context, 12, num_samples=3, temperature=0.8, top_k=20, seed=0) -> {tuple(paths.shape)} "
+    paths = generate(model, context, 12, num_samples=3, temperature=0.8, top_k=20, seed=0)
+    print(f"generate(model, context, 12, num_samples=3, temperature=0.8, top_k=20, seed=0) -> {tuple(paths.shape)} "
           "(batch, samples, new tokens)")
     for i, path in enumerate(paths[0]):
         print(f"  sample {i}: {' '.join(str(int(t)) for t in path)}")
-    again = model.generate(context, 12, num_samples=3, temperature=0.8, top_k=20, seed=0)
+    again = generate(model, context, 12, num_samples=3, temperature=0.8, top_k=20, seed=0)
     print(f"same seed again -> identical paths: {torch.equal(paths, again)}")
-    nucleus = model.generate(context, 12, num_samples=3, top_p=0.9, seed=1)
+    nucleus = generate(model, context, 12, num_samples=3, top_p=0.9, seed=1)
     print(f"top_p=0.9, seed=1 -> first sample: {' '.join(str(int(t)) for t in nucleus[0, 0])}")
     returns = tokenizer.decode(paths[0, 0].numpy(), SYMBOL)
     print(f"sample 0 decoded with {SYMBOL}'s scale: {returns.size} daily log returns, "
@@ -169,7 +173,8 @@ def short_training(store, out: Path) -> Path:
 def forecast(run_dir: Path, frame, splits):
     """Calibrate the sampling temperature on validation, then quantiles and risk of the next bars."""
     from pricegpt import Forecaster, calibrate_temperature, load_run
-    from pricegpt.forecast import format_forecast, quantile_table, risk
+    from pricegpt.cli.text import format_forecast
+    from pricegpt.forecast import SymbolForecast, quantile_table, risk
 
     heading(6, f"forecast: quantiles and risk of the next {HORIZON_BARS} bars")
     calibration = calibrate_temperature(load_run(run_dir), frame, splits, horizon=HORIZON_BARS, num_samples=64,
@@ -198,10 +203,11 @@ def forecast(run_dir: Path, frame, splits):
         print(f"{symbol:<6} {summaries['p_up'][i]:>6.1%} {summaries['expected_return'][i]:>+7.2%} "
               + " ".join(f"{summaries[key][i]:>6.2%}" for key in ("var_95", "es_95", "var_99", "es_99")))
     i = paths.symbols.index(SYMBOL)
-    single = risk(paths.paths[i])
+    single = SymbolForecast(symbol=SYMBOL, horizon=HORIZON_BARS, num_samples=NUM_SAMPLES, seed=0,
+                            temperature=forecaster.temperature, table=table[table["symbol"] == SYMBOL],
+                            risk=risk(paths.paths[i]))
     print()
-    print(format_forecast(table[table["symbol"] == SYMBOL], single, SYMBOL, HORIZON_BARS, NUM_SAMPLES,
-                          forecaster.temperature))
+    print(format_forecast(single))
 
 
 # ------------------------------------------------------------------------------------------------- main

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from argparse import Namespace
 
 import numpy as np
 import pytest
 
 from conftest import assert_user_error, run_cli
-from pricegpt.analysis import analyze, analyze_command, format_report
+from pricegpt.analysis import PLOT_NAMES, analyze, analyze_to_dir
+from pricegpt.cli.text import format_report
 from pricegpt.errors import OutputExistsError
+from test_reliability import cli
 
 
 class Store:
@@ -201,20 +202,32 @@ def test_cli_bad_token_file_is_a_user_error(tmp_path, content):
     assert not (tmp_path / "report").exists()
 
 
-def test_default_output_is_replaced_but_foreign_out_dir_is_never_touched(tmp_path, capsys):
+def test_default_output_is_replaced_but_foreign_out_dir_is_never_touched(tmp_path):
     tokens = write_tokens(tmp_path / "toks.txt", np.tile(np.arange(4), 50))
     for _ in range(2):  # the second run replaces the first analysis in the default location
-        assert analyze_command(Namespace(tokens=str(tokens), out=None, tokenizer=None)) == 0
-    assert "entropy rate estimate" in capsys.readouterr().out
-    assert json.loads((tmp_path / "toks_analysis" / "analysis.json").read_text())["n_tokens"] == 200
+        result, out, names = analyze_to_dir(tokens)
+    assert out == tmp_path / "toks_analysis" and names == ["analysis.json", *PLOT_NAMES]
+    assert json.loads((out / "analysis.json").read_text())["n_tokens"] == result["n_tokens"] == 200
 
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(OutputExistsError, match="mine"):
-        analyze_command(Namespace(tokens=str(tokens), out=str(foreign), tokenizer=None))
+        analyze_to_dir(tokens, out=foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
 
     other = write_tokens(tmp_path / "other.txt", np.tile(np.arange(4), 10))
     with pytest.raises(OutputExistsError, match="analysis of"):  # an analysis of another input under --out
-        analyze_command(Namespace(tokens=str(other), out=str(tmp_path / "toks_analysis"), tokenizer=None))
+        analyze_to_dir(other, out=tmp_path / "toks_analysis")
+
+
+def test_cli_prints_the_report_then_what_it_wrote(tmp_path, capsys):
+    tokens = write_tokens(tmp_path / "toks.txt", np.tile(np.arange(4), 50))
+    printed = cli(capsys, "analyze", "--tokens", tokens)
+    assert printed.returncode == 0, printed.stderr
+    result, out, names = analyze_to_dir(tokens)  # replaces the analysis the command wrote
+    assert printed.stdout == f"{format_report(result)}\n\nwrote {out}/: {', '.join(names)}\n"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert_user_error(cli(capsys, "analyze", "--tokens", tokens, "--out", tmp_path / "mine"), "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

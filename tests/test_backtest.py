@@ -15,7 +15,6 @@ from pricegpt.backtest import (
     BacktestConfig,
     BootstrapForecaster,
     bars_per_year,
-    headline,
     kelly_positions,
     momentum_positions,
     performance,
@@ -26,6 +25,7 @@ from pricegpt.backtest import (
     stationary_bootstrap_indices,
     walk_forward,
 )
+from pricegpt.cli.text import headline
 from pricegpt.errors import ConfigError, OutputExistsError
 
 VAL_END = pd.Timestamp("2011-03-19", tz="UTC")

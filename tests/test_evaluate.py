@@ -275,23 +275,35 @@ def test_evaluation_refuses_test_origins_inside_the_training_period(tiny_run, tm
         evaluate_run(run, data=str(path), split="val", horizon=4, num_samples=8, max_origins=2)
 
 
-def test_forecast_command_prints_risk_and_writes_a_safely_named_chart(tiny_run, capsys):
-    from argparse import Namespace
-
+def test_forecast_symbol_returns_quantiles_and_risk_and_writes_a_safely_named_chart(tiny_run):
     from pricegpt.errors import DataError
-    from pricegpt.forecast import forecast_command
+    from pricegpt.forecast import Forecaster, forecast_symbol
 
     run, csv, _ = tiny_run
-    args = Namespace(run=str(run), data=str(csv), symbol=SCRIPT_SYMBOL, horizon=6, num_samples=64, seed=0, out=None)
-    assert forecast_command(args) == 0
-    out = capsys.readouterr().out
-    assert "VaR 95%" in out and "P(up over 6 bars)" in out and "P(touch +5%)" in out
+    result = forecast_symbol(run, csv, SCRIPT_SYMBOL, horizon=6, num_samples=64, seed=0)
+    assert list(result.table["step"]) == [1, 2, 3, 4, 5, 6] and set(result.table["symbol"]) == {SCRIPT_SYMBOL}
+    assert {"p_up", "var_95", "es_99", "p_touch_up"} <= set(result.risk) and result.paths.paths.shape == (1, 64, 6)
     charts = [p for p in (run / "forecast").iterdir() if not p.name.startswith(".")]
-    assert len(charts) == 1 and charts[0].suffix == ".png" and "<" not in charts[0].name
-    assert forecast_command(args) == 0  # its own chart in RUN/forecast/ is replaced
-    args.symbol = "AAPL"
+    assert charts == [result.chart_path] and result.chart_path.suffix == ".png" and "<" not in result.chart_path.name
+    again = forecast_symbol(Forecaster.from_run(run), csv, SCRIPT_SYMBOL, 6, 64, 0)  # its own chart is replaced
+    assert again.table.equals(result.table) and again.risk == result.risk
     with pytest.raises(DataError, match=r"AAPL.*available: .*MSFT"):
-        forecast_command(args)
+        forecast_symbol(run, csv, "AAPL", 6, 64, 0)
+
+
+def test_cli_forecast_prints_risk_and_the_chart(tiny_run, capsys):
+    from pricegpt.cli.text import format_forecast
+    from pricegpt.forecast import forecast_symbol
+    from test_reliability import cli
+
+    run, csv, _ = tiny_run
+    printed = cli(capsys, "forecast", "--run", run, "--data", csv, "--symbol", "MSFT", "--horizon", 6,
+                  "--num-samples", 64)
+    assert printed.returncode == 0, printed.stderr
+    assert "VaR 95%" in printed.stdout and "P(up over 6 bars)" in printed.stdout and "P(touch +5%)" in printed.stdout
+    result = forecast_symbol(run, csv, "MSFT", 6, 64, 0)
+    assert printed.stdout == format_forecast(result) + "\n"
+    assert printed.stdout.endswith(f"fan chart: {run / 'forecast' / 'MSFT.png'}\n")
 
 
 def test_calibrated_temperature_is_chosen_on_validation_and_used(tiny_run, tmp_path):

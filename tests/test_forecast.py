@@ -35,6 +35,13 @@ class RecordingModel:
         return idx[:, -1][:, None, None].expand(idx.shape[0], num_samples, max_new_tokens).clone()
 
 
+@pytest.fixture(autouse=True)
+def recording_engine(monkeypatch):
+    """The Forecaster samples through model.generate(model, ...); a RecordingModel answers those calls itself."""
+    monkeypatch.setattr("pricegpt.forecast.forecaster.generate",
+                        lambda model, idx, max_new_tokens, **sampling: model.generate(idx, max_new_tokens, **sampling))
+
+
 @pytest.fixture(scope="module")
 def tokenizer(stocks_frame):
     return create_tokenizer("quantile", patch_len=PATCH, codebook_size=K).fit(stocks_frame)
@@ -97,7 +104,7 @@ def test_every_origin_has_its_own_seed_whatever_the_batch_or_the_memory_budget(t
     chunked = _forecaster(tokenizer)
     c = chunked.model.config
     row_bytes = c.n_layer * 2 * c.sequence_len * c.n_kv_head * c.head_dim * 4
-    monkeypatch.setattr("pricegpt.forecast.KV_CACHE_BUDGET_BYTES", 4 * row_bytes)  # 4 rows per engine call
+    monkeypatch.setattr("pricegpt.forecast.forecaster.KV_CACHE_BUDGET_BYTES", 4 * row_bytes)  # 4 rows per engine call
     np.testing.assert_array_equal(chunked.sample_cumulative(contexts, symbols, horizon=5, num_samples=10, seed=3,
                                                             context_ends=ends), full)
     assert all(call["idx"].shape[0] * call["samples"] <= 4 for call in chunked.model.calls)

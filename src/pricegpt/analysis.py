@@ -3,8 +3,9 @@
 `pricegpt analyze --tokens DIR|FILE.txt [--out DIR] [--tokenizer DIR]`, or from Python:
 
     result = analyze("runs/x/tokens")        # every number, as a dict (matrices as numpy arrays)
-    print(format_report(result))             # aligned tables, one heading per section
     write_plots(result, "some/dir")          # token_frequency.png, transition_matrix.png
+    result, out, names = analyze_to_dir("runs/x/tokens")   # what the command does: analysis.json and the PNGs
+(cli/text.py's `format_report(result)` is the command's text: aligned tables, one heading per section.)
 
 Definitions (all counts are taken within each symbol: no pair, n-gram or block crosses a symbol boundary)
 - vocabulary: count and frequency of each of the K codes (K = the store's vocab_size), unused codes, and per
@@ -30,8 +31,8 @@ Definitions (all counts are taken within each symbol: no pair, n-gram or block c
 
 Output: `--out DIR`, else `<store>/analysis` for a store directory and `<stem>_analysis/` beside a token file.
 The directory is built atomically and replaces an existing one only if that is empty or an earlier analysis
-(analysis.json of kind "pricegpt.analysis" and PNGs, nothing else); under a user-named --out, only an earlier
-analysis of the same input. Anything else there is an error and is never touched.
+(analysis.json of kind "pricegpt.analysis", PNGs and pricegpt's marker file, nothing else); under a user-named
+--out, only an earlier analysis of the same input. Anything else there is an error and is never touched.
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from . import plots
 from .errors import DataError, OutputExistsError, TokenizerError
-from .fileio import atomic_dir, atomic_path, write_json
+from .fileio import OUTPUT_MARKER, atomic_dir, write_json
+from .tokenizer import TokenStore, load_tokenizer
 
 KIND = "pricegpt.analysis"
 FDR_Q = 0.05  # Benjamini-Hochberg false discovery rate
@@ -70,16 +74,12 @@ def _open(store_or_path, tokenizer):
     source = None
     store = store_or_path
     if isinstance(store_or_path, (str, os.PathLike)):
-        from .tokenizer import TokenStore
-
         path = Path(store_or_path)
         _check_exists(path)
         store, source = TokenStore.open(path), str(path.resolve())
     if tokenizer is None and getattr(store, "tokenizer_dir", None) is not None:
         tokenizer = store.tokenizer_dir
     if isinstance(tokenizer, (str, os.PathLike)):
-        from .tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(tokenizer)
     return store, source, tokenizer
 
@@ -147,9 +147,8 @@ def _conditional_entropy(codes: np.ndarray, counts: np.ndarray, K: int, k: int) 
 
 # -------------------------------------------------------------------------------------------- patterns
 def _poisson_upper_tail(counts: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """P(X >= count) for X ~ Poisson(expected), count >= 1: the regularized lower incomplete gamma P(count, mu)."""
-    import torch  # already a dependency; scipy is not
-
+    """P(X >= count) for X ~ Poisson(expected), count >= 1: the regularized lower incomplete gamma P(count, mu)
+    (torch's; scipy is not a dependency)."""
     return torch.special.gammainc(torch.as_tensor(counts, dtype=torch.float64),
                                   torch.as_tensor(expected, dtype=torch.float64)).numpy()
 
@@ -306,138 +305,13 @@ def analyze(store_or_path, tokenizer=None) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------------------------- report
-def _table(headers: list[str], rows: list[list[str]], left: int = 1, indent: str = "  ") -> str:
-    """Aligned columns: the first `left` left-aligned (labels), the rest right-aligned (numbers)."""
-    cells = [headers] + rows
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = [indent + "  ".join(cell.ljust(w) if i < left else cell.rjust(w)
-                                for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
-             for row in cells]
-    return "\n".join(lines)
-
-
-def _p(value: float) -> str:
-    return "<1e-300" if value < 1e-300 else f"{value:.1e}"
-
-
-def _ids(ids: list[int], limit: int = 20) -> str:
-    shown = ", ".join(str(i) for i in ids[:limit])
-    return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
-
-
-def _context_name(k: int) -> str:
-    return {0: "H(X_t)", 1: "H(X_t|X_{t-1})"}.get(k, f"H(X_t|X_{{t-{k}..t-1}})")
-
-
-def _ngram_table(rows: list[dict]) -> str:
-    return _table(["tokens", "count", "expected", "ratio", "p-value", "q (BH)"],
-                  [[" ".join(map(str, r["tokens"])), f"{r['count']:,}", f"{r['expected']:.1f}", f"{r['ratio']:.2f}",
-                    _p(r["p_value"]), _p(r["q_value"])] for r in rows])
-
-
-def format_report(result: dict) -> str:
-    """The analysis as plain text: one heading per section, aligned tables, entropies by name."""
-    K, vocab, entropy = result["vocab_size"], result["vocabulary"], result["entropy"]
-    out = [f"== token analysis: {result['input'] or '(in-memory store)'} ==",
-           f"{result['n_tokens']:,} tokens in {result['n_symbols']} symbol(s), vocabulary K={K}, "
-           f"codes used {vocab['codes_used']}/{K} ({vocab['codes_used'] / K:.1%})", "",
-           "== vocabulary: most frequent tokens ==",
-           _table(["token", "count", "frequency"], [[str(r["token"]), f"{r['count']:,}", f"{r['frequency']:.4f}"]
-                                                    for r in vocab["most_frequent"]]),
-           f"unused codes ({len(vocab['unused_codes'])}): {_ids(vocab['unused_codes']) or 'none'}", ""]
-    if result["n_symbols"] > 1:
-        out += ["== per symbol ==",
-                _table(["symbol", "tokens", "distinct codes", "unigram entropy (bits)", "most common"],
-                       [[s["symbol"], f"{s['tokens']:,}", str(s["distinct_codes"]), f"{s['unigram_entropy_bits']:.2f}",
-                         "-" if s["most_common"] is None else str(s["most_common"])] for s in result["symbols"]]), ""]
-
-    trans = result["transitions"]
-    pairs = [[str(r["from"]), str(r["to"]), f"{r['count']:,}", f"{r['probability']:.3f}"]
-             for r in trans["most_frequent"]]
-    out += ["== transitions (token -> next token, within symbols) ==",
-            f"{trans['n_pairs']:,} pairs, self-transitions {trans['self_transition_share']:.1%}",
-            _table(["from", "to", "count", "P(to|from)"], pairs), ""]
-
-    for name, pattern in result["patterns"].items():
-        out += [f"== patterns: {name} ==",
-                f"expected count: {pattern['expected_from']}",
-                f"test: {pattern['test']}",
-                f"{pattern['total']:,} {name}, {pattern['distinct']:,} distinct; most frequent:",
-                _ngram_table(pattern["most_frequent"]),
-                f"significant: {pattern['n_significant']:,} of {pattern['hypotheses']:,} hypotheses"
-                + (":" if pattern["n_significant"] else ""),
-                *([_ngram_table(pattern["significant"][:TOP])] if pattern["n_significant"] else []), ""]
-
-    outliers = result["outliers"]
-    out += ["== outliers ==",
-            f"rare tokens ({outliers['rare_definition']} = {outliers['rare_threshold']:.2e}): {outliers['n_rare']}"]
-    if outliers["rare"]:
-        rare = [[str(r["token"]), f"{r['count']:,}", f"{r['frequency']:.2e}"] for r in outliers["rare"][:TOP]]
-        out.append(_table(["token", "count", "frequency"], rare))
-    decoded = outliers["decoded_returns"]
-    if decoded is None:
-        out.append("extreme decoded returns: no tokenizer (pass --tokenizer DIR to check them)")
-    else:
-        out.append(f"extreme decoded returns (|z| > {decoded['threshold_z']:g}; usage-weighted mean "
-                   f"{decoded['mean']:.2e}, std {decoded['std']:.2e}): {len(decoded['extreme'])}")
-        if decoded["extreme"]:
-            out.append(_table(["token", "count", "decoded return", "z"],
-                              [[str(r["token"]), f"{r['count']:,}", f"{r['decoded_return']:+.4f}", f"{r['z']:+.1f}"]
-                               for r in decoded["extreme"][:TOP]]))
-    out.append("")
-
-    label = "conditional entropy H(X_t|X_{t-1}):"
-    conditional = "n/a" if entropy["conditional_bits"] is None else f"{entropy['conditional_bits']:.2f} bits (plug-in)"
-    out += ["== entropy (bits) ==",
-            f"{'unigram entropy:':<{len(label)}} {entropy['unigram_bits']:.2f} bits (max {entropy['max_bits']:.2f})",
-            f"{label} {conditional}",
-            f"{'entropy rate estimate:':<{len(label)}} {entropy['rate_bits']:.2f} bits "
-            f"({_context_name(entropy['rate_context'])}, Miller-Madow)",
-            f"{'maximum log2(K):':<{len(label)}} {entropy['max_bits']:.2f} bits",
-            _table(["k", "H(X_t | k previous)", "plug-in", "Miller-Madow", "samples/block", "reliable"],
-                   [[str(c["k"]), _context_name(c["k"]), f"{c['plug_in_bits']:.3f}", f"{c['miller_madow_bits']:.3f}",
-                     f"{c['samples_per_block']:.1f}", "yes" if c["reliable"] else "no"]
-                    for c in entropy["by_context"]], left=2),
-            f"plug-in entropies are biased low by about (distinct blocks - 1) / (2 N ln 2) bits; the estimate uses "
-            f"the longest context seen >= {MIN_PER_BLOCK} times per block"]
-    return "\n".join(out)
-
-
 # ----------------------------------------------------------------------------------------------- plots
 def write_plots(result: dict, out_dir) -> list[Path]:
     """token_frequency.png (histogram by token id + rank plot) and transition_matrix.png (heatmap) in out_dir."""
-    from matplotlib.figure import Figure
-
-    out_dir = Path(out_dir)
-    counts = np.asarray(result["vocabulary"]["counts"])
-    frequencies = counts / counts.sum()
-    paths = [out_dir / name for name in PLOT_NAMES]
-
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    by_id, by_rank = fig.subplots(1, 2)
-    by_id.bar(np.arange(counts.size), frequencies, width=1.0, color="tab:blue")
-    by_id.axhline(1 / counts.size, color="gray", linestyle="--", linewidth=1, label="uniform 1/K")
-    by_id.set(xlabel="token id", ylabel="frequency", title="token frequency")
-    by_id.legend()
-    ranked = np.sort(frequencies[frequencies > 0])[::-1]
-    by_rank.loglog(np.arange(1, ranked.size + 1), ranked, marker=".", linestyle="-")
-    by_rank.set(xlabel="rank", ylabel="frequency", title="rank-frequency")
-    _save(fig, paths[0])
-
-    fig = Figure(figsize=(7, 6), layout="constrained")
-    ax = fig.subplots()
-    image = ax.imshow(np.asarray(result["transitions"]["probabilities"]), cmap="viridis", aspect="auto",
-                      interpolation="nearest", origin="upper")
-    fig.colorbar(image, ax=ax, label="P(next | token)")
-    ax.set(xlabel="next token", ylabel="token", title="transition matrix (within symbols)")
-    _save(fig, paths[1])
+    paths = [Path(out_dir) / name for name in PLOT_NAMES]
+    plots.token_frequency(paths[0], np.asarray(result["vocabulary"]["counts"]))
+    plots.transition_matrix(paths[1], np.asarray(result["transitions"]["probabilities"]))
     return paths
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
 
 
 # ------------------------------------------------------------------------------------------------- output
@@ -457,7 +331,7 @@ def _check_out_dir(out: Path, source: str | None, user_named: bool) -> None:
     if not names:
         return
     earlier = None
-    if JSON_NAME in names and all(n == JSON_NAME or n.endswith(".png") for n in names):
+    if JSON_NAME in names and all(n in (JSON_NAME, OUTPUT_MARKER) or n.endswith(".png") for n in names):
         try:
             meta = json.loads((out / JSON_NAME).read_text())
             earlier = meta.get("input") if meta.get("kind") == KIND else None
@@ -473,20 +347,22 @@ def _check_out_dir(out: Path, source: str | None, user_named: bool) -> None:
 
 def _write_outputs(result: dict, out: Path, user_named: bool) -> list[str]:
     _check_out_dir(out, result["input"], user_named)
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder holds nothing to protect (and has no marker for atomic_dir to replace it)
     with atomic_dir(out, overwrite=True) as tmp:
         write_json(tmp / JSON_NAME, result)
         write_plots(result, tmp)
     return [JSON_NAME, *PLOT_NAMES]
 
 
-def analyze_command(args) -> int:
-    """`pricegpt analyze`: print the report, write analysis.json and the PNGs (see the module docstring)."""
-    source = Path(args.tokens)
+def analyze_to_dir(source, out=None, tokenizer=None) -> tuple[dict, Path, list[str]]:
+    """What `pricegpt analyze` does: analyse the token store directory or .txt file `source` and write
+    analysis.json and the PNGs to `out` (default: `default_out_dir(source)`). The output folder is checked before
+    the work, not after (module docstring). Returns (the result, the output folder, the names written in it)."""
+    source = Path(source)
     _check_exists(source)
-    out = Path(args.out) if args.out else default_out_dir(source)
-    _check_out_dir(out, str(source.resolve()), user_named=bool(args.out))  # fail before the work, not after
-    result = analyze(source, tokenizer=getattr(args, "tokenizer", None))
-    print(format_report(result))
-    names = _write_outputs(result, out, user_named=bool(args.out))
-    print(f"\nwrote {out}/: {', '.join(names)}")
-    return 0
+    out_dir = Path(out) if out else default_out_dir(source)
+    _check_out_dir(out_dir, str(source.resolve()), user_named=bool(out))
+    result = analyze(source, tokenizer=tokenizer)
+    names = _write_outputs(result, out_dir, user_named=bool(out))
+    return result, out_dir, names

@@ -134,21 +134,39 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_forecast(args) -> int:
-    from ..forecast import forecast_command
+    from ..forecast import forecast_symbol
+    from .text import format_forecast
 
-    return forecast_command(args)
+    result = forecast_symbol(args.run, args.data, args.symbol, args.horizon, args.num_samples, args.seed,
+                             chart_path=args.out, date_format=args.date_format)
+    print(format_forecast(result))
+    return 0
 
 
 def cmd_analyze(args) -> int:
-    from ..analysis import analyze_command
+    from ..analysis import analyze_to_dir
+    from .text import format_report
 
-    return analyze_command(args)
+    result, out, names = analyze_to_dir(args.tokens, args.out, tokenizer=args.tokenizer)
+    print(format_report(result))
+    print(f"\nwrote {out}/: {', '.join(names)}")
+    return 0
 
 
 def cmd_backtest(args) -> int:
-    from ..backtest import backtest_command
+    from ..backtest import run_backtest
+    from ..rundir import RunDir
+    from .text import headline, summary_table
 
-    return backtest_command(args)
+    metrics = run_backtest(args.run, data=_data_arg(args), strategy=args.strategy, cost_bps=args.cost_bps,
+                           slippage_bps=args.slippage_bps, horizon=args.horizon, num_samples=args.num_samples,
+                           seed=args.seed, out=args.out, rebalance=args.rebalance, long_above=args.long_above,
+                           short_below=args.short_below, long_only=args.long_only,
+                           kelly_fraction=args.kelly_fraction, momentum_lookback=args.momentum_lookback)
+    print(headline(metrics))
+    print(summary_table(metrics))
+    print(f"wrote {Path(args.out) if args.out else RunDir(args.run).backtest}")
+    return 0
 
 
 def cmd_pipeline(args) -> int:

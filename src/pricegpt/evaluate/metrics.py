@@ -7,10 +7,8 @@ Every forecast is a *predictive distribution* for one number per origin. Three k
 - `NormalPredictive(mean (n,), std (n,))`: random walk, HistVol20, EWMA (closed-form CRPS),
 - `StudentTPredictive(mean, scale, df)`: GARCH(1,1)-t (closed-form CRPS; needs scipy, which `arch` brings).
 
-CRPS from samples is the energy form E|X - y| - 0.5 E|X - X'|, with the pair term computed in O(S log S) from
-the sorted samples (sum_{i,j} |x_i - x_j| = 2 sum_i (2i - S - 1) x_(i), i = 1..S). We use the *fair* estimator
-(pairs i != j, divisor S(S - 1)): it is unbiased for the CRPS of the distribution the samples come from, so a
-sampled forecast is not penalised against a closed-form one for having finitely many samples.
+CRPS from samples (`crps_samples`) is the fair energy-form estimator of forecast/calibrate.py, which chooses the
+sampling temperature with it: calibration and evaluation score with one function.
 
 Conventions: central intervals [q((1-c)/2), q((1+c)/2)]; PIT = F(y) (for samples: the fraction below y plus
 half the ties); direction is the sign of the predictive median against the sign of the outcome, and a zero
@@ -24,28 +22,14 @@ import math
 import numpy as np
 import torch
 
+from ..forecast.calibrate import crps_samples
+
 COVERAGE_LEVELS = (0.5, 0.9)
 PIT_BINS = 10
 _INV_SQRT_PI = 1.0 / math.sqrt(math.pi)
 
 
 # ------------------------------------------------------------------------------------------------ CRPS
-def crps_samples(samples: np.ndarray, y: np.ndarray, fair: bool = True) -> np.ndarray:
-    """CRPS of sample forecasts: samples (..., S), outcomes y (...) -> (...).
-
-    fair=True divides the pair term by S(S - 1) (unbiased); fair=False by S^2 (the CRPS of the empirical CDF).
-    """
-    x = np.sort(np.asarray(samples, dtype=np.float64), axis=-1)
-    y = np.asarray(y, dtype=np.float64)
-    S = x.shape[-1]
-    assert x.shape[:-1] == y.shape, f"samples {x.shape} and outcomes {y.shape} disagree"
-    assert S >= 2 or not fair, "the fair CRPS needs at least 2 samples"
-    abs_err = np.abs(x - y[..., None]).mean(axis=-1)
-    weights = 2.0 * np.arange(1, S + 1) - S - 1
-    pair_sum = 2.0 * (x * weights).sum(axis=-1)  # sum over all ordered pairs of |x_i - x_j|
-    return abs_err - 0.5 * pair_sum / (S * (S - 1) if fair else S * S)
-
-
 def normal_cdf(z) -> np.ndarray:
     return torch.special.ndtr(torch.as_tensor(np.asarray(z, dtype=np.float64))).numpy()
 
@@ -64,7 +48,7 @@ def crps_normal(mean, std, y) -> np.ndarray:
 
 def crps_student_t(mean, scale, df, y) -> np.ndarray:
     """Closed-form CRPS of a location-scale Student-t (df > 1) at y (Jordan, Krueger & Lerch 2019, scoringRules)."""
-    from scipy import special, stats
+    from scipy import special, stats  # optional: scipy comes with `arch` (the baselines extra), as GARCH needs it
 
     mean, scale, df, y = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (mean, scale, df, y)))
     assert np.all(df > 1), "the Student-t CRPS is finite only for df > 1"
@@ -117,12 +101,12 @@ class StudentTPredictive:
         return crps_student_t(self.mean, self.scale, self.df, y)
 
     def cdf(self, y):
-        from scipy import stats
+        from scipy import stats  # optional, see crps_student_t
 
         return stats.t.cdf((np.asarray(y, dtype=np.float64) - self.mean) / self.scale, self.df)
 
     def quantile(self, q: float):
-        from scipy import stats
+        from scipy import stats  # optional, see crps_student_t
 
         return self.mean + self.scale * stats.t.ppf(q, self.df)
 

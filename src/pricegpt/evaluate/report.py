@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from .. import plots
 from ..fileio import write_text
-from . import plots
+from ..forecast import symbol_file_name
+from ..rundir import RunDir
 
 MAX_FAN_CHARTS = 6
 FORECASTERS = ("model", "random_walk", "histvol20", "ewma", "bootstrap", "garch")
@@ -56,8 +59,6 @@ def _pct(value) -> str:
 # ------------------------------------------------------------------------------------------------ content
 def build_sections(out: Path, metrics: dict, run, series, origins, cum, realised) -> list[Section]:
     """Write the PNGs into `out` and return the report's sections."""
-    from ..forecast import symbol_file_name
-
     fc, tok = metrics["forecast"], metrics["tokens"]
     H = fc["horizon_bars"]
     sections = []
@@ -101,7 +102,7 @@ def build_sections(out: Path, metrics: dict, run, series, origins, cum, realised
     sections.append(s)
 
     s = Section("Calibration")
-    plots.pit_histogram(out / "pit.png", {n: (fc.get(n) or {}).get("pit_histogram") for n in FORECASTERS})
+    plots.pit_histograms(out / "pit.png", {n: (fc.get(n) or {}).get("pit_histogram") for n in FORECASTERS})
     s.img("pit.png", "PIT histograms of the H-bar return")
     plots.coverage_by_horizon(out / "coverage_horizon.png", fc["coverage_by_horizon"])
     s.img("coverage_horizon.png", "Coverage of the model's intervals at each step of the horizon")
@@ -155,7 +156,8 @@ def build_sections(out: Path, metrics: dict, run, series, origins, cum, realised
     sections.append(s)
 
     s = Section("Training")
-    if plots.training_curves(out / "training.png", Path(run.dir) / "metrics.csv"):
+    train, val = _training_points(RunDir(run.dir).metrics_csv)
+    if plots.training_curve(out / "training.png", train, val, vocab_size=run.model.config.vocab_size):
         s.img("training.png", "Train and validation loss")
     else:
         s.p("No training curves (RUN/metrics.csv is missing or empty).")
@@ -170,6 +172,24 @@ def build_sections(out: Path, metrics: dict, run, series, origins, cum, realised
         "trailing returns, GARCH(1,1)-t (arch) fit on the train split and filtered through each origin.")
     sections.append(s)
     return sections
+
+
+def _training_points(metrics_csv: Path) -> tuple[list, list]:
+    """(step, loss) pairs of train_loss and of val_loss from RUN/metrics.csv; empty when it is missing or unusable."""
+    try:
+        table = pd.read_csv(metrics_csv)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return [], []
+    if "step" not in table.columns:
+        return [], []
+
+    def pairs(column: str) -> list:
+        if column not in table.columns:
+            return []
+        rows = table[["step", column]].dropna()
+        return list(zip(rows["step"], rows[column]))
+
+    return pairs("train_loss"), pairs("val_loss")
 
 
 # ---------------------------------------------------------------------------------------------- rendering

@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import plots
 from ..data import Splits, iso
-from ..fileio import atomic_dir, atomic_path, write_json
-from .base import DEFAULT_PATCH_LEN, Patches, Tokenizer, create_tokenizer, splits_for
+from ..fileio import atomic_dir, write_json
+from .base import DEFAULT_PATCH_LEN, Tokenizer, create_tokenizer
+from .patches import Patches, splits_for
 
 log = logging.getLogger("pricegpt")
 
@@ -151,39 +153,11 @@ def _recon_stretch(tokenizer, baseline, patches, tokens, labels):
 
 
 def _plot_usage(train_counts: np.ndarray, val_counts: np.ndarray, report: dict, path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4), tight_layout=True)
-    ax = fig.add_subplot()
-    ids = np.arange(len(train_counts))
-    ax.bar(ids, train_counts / max(train_counts.sum(), 1), width=1.0, label="train", alpha=0.7)
-    if val_counts.sum():
-        ax.step(ids, val_counts / val_counts.sum(), where="mid", color="C1", label="validation")
-    ax.set_xlabel("token id")
-    ax.set_ylabel("share of patches")
-    ax.set_title(f"{report['kind']} code usage: {report['codes_used']}/{report['codebook_size']} used on train, "
-                 f"perplexity {report['usage_perplexity'] or 0:.1f}")
-    ax.legend()
-    _save(fig, path)
+    plots.tokenizer_usage(path, train_counts, val_counts,
+                          title=f"{report['kind']} code usage: {report['codes_used']}/{report['codebook_size']} used "
+                                f"on train, perplexity {report['usage_perplexity'] or 0:.1f}")
 
 
 def _plot_recon(symbol: str, n_bars: int, real: np.ndarray, recon: np.ndarray, base: np.ndarray, path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 6), tight_layout=True)
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    bars = np.arange(n_bars)
-    for ax, transform, ylabel in ((top, lambda x: x, "log return"), (bottom, np.cumsum, "cumulative log return")):
-        ax.plot(bars, transform(real), color="black", lw=1.2, label="real")
-        ax.plot(bars, transform(recon), color="C0", lw=1.0, label="tokenizer")
-        ax.plot(bars, transform(base), color="C1", lw=0.8, ls="--", label="quantile baseline")
-        ax.set_ylabel(ylabel)
-    top.set_title(f"{symbol}: first {n_bars} validation bars, real vs decode(encode)")
-    top.legend()
-    bottom.set_xlabel("bar")
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    plots.reconstruction(path, real, recon, base, title=f"{symbol}: first {n_bars} validation bars, real vs "
+                                                        "decode(encode)")

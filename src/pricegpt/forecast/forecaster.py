@@ -1,9 +1,9 @@
-"""Forecasts from a trained run: context bars -> tokens -> sampled token paths -> decoded log-return paths.
+"""The Forecaster: context bars -> tokens -> sampled token paths -> decoded log-return paths; and a forecaster as
+one folder (`save_pretrained` / `from_pretrained`).
 
-    fc = Forecaster.from_run("runs/x")
+    fc = Forecaster.from_run("runs/x")                                    # or Forecaster.from_pretrained(DIR)
     paths = fc.sample_paths(frame, horizon_bars=20, num_samples=512)      # ForecastPaths, (symbols, samples, H)
     table = fc.predict_quantiles(frame, horizon_bars=20)                  # cumulative-return and price quantiles
-    summary = risk(paths.paths[0])                                        # P(up), VaR/ES 95/99, barrier touches
 
 How a context becomes a forecast (the same for one symbol or thousands of evaluation origins):
 1. Take the last k * patch_len bars of features (log returns) up to and including the origin bar. k is the
@@ -28,16 +28,18 @@ Values (horizon, num_samples, seed, temperature) are checked before any work: Co
 Temperature: the run's calibrated temperature (RUN/calibration.json, chosen on the validation split by
 `calibrate_temperature`) unless one is given; 1.0 for an uncalibrated run.
 
-Risk numbers are computed from the H-bar cumulative log return R of each path. Losses are POSITIVE fractions of
-the position's value: loss = 1 - exp(R). VaR_a is the a-quantile of the loss (e.g. var_95 = 0.03: a 5% chance of
-losing 3% or more) and ES_a the mean loss in that worst (1 - a) tail. A barrier +-k is touched when the price
-path closes at or beyond (1 +- k) times the origin close at any of the H bars (close-to-close monitoring).
+A forecaster folder (`save_pretrained(DIR)`), self-contained, loadable without the run around it:
+    DIR/config.json                          kind "pricegpt.forecaster", format_version, temperature (and the
+                                             calibration it came from), train_end, val_end, horizon, tokenizer_hash
+    DIR/model/{config.json, model.safetensors}       the GPT
+    DIR/tokenizer/{config.json, model.safetensors}   its tokenizer
+The cutoffs travel with it, so the leakage rule (data.windows) still refuses test origins on bars it has seen.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -47,20 +49,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import check_int, check_memory, check_num_samples, check_seed, check_temperature, derive_seed, show
-from .errors import ConfigError, DataError, OutputExistsError, PriceGPTError
-from .model import generate
+from ..config import check_int, check_memory, check_num_samples, check_seed, check_temperature, derive_seed, show
+from ..data import iso, load_prices, parse_time
+from ..data.windows import run_cutoffs, timestamps_ns
+from ..errors import CheckpointError, ConfigError, DataError, PriceGPTError
+from ..fileio import atomic_dir, json_ready, write_json
+from ..model import GPT, generate
+from ..runs import Run, load_run
+from ..tokenizer import bar_features, load_tokenizer
+from .risk import QUANTILE_LEVELS, quantile_table
 
-log = logging.getLogger("pricegpt")
-
-QUANTILE_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
-TEMPERATURE_GRID = (0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)
-VAR_LEVELS = (0.95, 0.99)
-BARRIERS = (0.05, 0.10)
 KV_CACHE_BUDGET_BYTES = 512 * 2**20  # bounds the KV cache (and so memory) of one engine call
 MAX_HORIZON_BARS = 100_000  # a horizon is generated token by token; the engine's bound on new tokens
-FORECAST_DIR = "forecast"  # RUN/forecast/SYMBOL.png: the default place of `pricegpt forecast`'s charts
 PATH_COPIES = 3  # float64 copies of all paths alive at once (paths, cumulative, sorted for the scores)
+KIND = "pricegpt.forecaster"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+MODEL_DIR, TOKENIZER_DIR = "model", "tokenizer"
 
 
 @dataclass
@@ -86,9 +91,10 @@ class ForecastPaths:
 
 
 class Forecaster:
-    """A trained run ready to forecast: `Forecaster.from_run(dir)` or `Forecaster(load_run(dir))`."""
+    """A trained model and its tokenizer ready to forecast: `Forecaster.from_run(dir)`, `Forecaster(load_run(dir))`
+    or `Forecaster.from_pretrained(dir)`."""
 
-    def __init__(self, run):
+    def __init__(self, run: Run):
         if run.tokenizer is None:
             raise PriceGPTError(f"{run.dir} has no tokenizer (it was trained on a bare token file); its tokens "
                                 "cannot be decoded to returns, so it cannot forecast prices")
@@ -98,8 +104,6 @@ class Forecaster:
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, device: str = "cpu") -> Forecaster:
-        from .runs import load_run
-
         return cls(load_run(run_dir, device=device, need_tokenizer=True))
 
     @property
@@ -112,8 +116,6 @@ class Forecaster:
 
     def features(self, frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per symbol: (timestamps (n,) datetime64[ns], features (n, n_features)); column 0 is the log return."""
-        from .tokenizer import bar_features
-
         return bar_features(frame, self.tokenizer.config.features)
 
     def context_patches(self, horizon: int) -> int:
@@ -132,8 +134,6 @@ class Forecaster:
         from (seed, symbol, context end) (without context_ends: the number of context bars), so its paths do
         not depend on which other origins are asked for, their order or the memory budget (see `origin_seed`).
         """
-        from .data.windows import timestamps_ns
-
         horizon, num_samples, seed = check_sampling(horizon, num_samples, seed)
         temperature = self.temperature if temperature is None else check_temperature(temperature)
         symbols = [str(s) for s in symbols]
@@ -164,7 +164,7 @@ class Forecaster:
             for b, s0 in enumerate(range(0, num_samples, block)):
                 n = min(block, num_samples - s0)
                 generated = generate(self.model, idx, n_new, num_samples=n, temperature=temperature,
-                                                seed=origin_seed(seed, symbol, int(key), b))
+                                     seed=origin_seed(seed, symbol, int(key), b))
                 out[i, s0:s0 + n] = self.tokenizer.decode(generated[0].cpu().numpy(), symbol)[:, :horizon]
         return out
 
@@ -184,8 +184,6 @@ class Forecaster:
                      temperature: float | None = None, symbols: list[str] | None = None) -> ForecastPaths:
         """Paths for the `horizon_bars` bars after the last bar of each symbol in `context_frame` (a price frame,
         file, folder or sample:NAME: whatever `load_prices` reads)."""
-        from .data import load_prices
-
         check_sampling(horizon_bars, num_samples, seed, horizon_flag="horizon_bars (--horizon)")
         context_frame = load_prices(context_frame)
         per_symbol = self.features(context_frame)
@@ -206,6 +204,86 @@ class Forecaster:
         fc = self.sample_paths(context_frame, horizon_bars, num_samples, seed=seed, temperature=temperature,
                                symbols=symbols)
         return quantile_table(fc, levels)
+
+    # ------------------------------------------------------------------------------------ one folder
+    def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the forecaster folder (module docstring), built in a temporary folder and renamed into place.
+
+        An existing non-empty `directory` is an OutputExistsError unless `overwrite` and pricegpt wrote it."""
+        directory = Path(directory)
+        if directory.is_dir() and not directory.is_symlink() and not any(directory.iterdir()):
+            directory.rmdir()  # an empty folder holds nothing to protect
+        train_end, val_end = run_cutoffs(self.run)
+        config = {"kind": KIND, "format_version": FORMAT_VERSION, "temperature": self.temperature,
+                  "calibration": json_ready(self.run.calibration),
+                  "train_end": None if train_end is None else iso(train_end),
+                  "val_end": None if val_end is None else iso(val_end),
+                  "horizon": self.run.meta.get("horizon"), "tokenizer_hash": self.tokenizer.hash}
+        with atomic_dir(directory, overwrite=overwrite) as tmp:
+            self.model.save_pretrained(tmp / MODEL_DIR)
+            self.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+            write_json(tmp / CONFIG_FILE, config)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str = "cpu") -> Forecaster:
+        """Load a folder written by `save_pretrained`; a missing or damaged file is a PriceGPTError naming it."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"forecaster folder {directory} not found; write one with "
+                                  "Forecaster.save_pretrained(DIR)")
+        config = _read_config(directory / CONFIG_FILE)
+        model = GPT.from_pretrained(directory / MODEL_DIR, map_location=device)
+        model.eval()
+        tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
+        if tokenizer.vocab_size != model.config.vocab_size:
+            raise CheckpointError(f"{directory / TOKENIZER_DIR} has {tokenizer.vocab_size} codes but the model in "
+                                  f"{directory / MODEL_DIR} has a vocabulary of {model.config.vocab_size}; the "
+                                  "folder mixes two forecasters: save it again")
+        if tokenizer.hash != config["tokenizer_hash"]:
+            raise CheckpointError(f"{directory / TOKENIZER_DIR} is not the tokenizer {directory / CONFIG_FILE} was "
+                                  "saved with (hash differs); the folder is damaged: save it again")
+        meta = {key: config[key] for key in ("train_end", "val_end", "horizon", "tokenizer_hash")
+                if config.get(key) is not None}
+        calibration = {**config.get("calibration", {}), "temperature": config["temperature"]}
+        return cls(Run(dir=directory, model=model, tokenizer=tokenizer, meta=meta, calibration=calibration))
+
+
+def _read_config(path: Path) -> dict:
+    """The forecaster's config.json, every field checked; CheckpointError naming the file otherwise."""
+    damaged = "the forecaster folder is damaged: save it again with Forecaster.save_pretrained"
+    try:
+        config = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found; {path.parent} is not a forecaster folder (write one with "
+                              "Forecaster.save_pretrained; a run directory loads with Forecaster.from_run)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise CheckpointError(f"{path} is not valid JSON ({reason}); {damaged}") from None
+    if not isinstance(config, dict) or config.get("kind") != KIND:
+        raise CheckpointError(f"{path} is not a forecaster config (kind {KIND!r}); {damaged}")
+    version = config.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, (int, float)) or version != version:
+        raise CheckpointError(f"{path}: format_version {show(version)} is not a number; {damaged}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer pricegpt (format {version}); upgrade pricegpt")
+    temperature = config.get("temperature")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise CheckpointError(f"{path}: temperature {show(temperature)} is not a number > 0; {damaged}")
+    for key in ("train_end", "val_end"):
+        if config.get(key) is not None:
+            try:
+                parse_time(config[key], f"{path}: {key}")
+            except ConfigError as err:
+                raise CheckpointError(f"{err}; {damaged}") from None
+    horizon = config.get("horizon")
+    if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
+        raise CheckpointError(f"{path}: horizon {show(horizon)} is not a whole number >= 1; {damaged}")
+    if not isinstance(config.get("tokenizer_hash"), str):
+        raise CheckpointError(f"{path}: tokenizer_hash is missing; {damaged}")
+    if not isinstance(config.get("calibration", {}), dict):
+        raise CheckpointError(f"{path}: calibration is not an object; {damaged}")
+    return config
 
 
 def check_symbols(wanted: list[str], available: list[str]) -> None:
@@ -244,175 +322,3 @@ def origin_seed(seed: int, symbol: str, key: int, block: int = 0) -> int:
     context's last bar; `block` numbers the engine calls of an origin whose samples exceed one call."""
     symbol_key = int.from_bytes(hashlib.sha256(str(symbol).encode("utf-8")).digest()[:8], "little")
     return derive_seed(seed, symbol_key, int(key), int(block))
-
-
-def quantile_table(fc: ForecastPaths, levels=QUANTILE_LEVELS) -> pd.DataFrame:
-    cum = fc.cumulative
-    quantiles = np.quantile(cum, levels, axis=1)  # (levels, symbols, horizon)
-    frames = []
-    for i, symbol in enumerate(fc.symbols):
-        table = pd.DataFrame({"symbol": symbol, "origin": fc.origins[i], "step": np.arange(1, cum.shape[-1] + 1)})
-        for j, level in enumerate(levels):
-            table[f"return_q{level:g}"] = quantiles[j, i]
-        for j, level in enumerate(levels):
-            table[f"price_q{level:g}"] = fc.last_close[i] * np.exp(quantiles[j, i])
-        frames.append(table)
-    return pd.concat(frames, ignore_index=True)
-
-
-# ---------------------------------------------------------------------------------------------------- risk
-def risk(paths: np.ndarray, var_levels=VAR_LEVELS, barriers=BARRIERS) -> dict:
-    """Risk numbers from per-bar log-return paths (samples, horizon), or (origins, samples, horizon) for a batch
-    (then every value is an array over origins). See the module docstring for the sign conventions.
-
-    Keys: p_up (P(R_H > 0)), expected_return (mean simple return), var_95/es_95/var_99/es_99 (positive = loss),
-    p_touch_up / p_touch_down: {"0.05": probability, ...} for each barrier k.
-    """
-    paths = np.asarray(paths, dtype=np.float64)
-    batch = paths.ndim == 3
-    paths = paths if batch else paths[None]
-    cum = np.cumsum(paths, axis=-1)
-    final = cum[..., -1]  # (origins, samples)
-    loss = np.sort(1.0 - np.exp(final), axis=-1)
-    S = loss.shape[-1]
-    out = {"p_up": np.mean(final > 0, axis=-1), "expected_return": np.mean(np.expm1(final), axis=-1)}
-    for level in var_levels:
-        var = np.quantile(loss, level, axis=-1)
-        tail = max(1, math.ceil(round((1 - level) * S, 9)))  # at least the worst path; round: 0.05 * 100 > 5
-        out[f"var_{round(level * 100)}"] = var
-        out[f"es_{round(level * 100)}"] = loss[:, S - tail:].mean(axis=-1)
-    high, low = cum.max(axis=-1), cum.min(axis=-1)
-    out["p_touch_up"] = {f"{k:g}": np.mean(high >= math.log1p(k), axis=-1) for k in barriers}
-    out["p_touch_down"] = {f"{k:g}": np.mean(low <= math.log1p(-k), axis=-1) for k in barriers}
-    if batch:
-        return out
-    return {key: ({k: float(v[0]) for k, v in value.items()} if isinstance(value, dict) else float(value[0]))
-            for key, value in out.items()}
-
-
-# ---------------------------------------------------------------------------------------------- calibration
-def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 256,
-                          grid=TEMPERATURE_GRID, max_origins: int | None = 50, seed: int = 0) -> dict:
-    """Pick the sampling temperature with the lowest mean CRPS of the H-bar return on the VALIDATION split
-    (origins chosen as in evaluation, at most `max_origins` per symbol) and store it in RUN/calibration.json.
-
-    frame: prices (anything `load_prices` reads); splits: the cutoffs, or None for the run's. The origins are those
-    of data.windows' "calibrate" stage: targets after the run's train_end and at or before its val_end, else a
-    LeakageError. Every grid value is scored on the same origins with the same seeds (common random numbers), so
-    differences between temperatures are not sampling noise of the origins."""
-    from .data import load_prices
-    from .data.windows import check_leakage, require_origins, resolve_cutoffs, select_origins, symbol_series
-    from .evaluate.metrics import crps_samples
-
-    horizon, num_samples, seed = check_sampling(horizon, num_samples, seed)
-    grid = [check_temperature(t, "temperature grid value") for t in grid]
-    if not grid:
-        raise ConfigError("the temperature grid is empty; give at least one temperature")
-    if max_origins is not None:
-        max_origins = check_int(max_origins, "max_origins (--max-origins)", 1, 2**31 - 1)
-    forecaster = Forecaster(run)
-    frame = load_prices(frame)
-    cutoffs = resolve_cutoffs(frame, "calibrate", run, train_end=None if splits is None else splits.train_end,
-                              val_end=None if splits is None else splits.val_end)
-    series = symbol_series(forecaster.features(frame), cutoffs.splits)
-    origins = select_origins(series, "val", horizon, max_origins=max_origins, min_context=forecaster.patch_len)
-    require_origins(origins, series, cutoffs, horizon)
-    check_leakage(origins, series, cutoffs, horizon)
-    check_paths_memory(origins.n, num_samples, horizon)
-    contexts, ends = origins.contexts(series), origins.context_end(series)
-    realised = origins.realised(series, horizon)[:, -1]
-    crps = {}
-    for temperature in grid:
-        cum = forecaster.sample_cumulative(contexts, origins.symbols, horizon, num_samples, seed=seed,
-                                           temperature=temperature, context_ends=ends)
-        crps[f"{temperature:g}"] = float(np.mean(crps_samples(cum[..., -1], realised)))
-        log.info(f"calibration: temperature {temperature:g} -> val CRPS {crps[f'{temperature:g}']:.6f}")
-    best = min(grid, key=lambda t: crps[f"{t:g}"])
-    at_edge = len(grid) > 1 and best in (min(grid), max(grid))
-    if at_edge:
-        log.warning(f"calibration: the best temperature {best:g} is at the edge of the grid {list(grid)}; "
-                    "a wider grid may find a better one")
-    calibration = {"temperature": float(best), "crps": crps, "split": "val", "n_origins": origins.n,
-                   "horizon_bars": horizon, "num_samples": num_samples, "seed": seed, "at_grid_edge": at_edge}
-    run.save_calibration(calibration)
-    return calibration
-
-
-# -------------------------------------------------------------------------------------------------- command
-def symbol_file_name(symbol: str) -> str:
-    """A symbol as a file name stem: the symbol when it is a plain short name, else a cleaned, shortened name
-    with a hash suffix (no path separators, never too long). The token store's rule, so one rule names files."""
-    from .tokenizer.store import safe_file_names
-
-    return safe_file_names([str(symbol)])[str(symbol)]
-
-
-def format_forecast(table: pd.DataFrame, summary: dict, symbol: str, horizon: int, num_samples: int,
-                    temperature: float) -> str:
-    levels = [c[len("return_q"):] for c in table.columns if c.startswith("return_q")]
-    origin = table["origin"].iloc[0]
-    lines = [f"{symbol}: {num_samples} sampled paths for the next {horizon} bars after {origin:%Y-%m-%d %H:%M} "
-             f"(temperature {temperature:g})",
-             "cumulative log return quantiles:",
-             f"{'step':>4} " + " ".join(f"{'q' + lv:>9}" for lv in levels)]
-    for _, row in table.iterrows():
-        lines.append(f"{int(row['step']):>4} " + " ".join(f"{row['return_q' + lv]:>+9.4f}" for lv in levels))
-    lines.append("price quantiles at the horizon: " + "  ".join(
-        f"q{lv} {table['price_q' + lv].iloc[-1]:.4f}" for lv in levels))
-    lines.append(f"P(up over {horizon} bars) {summary['p_up']:.1%}   expected return {summary['expected_return']:+.2%}")
-    levels_pct = [key[len("var_"):] for key in summary if key.startswith("var_")]
-    lines.append("loss as a positive fraction of value: " + "  ".join(
-        f"VaR {lv}% {summary['var_' + lv]:.2%}  ES {lv}% {summary['es_' + lv]:.2%}" for lv in levels_pct))
-    for k in summary["p_touch_up"]:
-        lines.append(f"P(touch +{float(k):.0%}) {summary['p_touch_up'][k]:.1%}   "
-                     f"P(touch -{float(k):.0%}) {summary['p_touch_down'][k]:.1%}")
-    return "\n".join(lines)
-
-
-def forecast_command(args) -> int:
-    """`pricegpt forecast`: quantiles and risk of the next --horizon bars of --symbol, and a fan chart PNG.
-
-    The chart goes to --out (a new .png file; an existing file only when it is a chart in RUN/forecast/) or
-    RUN/forecast/SYMBOL.png. Every value and the chart path are checked before the run is loaded."""
-    from .data import load_prices
-    from .evaluate.plots import fan_chart
-
-    horizon, num_samples, seed = check_sampling(args.horizon, args.num_samples, args.seed)
-    default_dir = Path(args.run) / FORECAST_DIR
-    out = Path(args.out) if args.out else default_dir / f"{symbol_file_name(args.symbol)}.png"
-    check_chart_path(out, default_dir, flag="--out" if args.out else "the default chart path")
-    forecaster = Forecaster.from_run(args.run)
-    frame = load_prices(args.data)
-    check_symbols([args.symbol], frame["symbol"].unique().tolist())
-    frame = frame[frame["symbol"] == args.symbol]
-    fc = forecaster.sample_paths(frame, horizon, num_samples, seed=seed, symbols=[args.symbol])
-    table = quantile_table(fc)
-    summary = risk(fc.paths[0])
-    print(format_forecast(table, summary, args.symbol, horizon, num_samples, forecaster.temperature))
-    history = frame["close"].to_numpy(dtype=np.float64)[-max(4 * horizon, 60):]
-    fan_chart(out, history, fc.last_close[0] * np.exp(fc.cumulative[0]), ylabel="price",
-              title=f"{args.symbol}: next {horizon} bars ({num_samples} paths)")
-    print(f"fan chart: {out}")
-    return 0
-
-
-def check_chart_path(out: Path, forecast_dir: Path, flag: str = "--out") -> None:
-    """Refuse a chart path that is not a .png name, or that exists and is not a chart in the run's forecast folder
-    (`forecast_dir`, RUN/forecast/, where pricegpt writes them): a user's file is never replaced."""
-    if out.suffix.lower() != ".png":
-        raise ConfigError(f"{flag} {out}: the fan chart is a PNG image; give a file name ending in .png")
-    if not (out.exists() or out.is_symlink()):
-        return
-    ours = (out.is_file() and not out.is_symlink() and _is_png(out)
-            and out.parent.resolve() == forecast_dir.resolve())
-    if not ours:
-        raise OutputExistsError(f"{flag} {out} already exists and is not one of pricegpt's charts in "
-                                f"{forecast_dir}; it is never replaced: choose another --out")
-
-
-def _is_png(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(8) == b"\x89PNG\r\n\x1a\n"
-    except OSError:
-        return False

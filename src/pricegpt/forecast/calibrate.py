@@ -1,0 +1,83 @@
+"""Temperature calibration: the sampling temperature with the lowest CRPS on the validation split, and the CRPS
+of sample forecasts it is scored with (evaluation scores with the same function).
+
+CRPS from samples is the energy form E|X - y| - 0.5 E|X - X'|, with the pair term computed in O(S log S) from
+the sorted samples (sum_{i,j} |x_i - x_j| = 2 sum_i (2i - S - 1) x_(i), i = 1..S). The *fair* estimator (pairs
+i != j, divisor S(S - 1)) is unbiased for the CRPS of the distribution the samples come from, so a sampled
+forecast is not penalised against a closed-form one for having finitely many samples.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..config import check_int, check_temperature
+from ..data import load_prices
+from ..data.windows import check_leakage, require_origins, resolve_cutoffs, select_origins, symbol_series
+from ..errors import ConfigError
+from .forecaster import Forecaster, check_paths_memory, check_sampling
+
+log = logging.getLogger("pricegpt")
+
+TEMPERATURE_GRID = (0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)
+
+
+def crps_samples(samples: np.ndarray, y: np.ndarray, fair: bool = True) -> np.ndarray:
+    """CRPS of sample forecasts: samples (..., S), outcomes y (...) -> (...).
+
+    fair=True divides the pair term by S(S - 1) (unbiased); fair=False by S^2 (the CRPS of the empirical CDF).
+    """
+    x = np.sort(np.asarray(samples, dtype=np.float64), axis=-1)
+    y = np.asarray(y, dtype=np.float64)
+    S = x.shape[-1]
+    assert x.shape[:-1] == y.shape, f"samples {x.shape} and outcomes {y.shape} disagree"
+    assert S >= 2 or not fair, "the fair CRPS needs at least 2 samples"
+    abs_err = np.abs(x - y[..., None]).mean(axis=-1)
+    weights = 2.0 * np.arange(1, S + 1) - S - 1
+    pair_sum = 2.0 * (x * weights).sum(axis=-1)  # sum over all ordered pairs of |x_i - x_j|
+    return abs_err - 0.5 * pair_sum / (S * (S - 1) if fair else S * S)
+
+
+def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 256,
+                          grid=TEMPERATURE_GRID, max_origins: int | None = 50, seed: int = 0) -> dict:
+    """Pick the sampling temperature with the lowest mean CRPS of the H-bar return on the VALIDATION split
+    (origins chosen as in evaluation, at most `max_origins` per symbol) and store it in RUN/calibration.json.
+
+    frame: prices (anything `load_prices` reads); splits: the cutoffs, or None for the run's. The origins are those
+    of data.windows' "calibrate" stage: targets after the run's train_end and at or before its val_end, else a
+    LeakageError. Every grid value is scored on the same origins with the same seeds (common random numbers), so
+    differences between temperatures are not sampling noise of the origins."""
+    horizon, num_samples, seed = check_sampling(horizon, num_samples, seed)
+    grid = [check_temperature(t, "temperature grid value") for t in grid]
+    if not grid:
+        raise ConfigError("the temperature grid is empty; give at least one temperature")
+    if max_origins is not None:
+        max_origins = check_int(max_origins, "max_origins (--max-origins)", 1, 2**31 - 1)
+    forecaster = Forecaster(run)
+    frame = load_prices(frame)
+    cutoffs = resolve_cutoffs(frame, "calibrate", run, train_end=None if splits is None else splits.train_end,
+                              val_end=None if splits is None else splits.val_end)
+    series = symbol_series(forecaster.features(frame), cutoffs.splits)
+    origins = select_origins(series, "val", horizon, max_origins=max_origins, min_context=forecaster.patch_len)
+    require_origins(origins, series, cutoffs, horizon)
+    check_leakage(origins, series, cutoffs, horizon)
+    check_paths_memory(origins.n, num_samples, horizon)
+    contexts, ends = origins.contexts(series), origins.context_end(series)
+    realised = origins.realised(series, horizon)[:, -1]
+    crps = {}
+    for temperature in grid:
+        cum = forecaster.sample_cumulative(contexts, origins.symbols, horizon, num_samples, seed=seed,
+                                           temperature=temperature, context_ends=ends)
+        crps[f"{temperature:g}"] = float(np.mean(crps_samples(cum[..., -1], realised)))
+        log.info(f"calibration: temperature {temperature:g} -> val CRPS {crps[f'{temperature:g}']:.6f}")
+    best = min(grid, key=lambda t: crps[f"{t:g}"])
+    at_edge = len(grid) > 1 and best in (min(grid), max(grid))
+    if at_edge:
+        log.warning(f"calibration: the best temperature {best:g} is at the edge of the grid {list(grid)}; "
+                    "a wider grid may find a better one")
+    calibration = {"temperature": float(best), "crps": crps, "split": "val", "n_origins": origins.n,
+                   "horizon_bars": horizon, "num_samples": num_samples, "seed": seed, "at_grid_edge": at_edge}
+    run.save_calibration(calibration)
+    return calibration

@@ -1,0 +1,252 @@
+"""Every chart pricegpt draws, in one style, and the one helper that saves them (`_save`: PNG, atomically).
+
+forecasts    fan_chart            history, 50/80/95% bands of the sampled paths, their median, a few paths, the outcome
+evaluation   pit_histograms       PIT histograms of the model and the baselines (flat = calibrated)
+             coverage_by_horizon  coverage of the model's 50% and 90% intervals at each step of the horizon
+             crps_bars            mean CRPS of the model and every baseline
+             code_usage           how often each token occurs in the evaluated split
+training     training_curve       train and validation loss by step
+backtests    equity_curves        equity of each strategy (start = 1) and its drawdown below
+analysis     token_frequency      frequency by token id and the rank-frequency plot
+             transition_matrix    heatmap of P(next token | token)
+tokenizers   tokenizer_usage      share of patches per code, train and validation
+             reconstruction       real vs decode(encode) returns of a validation stretch
+
+Each function takes plain numbers (arrays, lists, dicts), draws one figure and writes it to `path`; none reads a
+file or computes a statistic a report relies on. Figures are built on their own `Figure` (never pyplot's global
+state), so drawing needs no display and is safe in threads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .fileio import atomic_path
+
+DPI = 100
+MAIN, HIGHLIGHT, MUTED = "tab:blue", "tab:orange", "0.4"
+BANDS = ((0.95, 0.15), (0.80, 0.25), (0.50, 0.4))  # fan chart: (central probability, alpha), widest first
+TITLE_SIZE = 10
+
+
+def _figure(width: float, height: float):
+    # matplotlib is imported on the first chart, not with pricegpt: the command line starts without it
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    """THE way a chart is written: PNG at DPI, tight bounding box, to a temporary name renamed into place."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+
+
+def _title(ax, text: str) -> None:
+    ax.set_title(text, fontsize=TITLE_SIZE, parse_math=False)  # a symbol with `$` is text, not TeX
+
+
+# ------------------------------------------------------------------------------------------------- forecasts
+def fan_chart(path, history: np.ndarray, paths: np.ndarray, realised: np.ndarray | None = None, title: str = "",
+              n_paths: int = 5, ylabel: str = "cumulative log return", seed: int = 0) -> None:
+    """history (h,) values up to and including the origin (x = -h+1 .. 0); paths (S, H) sampled values at
+    x = 1 .. H in the same units; realised (H,) the outcome, when known."""
+    paths = np.asarray(paths, dtype=np.float64)
+    S, H = paths.shape
+    x_hist = np.arange(-len(history) + 1, 1)
+    x_fc = np.arange(0, H + 1)
+    origin = float(history[-1])
+    full = np.concatenate([np.full((S, 1), origin), paths], axis=1)
+    fig = _figure(7, 3.6)
+    ax = fig.subplots()
+    ax.plot(x_hist, history, color="0.3", lw=1.2, label="history")
+    for prob, alpha in BANDS:
+        lo, hi = np.quantile(full, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
+        ax.fill_between(x_fc, lo, hi, color=MAIN, alpha=alpha, lw=0, label=f"{prob:.0%} band")
+    ax.plot(x_fc, np.median(full, axis=0), color=MAIN, lw=1.5, label="median")
+    rng = np.random.default_rng(seed)
+    for k in rng.choice(S, size=min(n_paths, S), replace=False):
+        ax.plot(x_fc, full[k], color=MAIN, lw=0.6, alpha=0.7)
+    if realised is not None:
+        ax.plot(x_fc, np.concatenate([[origin], realised]), color="black", lw=1.6, label="realised")
+    ax.axvline(0, color="0.6", lw=0.8, ls=":")
+    ax.set_xlabel("bars from the origin")
+    ax.set_ylabel(ylabel)
+    _title(ax, title)
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def pit_histograms(path, histograms: dict[str, list[int] | None]) -> None:
+    """One panel per forecaster with a histogram (None: left out): bin counts of PIT values over [0, 1]."""
+    names = [n for n, h in histograms.items() if h is not None]
+    fig = _figure(2.2 * len(names), 2.4)
+    axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        counts = np.asarray(histograms[name], dtype=float)
+        bins = len(counts)
+        ax.bar((np.arange(bins) + 0.5) / bins, counts / counts.sum() * bins, width=1 / bins, color=MAIN,
+               edgecolor="white")
+        ax.axhline(1.0, color="black", lw=0.8, ls="--")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlim(0, 1)
+    axes[0].set_ylabel("density")
+    fig.suptitle("PIT of the H-bar return (flat = calibrated)", fontsize=TITLE_SIZE)
+    _save(fig, path)
+
+
+def coverage_by_horizon(path, coverage: dict[str, list[float]]) -> None:
+    """coverage: {"50": [coverage at step 1, 2, ...], "90": [...]}; dashed lines at the nominal levels."""
+    from matplotlib.ticker import MaxNLocator  # deferred like every matplotlib import (see _figure)
+
+    fig = _figure(5.5, 3)
+    ax = fig.subplots()
+    for level, values in coverage.items():
+        steps = np.arange(1, len(values) + 1)
+        line, = ax.plot(steps, values, marker="o", ms=3, label=f"{level}% interval")
+        ax.axhline(int(level) / 100, color=line.get_color(), lw=0.8, ls="--")
+    ax.set_ylim(0, 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("horizon step (bars)")
+    ax.set_ylabel("coverage")
+    ax.legend(fontsize=8)
+    _title(ax, "Model interval coverage by horizon (dashed: nominal)")
+    _save(fig, path)
+
+
+def crps_bars(path, crps: dict[str, float | None]) -> None:
+    """Mean CRPS per forecaster (None: left out); "model" is highlighted."""
+    names = [n for n, v in crps.items() if v is not None]
+    values = [crps[n] for n in names]
+    fig = _figure(6, 2.8)
+    ax = fig.subplots()
+    ax.bar(names, values, color=[HIGHLIGHT if n == "model" else "tab:gray" for n in names])
+    ax.set_ylabel("mean CRPS (lower is better)")
+    ax.set_ylim(min(values) * 0.9, max(values) * 1.02)
+    ax.tick_params(axis="x", labelsize=8)
+    _save(fig, path)
+
+
+def code_usage(path, counts: list[int]) -> None:
+    """Occurrences of each token id in the evaluated split."""
+    counts = np.asarray(counts, dtype=float)
+    fig = _figure(6, 2.6)
+    ax = fig.subplots()
+    ax.bar(np.arange(len(counts)), counts, width=1.0, color=MAIN)
+    ax.set_xlabel("token id")
+    ax.set_ylabel("count")
+    _title(ax, f"Token usage in the evaluated split ({int((counts > 0).sum())}/{len(counts)} codes used)")
+    _save(fig, path)
+
+
+def training_curve(path, train: list[tuple[float, float]], val: list[tuple[float, float]],
+                   vocab_size: int | None = None) -> bool:
+    """Train and validation loss by step, (step, loss) pairs; with vocab_size the uniform loss ln K for reference.
+    False (nothing written) when there is no point to draw."""
+    if not train and not val:
+        return False
+    fig = _figure(7, 4)
+    ax = fig.subplots()
+    if train:
+        ax.plot(*zip(*train), label="train", color=MAIN, lw=1)
+    if val:
+        ax.plot(*zip(*val), label="validation", color=HIGHLIGHT, marker="o", ms=3)
+    if vocab_size:
+        ax.axhline(math.log(vocab_size), color="grey", ls="--", lw=0.8, label=f"uniform, ln {vocab_size}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    _title(ax, "training curve")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
+# ------------------------------------------------------------------------------------------------- backtests
+def equity_curves(path, timestamps, returns: dict[str, np.ndarray], title: str = "") -> None:
+    """returns: {label: per-bar net returns (T,)} over `timestamps` (T,); the first label is drawn in the main
+    colour. Equity starts at 1; drawdown = equity / running peak (at least 1) - 1."""
+    from matplotlib.ticker import PercentFormatter  # deferred like every matplotlib import (see _figure)
+
+    fig = _figure(8, 5)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    for (label, net), color in zip(returns.items(), (MAIN, MUTED, HIGHLIGHT, "tab:green", "tab:red")):
+        equity = np.cumprod(1.0 + np.asarray(net, dtype=np.float64))
+        top.plot(timestamps, equity, color=color, lw=1.3, label=label)
+        bottom.plot(timestamps, equity / np.maximum.accumulate(np.maximum(equity, 1.0)) - 1.0, color=color, lw=1)
+    top.axhline(1.0, color="0.7", lw=0.8, ls=":")
+    top.set_ylabel("equity (start = 1)")
+    _title(top, title)
+    top.legend(fontsize=8, loc="upper left")
+    bottom.set_ylabel("drawdown")
+    bottom.yaxis.set_major_formatter(PercentFormatter(1.0))
+    fig.autofmt_xdate()
+    _save(fig, path)
+
+
+# -------------------------------------------------------------------------------------------------- analysis
+def token_frequency(path, counts: np.ndarray) -> None:
+    """Frequency of each token id (with the uniform 1/K) and the rank-frequency plot on log axes."""
+    counts = np.asarray(counts)
+    frequencies = counts / counts.sum()
+    fig = _figure(11, 4)
+    by_id, by_rank = fig.subplots(1, 2)
+    by_id.bar(np.arange(counts.size), frequencies, width=1.0, color=MAIN)
+    by_id.axhline(1 / counts.size, color="gray", ls="--", lw=1, label="uniform 1/K")
+    by_id.set(xlabel="token id", ylabel="frequency")
+    _title(by_id, "token frequency")
+    by_id.legend(fontsize=8)
+    ranked = np.sort(frequencies[frequencies > 0])[::-1]
+    by_rank.loglog(np.arange(1, ranked.size + 1), ranked, marker=".", ls="-", color=MAIN)
+    by_rank.set(xlabel="rank", ylabel="frequency")
+    _title(by_rank, "rank-frequency")
+    _save(fig, path)
+
+
+def transition_matrix(path, probabilities: np.ndarray) -> None:
+    """Heatmap of a (K, K) matrix of P(next | token)."""
+    fig = _figure(7, 6)
+    ax = fig.subplots()
+    image = ax.imshow(np.asarray(probabilities), cmap="viridis", aspect="auto", interpolation="nearest",
+                      origin="upper")
+    fig.colorbar(image, ax=ax, label="P(next | token)")
+    ax.set(xlabel="next token", ylabel="token")
+    _title(ax, "transition matrix (within symbols)")
+    _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------ tokenizers
+def tokenizer_usage(path, train_counts: np.ndarray, val_counts: np.ndarray, title: str) -> None:
+    """Share of train patches per code (bars) and of validation patches (a step line, when there are any)."""
+    train_counts, val_counts = np.asarray(train_counts), np.asarray(val_counts)
+    fig = _figure(10, 4)
+    ax = fig.subplots()
+    ids = np.arange(len(train_counts))
+    ax.bar(ids, train_counts / max(train_counts.sum(), 1), width=1.0, label="train", alpha=0.7, color=MAIN)
+    if val_counts.sum():
+        ax.step(ids, val_counts / val_counts.sum(), where="mid", color=HIGHLIGHT, label="validation")
+    ax.set_xlabel("token id")
+    ax.set_ylabel("share of patches")
+    _title(ax, title)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def reconstruction(path, real: np.ndarray, recon: np.ndarray, baseline: np.ndarray, title: str) -> None:
+    """Per-bar and cumulative log returns: real (black), the tokenizer's decode(encode) and a baseline's."""
+    bars = np.arange(len(real))
+    fig = _figure(10, 6)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for ax, transform, ylabel in ((top, np.asarray, "log return"), (bottom, np.cumsum, "cumulative log return")):
+        ax.plot(bars, transform(real), color="black", lw=1.2, label="real")
+        ax.plot(bars, transform(recon), color=MAIN, lw=1.0, label="tokenizer")
+        ax.plot(bars, transform(baseline), color=HIGHLIGHT, lw=0.8, ls="--", label="quantile baseline")
+        ax.set_ylabel(ylabel)
+    _title(top, title)
+    top.legend(fontsize=8)
+    bottom.set_xlabel("bar")
+    _save(fig, path)

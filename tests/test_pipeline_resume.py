@@ -1,0 +1,107 @@
+"""Interrupted is never done: a pipeline stopped in its train stage exits 130 and reports nothing; a pipeline
+killed before the first checkpoint finishes when the same command is rerun; a stage whose inputs changed is redone.
+
+One small real price file (two symbols of the embedded daily data) and a one-layer model keep each run short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SETTINGS = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_kv_head=1", "model.sequence_len=32",
+            "train.batch_size=8", "train.eval_every=10", "train.eval_batches=2", "train.save_every=1000",
+            "train.warmup_steps=5", "train.num_threads=1", "train.early_stopping_patience=0"]
+
+
+@pytest.fixture(scope="module")
+def prices(tmp_path_factory, stocks_frame) -> Path:
+    frame = stocks_frame[stocks_frame["symbol"].isin(["AAPL", "IBM"])].groupby("symbol").head(700)
+    path = tmp_path_factory.mktemp("data") / "prices.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def pipeline_args(prices: Path, out: Path, max_steps: int) -> list[str]:
+    args = ["pipeline", "--data", str(prices), "--out", str(out), "--preset", "tiny", "--max-steps", str(max_steps),
+            "--num-samples", "16", "--tokenizer-kind", "quantile", "--codebook-size", "32"]
+    for setting in SETTINGS:
+        args += ["--set", setting]
+    return args
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pricegpt", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    process = start(args)
+    out, err = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def wait_for_line(process: subprocess.Popen, fragment: str, timeout: float = 120) -> list[str]:
+    """Read stderr until a line containing `fragment` (the process keeps running)."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            pytest.fail(f"the pipeline ended before printing {fragment!r}: {''.join(seen)[-2000:]}")
+        seen.append(line)
+        if fragment in line:
+            return seen
+    process.kill()
+    pytest.fail(f"no {fragment!r} within {timeout}s")
+
+
+def test_ctrl_c_in_training_stops_the_pipeline_and_the_rerun_finishes_every_stage(prices, tmp_path):
+    out = tmp_path / "run"
+    args = pipeline_args(prices, out, max_steps=100_000)  # far more than it can do before the signal
+    process = start(args)
+    wait_for_line(process, "val loss")  # the first evaluation of the train stage
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, (stdout, stderr[-2000:])
+    assert "Traceback" not in stderr
+    assert not (out / "calibration.json").exists() and not (out / "eval").exists()
+    assert not (out / "backtest").exists() and "report:" not in stdout
+    assert json.loads((out / "model" / "meta.json").read_text()).get("finished") is False
+
+
+def test_sigkill_before_the_first_checkpoint_then_the_same_command_finishes(prices, tmp_path):
+    out = tmp_path / "run"
+    args = pipeline_args(prices, out, max_steps=60)
+    process = start(args)
+    wait_for_line(process, "[train] ...")
+    process.kill()
+    process.communicate(timeout=60)
+    rerun = run(args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "report:" in rerun.stdout
+    meta = json.loads((out / "model" / "meta.json").read_text())
+    assert meta.get("finished", True) is True
+    evaluation = json.loads((out / "eval" / "metrics.json").read_text())
+    assert evaluation["forecast"]["n_origins"] > 0
+
+    # a stage whose inputs changed is redone, the rest is skipped: a new temperature means a new evaluation
+    calibration = json.loads((out / "calibration.json").read_text())
+    calibration["temperature"] = calibration["temperature"] * 1.5
+    (out / "calibration.json").write_text(json.dumps(calibration))
+    again = run(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for skipped in ("tokenizer", "tokenize", "train", "calibrate"):
+        assert f"[{skipped}] already complete" in again.stderr, again.stderr
+    for redone in ("evaluate", "backtest"):
+        assert f"[{redone}] its inputs changed" in again.stderr, again.stderr
+    assert json.loads((out / "eval" / "metrics.json").read_text())["forecast"] != evaluation["forecast"]
