@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .backtest import MIN_DECISIONS, BacktestConfig, run_backtest
-from .config import PRESET_NAMES, check_choice, preset_tokenizer_options, resolve_config
+from .config import check_choice, preset_tokenizer_options, resolve_config
 from .data import load_prices, time_splits
 from .data.windows import (
     decision_origins,
@@ -89,7 +89,7 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
     """Run (or finish) every stage for the prices `data` (a path, folder, sample:NAME or DataFrame) into the run
     directory `out`. `settings` (or keyword overrides of its fields) as in PipelineSettings."""
     settings = PipelineSettings(**{**(asdict(settings) if settings else {}), **overrides})
-    check_choice(settings.preset, "--preset", PRESET_NAMES)
+    tokenizer_options = preset_tokenizer_options(settings.preset)  # an unknown preset fails first
     check_choice(settings.tokenizer_kind, "--tokenizer-kind", TOKENIZER_KINDS)
     out = RunDir(out)
     frame = load_prices(data, date_format=settings.date_format)
@@ -97,7 +97,6 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
     # a bad --config/--set fails here, not after the tokenizer has been fitted into a new run directory
     resolve_config(settings.preset, settings.config, list(settings.overrides), settings.max_steps)
     _check_splits_hold_the_horizon(frame, splits, settings)
-    tokenizer_options = preset_tokenizer_options(settings.preset)
     tokenizer_options.update({k: v for k, v in (("patch_len", settings.patch_len),
                                                  ("codebook_size", settings.codebook_size)) if v})
     record = {"format_version": FORMAT_VERSION, "data": _source_id(data), **splits.to_dict(),
