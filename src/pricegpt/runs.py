@@ -106,7 +106,8 @@ def _check_version(meta: dict, path: Path) -> None:
 
 
 # what later stages take from a run's metadata (run.json + model/meta.json), with the types they need
-_META_TYPES = {"data": str, "tokens": str, "train_end": str, "val_end": str, "tokenizer_hash": str, "horizon": int}
+_META_TYPES = {"data": str, "tokens": str, "train_end": str, "val_end": str, "tokenizer_hash": str, "horizon": int,
+              "date_format": str}
 
 
 def _check_meta_types(meta: dict, run_dir: Path) -> None:

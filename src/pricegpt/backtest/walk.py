@@ -318,7 +318,8 @@ def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float
     if source is None:
         where = run.dir if run is not None else "run_backtest"
         raise ConfigError(f"{where} does not record the data it was built from; pass --data PATH")
-    frame = load_prices(source)
+    # the run's own data is read as the pipeline read it (its --date-format, if one was given)
+    frame = load_prices(source, date_format=meta.get("date_format") if data is None else None)
     cutoffs = resolve_cutoffs(frame, "backtest", run, val_end=val_end)
     log.info(f"backtest: {config.strategy}, horizon {config.horizon}, rebalance {config.rebalance}, test after "
              f"{_iso(cutoffs.splits.val_end)}, {config.num_samples} samples")

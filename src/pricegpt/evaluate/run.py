@@ -73,7 +73,8 @@ def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = Fals
     source = data if data is not None else run.meta.get("data")
     if source is None:
         raise ConfigError(f"{run.dir} does not record the data it was built from; pass --data PATH")
-    frame = load_prices(source)
+    # the run's own data is read as the pipeline read it (its --date-format, if one was given)
+    frame = load_prices(source, date_format=run.meta.get("date_format") if data is None else None)
     features = forecaster.features(frame)
     cutoffs = resolve_cutoffs(frame, split, run)
     splits = cutoffs.splits
