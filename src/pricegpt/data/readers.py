@@ -42,6 +42,7 @@ import pandas as pd
 from ..errors import DataError
 from ..fileio import note_input
 from .dates import DateNote, Rows, parse_clock, parse_timestamps
+from .samples import sample_path
 
 log = logging.getLogger("pricegpt")
 
@@ -93,8 +94,6 @@ def read_prices(source: str | Path | pd.DataFrame, *,
         frame = _read_table_rows(table, rows, report, "series", date_format)
         return _done(frame, report), report
     if isinstance(source, str) and source.startswith("sample:"):
-        from .samples import sample_path
-
         path = sample_path(source.split(":", 1)[1])
         report = LoadReport(source=source)
         return _done(_read_file(path, report, None, date_format), report, path), report

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..tokenizer import TokenStore
 
 log = logging.getLogger("pricegpt")
 
@@ -105,8 +106,6 @@ def read_token_source(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarr
 
     series: symbol -> (tokens, split bounds); the source record is what checkpoints and RUN/model/meta.json keep.
     """
-    from ..tokenizer import TokenStore
-
     if not Path(path).exists():
         raise DataError(f"--tokens {path} does not exist; give a token store directory or a .txt file of token ids")
     store = TokenStore.open(path)
