@@ -103,10 +103,12 @@ def test_baselines_never_see_the_future_and_fit_on_train_only(stocks_series):
 
     def params(rets):
         preds, notes = baseline_forecasts(rets, train_len, origins.symbols, origins.index, horizon, 64, seed=3)
-        assert notes == {}, notes
+        assert set(notes) <= {"seasonal", "range_ewma"}, notes  # daily closes: no intraday times, no ranges
         out = {}
         for name in BASELINES:
             p = preds[name]
+            if p is None:
+                continue
             out[name] = {a: np.asarray(getattr(p, a)).copy() for a in ("mean", "std", "scale", "df", "samples")
                          if hasattr(p, a)}
         return out
@@ -120,7 +122,7 @@ def test_baselines_never_see_the_future_and_fit_on_train_only(stocks_series):
         future[s][first:] = np.random.default_rng(0).normal(0, 0.2, len(future[s]) - first)
         changed = params(future)
         row = int(np.flatnonzero(origins.symbols == s)[0])
-        for name in BASELINES:
+        for name in base:
             for attr in base[name]:
                 np.testing.assert_array_equal(base[name][attr][row], changed[name][attr][row],
                                               err_msg=f"{name}.{attr} looked past origin {s}[{first}]")
@@ -132,11 +134,8 @@ def test_baselines_never_see_the_future_and_fit_on_train_only(stocks_series):
         val[s][in_val] *= 3.0
     changed = params(val)
     np.testing.assert_array_equal(base["random_walk"]["std"], changed["random_walk"]["std"])
-    np.testing.assert_array_equal(base["garch"]["df"], changed["garch"]["df"])  # fit on train only
-    np.testing.assert_array_equal(base["garch"]["mean"], changed["garch"]["mean"])
-    # ... while the trailing windows do see the (past) validation bars
+    # ... while the trailing windows do see the (past) validation bars (tests/test_baselines.py checks the rest)
     assert not np.array_equal(base["histvol20"]["std"], changed["histvol20"]["std"])
-    assert not np.array_equal(base["garch"]["scale"], changed["garch"]["scale"])
 
 
 def test_baseline_volatility_rules():
@@ -214,7 +213,8 @@ def test_evaluate_end_to_end(tiny_run):
         assert metrics["tokens"][name]["perplexity"] == pytest.approx(np.exp(metrics["tokens"][name]["loss"]))
     fc = metrics["forecast"]
     assert fc["horizon_bars"] == 4 and fc["num_samples"] == 32 and fc["n_origins"] == 8
-    for name in ("model", *BASELINES):
+    assert fc["seasonal"] is None and "intraday" in fc["notes"]["seasonal"]  # daily bars
+    for name in ("model", *(b for b in BASELINES if b != "seasonal")):
         assert fc[name] is not None, fc["notes"]
         assert set(fc[name]) >= METRIC_KEYS | {"width_50", "width_90", "pit_histogram", "directional_accuracy_ci95"}
         assert sum(fc[name]["pit_histogram"]) == fc["n_origins"]  # every forecaster scored on the same origins

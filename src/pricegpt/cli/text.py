@@ -1,7 +1,8 @@
 """Everything the command line prints, as text: each function takes what a library function returned and gives
 back a string. Nothing here computes, reads or writes; only cli/commands.py prints what these return.
 
-headline_table      an evaluation (RUN/eval/metrics.json): token perplexities and the forecast table
+headline_table      an evaluation (RUN/eval/metrics.json): token perplexities, the verdict against the best
+                    baseline, then the forecast table (CRPS, ratio with interval, verdict, coverage)
 pipeline_headline   the pipeline's closing lines: that table, the backtest headline, the report's path
 headline            a backtest (RUN/backtest/metrics.json) in one line
 summary_table       a backtest's strategy, buy-and-hold and momentum side by side
@@ -18,25 +19,68 @@ from ..analysis import MIN_PER_BLOCK, TOP
 if TYPE_CHECKING:
     from ..forecast import SymbolForecast
 
-FORECASTERS = ("model", "random_walk", "histvol20", "ewma", "bootstrap", "garch")
+FORECASTERS = ("model", "random_walk", "histvol20", "ewma", "bootstrap", "garch", "seasonal", "range_ewma", "fhs")
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def headline_table(evaluation: dict) -> str:
-    """Token perplexities of the model and the n-gram baselines, and CRPS, coverage and directional accuracy of
-    the model and every baseline (n/a where one could not run)."""
-    tokens, forecast = evaluation["tokens"], evaluation["forecast"]
-    lines = [f"tokens ({evaluation['split']} split, {evaluation['n_tokens']} tokens): perplexity "
-             + ", ".join(f"{name} {tokens[name]['perplexity']:.2f}" for name in ("model", "unigram", "bigram")),
-             f"forecast of the {forecast['horizon_bars']}-bar log return over {forecast['n_origins']} origins:",
-             f"  {'':<12} {'CRPS':>10} {'cov50':>6} {'cov90':>6} {'dir.acc':>7}"]
-    for name in FORECASTERS:
+def _ratio(value, interval) -> str:
+    if value is None:
+        return "n/a"
+    if not interval or any(v is None for v in interval):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def verdict_line(forecast: dict, label: str = "verdict") -> str:
+    """`verdict vs best baseline (garch): no significant difference — CRPS ratio 0.998 [0.981, 1.016]`, or why
+    there is none."""
+    verdict = forecast.get("verdict") or {}
+    if verdict.get("verdict") is None:
+        reason = (forecast.get("notes") or {}).get("verdict", "no baseline could be compared")
+        return f"{label} vs best baseline: n/a ({reason})"
+    return (f"{label} vs best baseline ({verdict['best_baseline']}): {verdict['verdict']} — CRPS ratio "
+            f"{_ratio(verdict.get('crps_ratio'), verdict.get('crps_ratio_ci'))}")
+
+
+def forecast_table(forecast: dict) -> list[str]:
+    """One line per forecaster: CRPS, the model's CRPS ratio to it with its 95% interval, the verdict (the
+    model relative to it), coverage of the 50% and 90% intervals; n/a where one could not run or be compared."""
+    comparison = forecast.get("comparison") or {}
+    names = ["model", *[n for n in FORECASTERS[1:] if n in forecast or n in comparison],
+             *[n for n in comparison if n not in FORECASTERS]]
+    lines = [f"  {'':<12} {'CRPS':>10}  {'model/this [95% CI]':<24} {'verdict (model)':<26} {'cov50':>6} "
+             f"{'cov90':>6}"]
+    for name in names:
         m = forecast.get(name)
         if m is None:
             lines.append(f"  {name:<12} {'n/a':>10}")
             continue
-        lines.append(f"  {name:<12} {m['crps']:>10.5f} {m['coverage_50']:>6.1%} {m['coverage_90']:>6.1%} "
-                     f"{m['directional_accuracy']:>7.1%}")
+        entry = comparison.get(name) or {}
+        ratio = "" if name == "model" else _ratio(entry.get("crps_ratio"), entry.get("crps_ratio_ci"))
+        verdict = "" if name == "model" else entry.get("verdict") or "n/a"
+        lines.append(f"  {name:<12} {m['crps']:>10.5f}  {ratio:<24} {verdict:<26} {m['coverage_50']:>6.1%} "
+                     f"{m['coverage_90']:>6.1%}")
+    return lines
+
+
+def headline_table(evaluation: dict) -> str:
+    """Token perplexities, then the verdict against the best baseline (verdicts first, ratios second), a table
+    of every forecaster (CRPS, ratio with interval, verdict, coverage) and the verdicts at the other horizons."""
+    tokens, forecast = evaluation["tokens"], evaluation["forecast"]
+    lines = []
+    if tokens.get("model") is not None:
+        lines.append(f"tokens ({evaluation['split']} split, {evaluation['n_tokens']} tokens): perplexity "
+                     + ", ".join(f"{name} {tokens[name]['perplexity']:.2f}" for name in ("model", "unigram", "bigram")))
+    dates = f" on {forecast['n_dates']} dates" if forecast.get("n_dates") is not None else ""
+    lines += [f"forecast of the {forecast['horizon_bars']}-bar log return over {forecast['n_origins']} origins{dates}:",
+              verdict_line(forecast), *forecast_table(forecast)]
+    mcs = forecast.get("mcs")
+    if mcs:
+        lines.append(f"model confidence set ({1 - mcs['size']:.0%}): {', '.join(mcs['included'])}")
+    main = str(forecast["horizon_bars"])
+    for horizon, block in (evaluation.get("forecasts_by_horizon") or {}).items():
+        if horizon != main and block is not None:
+            lines.append(f"{verdict_line(block, f'{horizon}-bar verdict')} ({block['n_origins']} origins)")
     return "\n".join(lines)
 
 

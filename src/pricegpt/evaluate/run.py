@@ -1,5 +1,7 @@
-"""Honest evaluation of a trained run: token metrics, probabilistic forecasts of the H-bar return against five
-baselines on the same origins, and a report. `evaluate_run(run)` writes RUN/eval/ (see ARCHITECTURE.md).
+"""Honest evaluation of a trained run: token metrics, probabilistic forecasts of the H-bar return against the
+baselines on the same origins, paired significance, calibration, and a report. `evaluate_run(run)` writes RUN/eval/
+(metrics.json, origins.csv, the report; see ARCHITECTURE.md); `origins_frame(run)` returns the per-origin table
+without writing anything.
 
 Origins and the leakage rule come from data.windows (the same for calibration and backtests):
 - the cutoffs are the run's (train_end/val_end from its metadata, else the tokenizer's train_end); when the data
@@ -11,7 +13,20 @@ Origins and the leakage rule come from data.windows (the same for calibration an
   temperature), val origins after its train_end: others are refused with a LeakageError, unless
   `allow_overlap`, and then the report is flagged ("overlap_allowed");
 - baselines fit their parameters on the train split only and see only bars before each origin (baselines.py).
-Every value (horizon, num_samples, max_origins, seed) is checked, and the memory of the paths estimated, before
+
+Several horizons. `horizons` (default: the run's horizon, then 1) are scored in one evaluation; the first is the
+main one (metrics.json's `forecast`), every one is in `forecasts_by_horizon[str(H)]` and in origins.csv (its
+`horizon` column). A horizon up to the main one is scored on the main horizon's origins with the first H bars
+of the same sampled paths (no extra sampling; still non-overlapping targets); a longer one on its own origins
+(every H bars) with its own paths. `horizon=H` is the single-horizon form.
+
+Per horizon, every aggregate is computed from the per-origin table (origins.py): the forecasters' scores
+(metrics.summary), the paired comparison of the model with each baseline (significance.compare: date-block
+bootstrap intervals, Diebold-Mariano, a verdict; the headline verdict against the baseline with the lowest mean
+CRPS; Hansen's model confidence set when `arch` is installed) and calibration (calibration.py: reliability at
+every level, coverage by volatility regime, VaR tests, P(up)). With fewer than significance.MIN_DATES origin
+dates the comparisons and the headline verdict are None, with the reason in `notes`.
+Every value (horizons, num_samples, max_origins, seed) is checked, and the memory of the paths estimated, before
 the model scores anything.
 """
 
@@ -19,14 +34,17 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..config import check_int
 from ..data import iso, load_prices
 from ..data.windows import (
     Origins,
+    SymbolSeries,
     check_leakage,
     require_origins,
     resolve_cutoffs,
@@ -40,115 +58,275 @@ from ..fileio import atomic_dir, json_ready, write_json
 from ..forecast import Forecaster, check_paths_memory, check_sampling, risk
 from ..rundir import RunDir
 from ..runs import load_run
-from . import report, tokens
+from . import calibration, report, significance, tokens
 from .baselines import BASELINES, baseline_forecasts
-from .metrics import SamplePredictive, coverage_and_width, coverage_by_horizon, score
+from .metrics import SamplePredictive, coverage_and_width, coverage_by_horizon, summary
+from .origins import combine, forecaster_columns, origin_table, write_csv
 
 log = logging.getLogger("pricegpt")
 
 DEFAULT_NUM_SAMPLES = 256
+FORECASTERS = ("model", *BASELINES)
+OHLC = ("open", "high", "low", "close")
 
 
+@dataclass
+class _Horizon:
+    """One horizon's origins; `sampled`: it has its own paths (else the main horizon's first H bars)."""
+
+    horizon: int
+    origins: Origins
+    sampled: bool
+    rule: str
+
+
+@dataclass
+class _Setup:
+    """Everything resolved before the model scores anything."""
+
+    run: object
+    forecaster: Forecaster
+    source: object
+    frame: pd.DataFrame
+    splits: object
+    series: dict[str, SymbolSeries]
+    horizons: list[_Horizon]
+    overlapping: int
+    own_cutoffs: bool
+    num_samples: int
+    seed: int
+
+
+# ---------------------------------------------------------------------------------------------------- public
 def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = False, num_samples: int | None = None,
                  horizon: int | None = None, max_origins: int | None = None, seed: int = 0, out=None,
-                 ablation_runs: dict | None = None) -> dict:
-    """Evaluate `run` (a directory or a loaded Run) and write `out` (default RUN/eval/) as a whole: the previous
-    results stay untouched if anything fails. Returns the metrics.json dict.
+                 ablation_runs: dict | None = None, horizons=None) -> dict:
+    """Evaluate `run` (a directory, a loaded Run or a Forecaster) and write `out` (default RUN/eval/) as a whole:
+    the previous results stay untouched if anything fails. Returns the metrics.json dict.
 
     data: price source, anything `load_prices` reads (a path, sample:NAME, a DataFrame; default: the run's
-    meta["data"]); horizon: bars (default: the run's meta horizon, else one token = patch_len bars);
-    num_samples: paths per origin (default 256); max_origins: cap per symbol; ablation_runs: {name: run_dir}
-    scored on the same origins (forecast.ablations[name] = {crps, coverage_90}).
+    meta["data"]); horizons: bars, a list (default: the run's meta horizon, else one token = patch_len bars, then
+    1); horizon: one horizon instead of a list; num_samples: paths per origin (default 256); max_origins: cap per
+    symbol; ablation_runs: {name: run_dir} scored on the same origins of the main horizon
+    (forecast.ablations[name] = {crps, coverage_90}).
     """
+    setup = _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_origins, seed)
+    run, series = setup.run, setup.series
+    token_metrics = tokens.token_metrics(run.model, run.tokenizer, setup.frame, setup.splits, split)
+
+    blocks, tables, main = {}, [], None
+    for scored in _score(setup):
+        table, h = scored["table"], scored["horizon"]
+        tables.append(table)
+        blocks[str(h.horizon)] = _forecast_block(setup, h, table, scored["cum"], scored["realised"],
+                                                 scored["notes"])
+        if main is None:
+            main = scored
+    forecast = blocks[str(setup.horizons[0].horizon)]
+    if ablation_runs:
+        forecast["ablations"] = _ablations(ablation_runs, setup, main["horizon"], main["realised"][:, -1])
+
+    run_train_end, run_val_end = run_cutoffs(run)
+    metrics = {"split": split, "train_end": iso(setup.splits.train_end), "val_end": iso(setup.splits.val_end),
+               "run_train_end": None if run_train_end is None else iso(run_train_end),
+               "run_val_end": None if run_val_end is None else iso(run_val_end),
+               "data": source_name(setup.source), "n_symbols": len({str(s) for s in main["horizon"].origins.symbols}),
+               "n_tokens": token_metrics.pop("n_tokens"), "tokens": token_metrics, "forecast": forecast,
+               "horizons": [h.horizon for h in setup.horizons], "forecasts_by_horizon": blocks,
+               "own_cutoffs": setup.own_cutoffs, "overlap_allowed": bool(allow_overlap),
+               "overlapping_origins": setup.overlapping}
+    metrics = json_ready(metrics)
+
+    table = combine(tables)
+    out = Path(out) if out is not None else RunDir(run.dir).eval
+    with atomic_dir(out, overwrite=True) as tmp:
+        write_json(tmp / "metrics.json", metrics)
+        write_csv(tmp / "origins.csv", table)
+        report.write_report(tmp, metrics, run=run, series=series, origins=main["horizon"].origins, cum=main["cum"],
+                            realised=main["realised"], origins_table=table)
+    log.info(f"evaluate: wrote {out}")
+    return metrics
+
+
+def origins_frame(run, data=None, split: str = "test", *, horizons=None, horizon: int | None = None,
+                  num_samples: int | None = None, max_origins: int | None = None, seed: int = 0,
+                  allow_overlap: bool = False) -> pd.DataFrame:
+    """The per-origin table evaluate_run writes as origins.csv (columns: see evaluate/origins.py), as a DataFrame
+    with time stamps as UTC Timestamps, for a run directory, a loaded Run or a Forecaster (e.g.
+    `Forecaster.from_pretrained(DIR)`): the same origins, seeds and scores, without token metrics, significance
+    or any file written. Arguments as in `evaluate_run`."""
+    setup = _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_origins, seed)
+    return combine([scored["table"] for scored in _score(setup)])
+
+
+def resolve_horizons(horizon, horizons, default: int) -> list[int]:
+    """The horizons to score, main one first, duplicates dropped: `horizons`, else [horizon], else [default, 1]."""
+    if horizon is not None and horizons is not None:
+        raise ConfigError("give one horizon (--horizon) or a list (--horizons), not both")
+    flag = "--horizons" if horizons is not None else "--horizon"
+    if horizons is None:
+        horizons = [horizon] if horizon is not None else [default, 1]
+    elif isinstance(horizons, (str, bytes)) or not hasattr(horizons, "__iter__"):
+        raise ConfigError(f"--horizons must be a list of bar counts such as [1, 4, 16], got {horizons!r}")
+    checked = [check_sampling(h, 1, 0, horizon_flag=flag)[0] for h in horizons]
+    if not checked:
+        raise ConfigError("--horizons is empty; give at least one horizon in bars, such as 1,4")
+    return list(dict.fromkeys(checked))
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+def _forecaster(run) -> Forecaster:
+    if isinstance(run, Forecaster):
+        return run
+    return Forecaster(load_run(run, need_tokenizer=True) if isinstance(run, (str, os.PathLike)) else run)
+
+
+def _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_origins, seed) -> _Setup:
     if split not in ("val", "test"):
         raise ConfigError(f"--split must be val or test, got {split!r}")
     num_samples = DEFAULT_NUM_SAMPLES if num_samples is None else num_samples
     if max_origins is not None:
         max_origins = check_int(max_origins, "--max-origins", 1, 2**31 - 1)
-    check_sampling(1 if horizon is None else horizon, num_samples, seed)
-    run = load_run(run, need_tokenizer=True) if isinstance(run, (str, os.PathLike)) else run
-    forecaster = Forecaster(run)
-    horizon = horizon if horizon is not None else (run.meta.get("horizon") or forecaster.patch_len)
-    horizon, num_samples, seed = check_sampling(horizon, num_samples, seed)
+    _, num_samples, seed = check_sampling(1, num_samples, seed)
+    if horizon is not None or horizons is not None:
+        resolve_horizons(horizon, horizons, 1)  # bad values are refused before the run is loaded
+    forecaster = _forecaster(run)
+    run = forecaster.run
+    wanted = resolve_horizons(horizon, horizons, run.meta.get("horizon") or forecaster.patch_len)
     source = data if data is not None else run.meta.get("data")
     if source is None:
         raise ConfigError(f"{run.dir} does not record the data it was built from; pass --data PATH")
     # the run's own data is read as the pipeline read it (its --date-format, if one was given)
     frame = load_prices(source, date_format=run.meta.get("date_format") if data is None else None)
-    features = forecaster.features(frame)
     cutoffs = resolve_cutoffs(frame, split, run)
-    splits = cutoffs.splits
-    series = symbol_series(features, splits)
-    origins = select_origins(series, split, horizon, max_origins=max_origins, min_context=forecaster.patch_len)
-    require_origins(origins, series, cutoffs, horizon)
-    overlapping = check_leakage(origins, series, cutoffs, horizon, allow_overlap)
-    check_paths_memory(origins.n, num_samples, horizon)
-    log.info(f"evaluate: {origins.n} origins of the {split} split, horizon {horizon} bars, {num_samples} samples")
+    series = symbol_series(forecaster.features(frame), cutoffs.splits)
+    flag = "--horizons" if horizons is not None else "--horizon"
+    main = wanted[0]
+    main_origins = select_origins(series, split, main, max_origins=max_origins, min_context=forecaster.patch_len)
+    cap = f", at most {max_origins} per symbol evenly spaced" if max_origins else ""
+    planned = []
+    for h in wanted:
+        if h <= main and h != main:
+            planned.append(_Horizon(h, main_origins, False, f"the {main}-bar horizon's origins (every {main} bars"
+                                    f"{cap}), scored on the first {h} bar(s) of the same paths"))
+            continue
+        origins = main_origins if h == main else select_origins(series, split, h, max_origins=max_origins,
+                                                                min_context=forecaster.patch_len)
+        planned.append(_Horizon(h, origins, True, f"every {h} bars of the split (non-overlapping targets){cap}"))
+    overlapping = 0
+    for h in planned:
+        if h.sampled:
+            require_origins(h.origins, series, cutoffs, h.horizon, flag=flag)
+        bad = check_leakage(h.origins, series, cutoffs, h.horizon, allow_overlap)
+        overlapping = bad if h.horizon == main else overlapping
+    for h in planned:
+        if h.sampled:
+            check_paths_memory(h.origins.n, num_samples, h.horizon)
+    log.info(f"evaluate: {split} split, horizons {', '.join(str(h.horizon) for h in planned)} bars "
+             f"({', '.join(str(h.origins.n) for h in planned)} origins), {num_samples} samples")
+    return _Setup(run, forecaster, source, frame, cutoffs.splits, series, planned, overlapping, cutoffs.own,
+                  num_samples, seed)
 
-    token_metrics = tokens.token_metrics(run.model, run.tokenizer, frame, splits, split)
 
-    cum = forecaster.sample_cumulative(origins.contexts(series), origins.symbols, horizon, num_samples, seed=seed,
-                                       context_ends=origins.context_end(series))
-    realised = origins.realised(series, horizon)
-    y = realised[:, -1]
-    scored = {"model": score(SamplePredictive(cum[..., -1]), y)}
+def _ohlc(frame: pd.DataFrame, series: dict[str, SymbolSeries]) -> dict[str, np.ndarray] | None:
+    """{symbol: (n, 4) open, high, low, close of the bar of each return}, None without open/high/low."""
+    if not all(c in frame.columns for c in OHLC):
+        return None
+    out = {}
+    for symbol, group in frame.groupby(frame["symbol"].astype(str), sort=False):
+        if symbol not in series:
+            continue
+        times = group["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+        order = np.argsort(times, kind="stable")
+        wanted = series[symbol].timestamps
+        position = order[np.searchsorted(times[order], wanted)]
+        assert np.array_equal(times[position], wanted), f"{symbol}: the price rows do not match its returns"
+        out[symbol] = group[list(OHLC)].to_numpy(dtype=np.float64)[position]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- scoring
+def _score(setup: _Setup):
+    """Per horizon (main first): {"horizon", "table", "cum" (n, S, H) model paths, "realised" (n, H), "notes"}."""
+    series, forecaster = setup.series, setup.forecaster
     returns = {s: series[s].returns for s in series}
     train_len = {s: series[s].train_len for s in series}
-    predictives, notes = baseline_forecasts(returns, train_len, origins.symbols, origins.index, horizon,
-                                            num_samples, seed)
+    times = {s: series[s].timestamps for s in series}
+    ohlc = _ohlc(setup.frame, series)
+    main_cum = None
+    for h in setup.horizons:
+        origins, H = h.origins, h.horizon
+        if h.sampled:
+            cum = forecaster.sample_cumulative(origins.contexts(series), origins.symbols, H, setup.num_samples,
+                                               seed=setup.seed, context_ends=origins.context_end(series))
+        else:
+            cum = main_cum[..., :H]
+        main_cum = cum if main_cum is None else main_cum
+        realised = origins.realised(series, H)
+        predictives, notes = baseline_forecasts(returns, train_len, origins.symbols, origins.index, H,
+                                                setup.num_samples, setup.seed, times=times, ohlc=ohlc)
+        final = cum[..., -1]
+        predictives = {"model": SamplePredictive(final), **{name: predictives.get(name) for name in BASELINES}}
+        table = origin_table(series, origins, H, realised[:, -1], predictives, np.mean(final > 0, axis=-1))
+        yield {"horizon": h, "table": table, "cum": cum, "realised": realised, "notes": dict(notes)}
+
+
+def _forecast_block(setup: _Setup, h: _Horizon, table: pd.DataFrame, cum: np.ndarray, realised: np.ndarray,
+                    notes: dict) -> dict:
+    """metrics.json's forecast entry of one horizon, every aggregate from its per-origin `table`."""
+    ran = [name for name in FORECASTERS if f"crps_{name}" in table]
+    y = table["realised"].to_numpy()
+    block = {"horizon_bars": h.horizon, "num_samples": setup.num_samples, "n_origins": len(table),
+             "n_dates": int(table["origin"].dt.floor("D").nunique()), "temperature": setup.forecaster.temperature,
+             "origins_rule": h.rule, "seeds": "one per origin, from (seed, symbol, the context's last timestamp)"}
+    for name in FORECASTERS:
+        block[name] = summary(forecaster_columns(table, name), y) if name in ran else None
+    reference = (block["histvol20"] or {}).get("crps")
+    block["crps_relative_to_histvol20"] = {name: (None if block[name] is None or not reference
+                                                  else block[name]["crps"] / reference) for name in FORECASTERS}
+    block.update(_significance(table, block, ran, setup.seed, notes))
+    block["reliability"] = calibration.reliability(table, list(FORECASTERS))
+    block["by_regime"] = calibration.by_regime(table, list(FORECASTERS))
+    block["var_tests"] = calibration.var_tests(table)
+    block["p_up"] = calibration.p_up(table)
+    block["coverage_by_horizon"] = {"50": coverage_by_horizon(cum, realised, 0.5),
+                                    "90": coverage_by_horizon(cum, realised, 0.9)}
+    block["per_symbol"] = _per_symbol(table, ran)
+    block["risk"] = _risk_by_symbol(h.origins, cum)
+    block["notes"] = notes
+    return block
+
+
+def _significance(table: pd.DataFrame, block: dict, ran: list[str], seed: int, notes: dict) -> dict:
+    """comparison (every baseline; None with a note where it did not run or could not be compared), the
+    headline verdict and the model confidence set."""
+    baselines = [name for name in ran if name != "model"]
+    reasons: dict[str, str] = {}
+    compared = significance.compare(table, "model", baselines, seed=seed, notes=reasons) if baselines else {}
+    comparison = {}
     for name in BASELINES:
-        scored[name] = None if predictives[name] is None else score(predictives[name], y)
-
-    forecast = {"horizon_bars": horizon, "num_samples": num_samples, "n_origins": origins.n,
-                "temperature": forecaster.temperature,
-                "origins_rule": f"every {horizon} bars of the split (non-overlapping targets)"
-                                + (f", at most {max_origins} per symbol evenly spaced" if max_origins else ""),
-                "seeds": "one per origin, from (seed, symbol, the context's last timestamp)"}
-    for name, result in scored.items():
-        forecast[name] = None if result is None else _public(result)
-    reference = scored["histvol20"]["crps"]
-    forecast["crps_relative_to_histvol20"] = {name: (None if r is None else r["crps"] / reference)
-                                              for name, r in scored.items()}
-    forecast["coverage_by_horizon"] = {"50": coverage_by_horizon(cum, realised, 0.5),
-                                       "90": coverage_by_horizon(cum, realised, 0.9)}
-    forecast["per_symbol"] = _per_symbol(origins, scored)
-    forecast["risk"] = _risk_by_symbol(origins, cum)
-    if ablation_runs:
-        forecast["ablations"] = _ablations(ablation_runs, frame, series, origins, horizon, num_samples, seed, y)
-    forecast["notes"] = notes
-
-    run_train_end, run_val_end = run_cutoffs(run)
-    metrics = {"split": split, "train_end": iso(splits.train_end), "val_end": iso(splits.val_end),
-               "run_train_end": None if run_train_end is None else iso(run_train_end),
-               "run_val_end": None if run_val_end is None else iso(run_val_end),
-               "data": source_name(source), "n_symbols": len({str(s) for s in origins.symbols}),
-               "n_tokens": token_metrics.pop("n_tokens"), "tokens": token_metrics, "forecast": forecast,
-               "own_cutoffs": cutoffs.own, "overlap_allowed": bool(allow_overlap),
-               "overlapping_origins": overlapping}
-    metrics = json_ready(metrics)
-
-    out = Path(out) if out is not None else RunDir(run.dir).eval
-    with atomic_dir(out, overwrite=True) as tmp:
-        write_json(tmp / "metrics.json", metrics)
-        report.write_report(tmp, metrics, run=run, series=series, origins=origins, cum=cum, realised=realised)
-    log.info(f"evaluate: wrote {out}")
-    return metrics
+        comparison[name] = compared.get(name)
+        if comparison[name] is None:
+            notes[f"comparison {name}"] = reasons.get(name, f"{name} did not run, so it was not compared")
+    verdict = significance.headline_verdict(comparison, {n: block[n]["crps"] for n in baselines})
+    if verdict["verdict"] is None:
+        notes["verdict"] = "no baseline could be compared with the model (see the comparison notes)"
+    mcs_notes: dict[str, str] = {}
+    mcs = significance.model_confidence_set(table, ran, seed=seed, notes=mcs_notes)
+    if mcs is None:
+        notes["mcs"] = mcs_notes.get("model_confidence_set", "not computed")
+    return {"comparison": comparison, "verdict": verdict, "mcs": mcs}
 
 
-def _public(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "per_origin"}
-
-
-def _per_symbol(origins: Origins, scored: dict) -> dict:
+def _per_symbol(table: pd.DataFrame, ran: list[str]) -> dict:
     out = {}
-    for symbol in sorted({str(s) for s in origins.symbols}):
-        mask = origins.symbols == symbol
-        row = {"n_origins": int(mask.sum())}
+    for symbol, rows in table.groupby("symbol", sort=True):
+        row = {"n_origins": len(rows)}
         for level in ("50", "90"):
-            row[f"model_coverage_{level}"] = float(np.mean(scored["model"]["per_origin"][f"inside_{level}"][mask]))
-        for name, result in scored.items():
-            row[f"crps_{name}"] = None if result is None else float(np.mean(result["per_origin"]["crps"][mask]))
-        out[symbol] = row
+            row[f"model_coverage_{level}"] = float(rows[f"hit{level}_model"].mean())
+        for name in FORECASTERS:
+            row[f"crps_{name}"] = float(rows[f"crps_{name}"].mean()) if name in ran else None
+        out[str(symbol)] = row
     return out
 
 
@@ -162,14 +340,18 @@ def _risk_by_symbol(origins: Origins, cum: np.ndarray) -> dict:
     return out
 
 
-def _ablations(ablation_runs: dict, frame, series, origins, horizon, num_samples, seed, y) -> dict:
+def _ablations(ablation_runs: dict, setup: _Setup, h: _Horizon, y: np.ndarray) -> dict:
     out = {}
+    origins, series = h.origins, setup.series
     for name, run_dir in ablation_runs.items():
         forecaster = Forecaster.from_run(run_dir)
-        contexts = origins.contexts(series, forecaster.features(frame))
-        cum = forecaster.sample_cumulative(contexts, origins.symbols, horizon, num_samples, seed=seed,
+        contexts = origins.contexts(series, forecaster.features(setup.frame))
+        cum = forecaster.sample_cumulative(contexts, origins.symbols, h.horizon, setup.num_samples, seed=setup.seed,
                                            context_ends=origins.context_end(series))
         pred = SamplePredictive(cum[..., -1])
         out[name] = {"run": str(run_dir), "crps": float(np.mean(pred.crps(y))),
                      "coverage_90": coverage_and_width(pred, y, 0.9)[0]}
     return out
+
+
+__all__ = ["DEFAULT_NUM_SAMPLES", "FORECASTERS", "evaluate_run", "origins_frame", "resolve_horizons"]
