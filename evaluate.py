@@ -2,7 +2,7 @@
 
 A thin wrapper over `pricegpt evaluate` (which writes RUN/eval/); without --run it uses the most recent run under
 runs/. Prints what the seed printed (accuracy, top-5 accuracy, perplexity, cross-entropy loss, parameter count,
-model size) for the evaluated split, then the forecast table against the baselines.
+model size) for the evaluated split, after the verdicts and the forecast table of `pricegpt evaluate`.
 """
 
 import json
@@ -27,7 +27,6 @@ def seed_summary(metrics: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from pricegpt.cli.text import headline_table
     from pricegpt.runs import latest_run
 
     run = next((a.split("=", 1)[1] for a in argv if a.startswith("--run=")), None)
@@ -40,14 +39,12 @@ def main(argv: list[str]) -> int:
             sys.stderr.write(f"error: {err}\n")
             return 2
         argv = ["--run", run, *argv]
-    code = cli_main(["evaluate", *argv])
+    code = cli_main(["evaluate", *argv])  # prints the verdicts, the forecast table and where the report is
     if code != 0:
         return code
     metrics = json.loads((Path(run) / "eval" / "metrics.json").read_text())
     if metrics["tokens"].get("model") is not None:
         print(seed_summary(metrics))
-    print(headline_table(metrics))
-    print(f"report: {Path(run) / 'eval' / 'report.html'}")
     return 0
 
 

@@ -26,10 +26,11 @@ _API = {
     "RunConfig": "config", "TrainConfig": "config",
     "train_run": "train", "Trainer": "train",
     "load_run": "runs", "Run": "runs",
-    "Forecaster": "forecast", "calibrate_temperature": "forecast",
-    "evaluate_run": "evaluate",
+    "Forecaster": "forecast", "calibrate_temperature": "forecast", "forecast_symbol": "forecast",
+    "evaluate_run": "evaluate", "origins_frame": "evaluate",
     "run_backtest": "backtest",
-    "analyze": "analysis",
+    "analyze": "analysis", "analyze_to_dir": "analysis",
+    "run_pipeline": "pipeline", "PipelineSettings": "pipeline",
 }
 
 __all__ = sorted(_API) + ["__version__"]

@@ -239,7 +239,7 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
     # the frame already read and validated
     source = str(data) if not isinstance(data, pd.DataFrame) and settings.date_format is None else frame
     stage("evaluate", out, out.eval_metrics.is_file,
-          lambda: evaluate_run(out.root, data=source, split="test", horizon=horizon,
+          lambda: evaluate_run(out.root, data=source, split="test", horizons=[horizon, 1],
                                num_samples=settings.num_samples, seed=settings.seed, ablation_runs=ablation_runs),
           extra_inputs=extra)
     stage("backtest", out, out.backtest_metrics.is_file,
