@@ -1,5 +1,6 @@
-"""What every tokenizer kind shares: the `Tokenizer` interface, per-symbol scaling, decode, save/load, hash.
-(Per-bar features and cutting them into patches are patches.py.)
+"""What every tokenizer kind shares: the `Tokenizer` interface, scaling, decode, save/load, hash.
+(Per-bar features and cutting them into patches are patches.py; the volatility recursions scaling.py; drawing
+within a code decoding.py.)
 
 A tokenizer turns each symbol's bars into a stream of token ids, one id per *patch* of `patch_len` consecutive
 bars. Per symbol, the per-bar features (the first bar has none: it has no return) are cut into non-overlapping
@@ -11,15 +12,29 @@ Features per bar (`features=`, computed by `patches.bar_features`):
   "close"  the close-to-close log return (default; all a close-only file has);
   "ohlcv"  the log return, log(high/close), log(low/close), log(open/close) and the change of log(1 + volume).
 
-Scaling (no leakage, no per-window normalisation): each feature of each symbol is divided by that symbol's
-standard deviation of the feature over its train bars (timestamp <= train_end). A symbol with fewer than
+Scaling (no leakage, no per-window normalisation; `scaling=`, see scaling.py): the static scale of a symbol is
+the standard deviation of each feature over its train bars (timestamp <= train_end); a symbol with fewer than
 `min_scale_returns` train bars, or none at all, uses the global scale: the median of the per-symbol scales.
-The scales live in config.json; `decode(tokens, symbol)` multiplies back by the symbol's close scale, so the
-volatility level of a symbol is part of what its tokens mean.
+  "static" (default)  every bar is divided by the static scale: the volatility level of a symbol is part of what
+                      its tokens mean, and `decode(tokens, symbol)` multiplies it back.
+  "ewma" / "garch"    the close return of bar t is divided by a running volatility s_t computed from the returns
+                      before t (`scales`), so a token is a standardised shock r_t / s_t; a patch is divided by the
+                      s at its first bar. log(high/close), log(low/close), log(open/close) are divided by their
+                      static scale times s_t / (static close scale); the volume change by its static scale.
+                      Decoding rolls s forward along each path with the path's own returns (`decode_paths`),
+                      from the state of the real history at the origin (`origin_state`).
+Encoding needs each patch's scale: `encode(frame)`, `patchify(frame)` + `encode_patches(patches)` and
+`encode_history(values, symbol)` compute it from each symbol's history; raw patch arrays need `scales=`, except
+under static scaling.
+
+Decoding (`decode=`, see decoding.py): "centroid" (the default of `decode`) gives each token its code's patch in
+`decode_table`; "within" draws from the code's train members, with a fitted tail on the two outermost codes.
 
 Kinds subclass `Tokenizer` and implement `_fit_scaled` (train patches in scaled units), `_encode_scaled`,
 `_tensors` / `_load_tensors`; they fill `decode_table` (K, patch_len) with each token's patch of scaled close
-returns. Files: `config.json` (the flat config, the scales, fit facts) + `model.safetensors` (no pickle).
+returns. Files: `config.json` (the flat config, the scales, GARCH parameters, fit facts) + `model.safetensors`
+(the kind's tensors and the within-code tables `decode.*`; no pickle). A file of format 1 (before scaling and
+within-code decoding) loads as static scaling with centroid decoding only.
 Fitting is deterministic given the seed and the train split alone, so fitting on data truncated at `train_end`
 writes byte-identical files to fitting on all the data.
 """
@@ -38,11 +53,13 @@ import safetensors.torch
 import torch
 from safetensors.torch import load as load_safetensors_bytes
 
-from ..config import check_choice, check_int, check_seed, show
+from ..config import check_choice, check_int, check_number, check_seed, show
 from ..data import iso, parse_time, time_splits
 from ..errors import ConfigError, DataError, TokenizerError
 from ..fileio import write_bytes
+from .decoding import DECODES, WithinTables, fit_within, sample_within
 from .patches import Patches, bar_features, cut_patches, cutoff_ns
+from .scaling import SCALINGS, Recursion, check_garch, ewma_lambda, fit_garch
 
 DEFAULT_PATCH_LEN = 4
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -50,7 +67,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "ohlcv": ("log_return", "log_high_close", "log_low_close", "log_open_close", "log_volume_change"),
 }
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: scaling, GARCH parameters and within-code tables; 1 loads as static + centroid
 MAX_PATCH_LEN = 4096
 MAX_CODEBOOK = 65536  # token stores hold uint16 ids
 
@@ -66,6 +83,13 @@ class TokenizerConfig:
     seed: int = 0
     min_scale_returns: int = 20  # fewer train bars than this: the symbol uses the global scale
     train_end: str | None = None
+    scaling: str = "static"  # "static" | "ewma" | "garch" (scaling.py)
+    halflife: float = 11.2  # bars, of the ewma (and of garch for unseen symbols); 11.2 is RiskMetrics' lam = 0.94
+    scale_floor: float = 0.05  # a running scale never drops below this fraction of the symbol's static scale
+    decode: str = "centroid"  # decode_paths' default: "centroid" | "within" (decoding.py)
+    decode_quantiles: int = 64  # member patches kept per code for within-code decoding
+    tail_from: float = 0.5  # the outer codes' GPD tail covers their members beyond this quantile
+    tail_cap: float = 2.0  # a tail draw's excess is at most this multiple of the code's largest train excess
 
     def validate(self) -> None:
         check_int(self.patch_len, "--patch-len (patch_len)", 1, MAX_PATCH_LEN)
@@ -73,6 +97,13 @@ class TokenizerConfig:
         check_choice(self.features, "features", tuple(FEATURES))
         check_seed(self.seed, "--seed (tokenizer seed)")
         check_int(self.min_scale_returns, "min_scale_returns", 2, 10**9)
+        check_choice(self.scaling, "scaling", SCALINGS)
+        check_number(self.halflife, "halflife", 0, 1e6, lo_open=True, hint="the ewma half-life in bars, e.g. 11.2")
+        check_number(self.scale_floor, "scale_floor", 0, 1, lo_open=True)
+        check_choice(self.decode, "decode", DECODES)
+        check_int(self.decode_quantiles, "decode_quantiles", 2, 4096)
+        check_number(self.tail_from, "tail_from", 0.5, 0.99)
+        check_number(self.tail_cap, "tail_cap", 1, 1000)
         if self.train_end is not None:
             try:
                 ts = pd.Timestamp(self.train_end) if isinstance(self.train_end, str) else None
@@ -111,9 +142,13 @@ class Tokenizer:
         self.config = config
         self.symbol_scales: dict[str, np.ndarray] = {}
         self.global_scale: np.ndarray | None = None
+        self.garch: dict[str, tuple[float, float, float]] = {}  # (omega, alpha, beta) per seen symbol
+        self.garch_global: tuple[float, float] | None = None  # median (alpha, beta) of the fitted symbols
         self.n_train_patches = 0
         self.decode_table: np.ndarray | None = None  # (K, patch_len) scaled close returns
+        self.within: WithinTables | None = None  # None: loaded from a format-1 file, centroid decoding only
         self._hash: str | None = None
+        self._older_file: tuple[bytes, bytes] | None = None  # the bytes of a file in an older format, kept as is
 
     # -- properties the rest of the package reads
     @property
@@ -159,12 +194,13 @@ class Tokenizer:
         Data after `train_end` is never read, so a truncated frame gives the same tokenizer."""
         t_end = parse_time(train_end, "--train-end") if train_end is not None else time_splits(frame).train_end
         cutoff = cutoff_ns(t_end)
-        per_symbol = bar_features(frame, self.config.features)
-        self._fit_scales({s: values[times <= cutoff] for s, (times, values) in per_symbol.items()}, t_end)
+        train_bars = {s: (times[times <= cutoff], values[times <= cutoff])
+                      for s, (times, values) in bar_features(frame, self.config.features).items()}
+        self._fit_scales({s: values for s, (_, values) in train_bars.items()}, t_end)
         train = []
-        for symbol, (times, values) in per_symbol.items():
-            patches = cut_patches(symbol, times, values, self.patch_len)
-            train.append(patches.features[patches.ends <= cutoff] / self.scale(symbol))
+        for symbol, (times, values) in train_bars.items():
+            patches = cut_patches(symbol, times, values, self.patch_len, self.bar_scales(values, symbol))
+            train.append(patches.features / patches.scales[:, None, :])
         x_train = np.concatenate(train) if train else np.zeros((0, self.patch_len, self.n_features))
         if len(x_train) < self.vocab_size:
             raise DataError(f"only {len(x_train)} complete train patches (of {self.patch_len} bars up to "
@@ -172,8 +208,10 @@ class Tokenizer:
                             "a later --train-end, a smaller --codebook-size or a smaller --patch-len")
         self.config.train_end = iso(t_end)
         self.n_train_patches = len(x_train)
-        self._hash = None
+        self._hash = self._older_file = None
         self._fit_scaled(x_train, progress=progress)
+        self.within = fit_within(x_train[:, :, 0], self._encode_scaled(x_train), self.vocab_size,
+                                 self.config.decode_quantiles, self.config.tail_from)
         return self
 
     def _fit_scales(self, train_values: dict[str, np.ndarray], t_end: pd.Timestamp) -> None:
@@ -194,24 +232,118 @@ class Tokenizer:
         self.global_scale = global_scale
         self.symbol_scales = {s: np.where(valid[i], stacked[i], global_scale)
                               for i, s in enumerate(candidates) if valid[i, 0]}
+        self.garch, self.garch_global = {}, None
+        if self.config.scaling == "garch":
+            self._fit_garch({s: train_values[s][:, 0] for s in self.symbol_scales}, t_end)
+
+    def _fit_garch(self, train_returns: dict[str, np.ndarray], t_end: pd.Timestamp) -> None:
+        """Per seen symbol (omega, alpha, beta) on its train returns; a failed fit: the median (alpha, beta) of the
+        others with omega targeting the symbol's train variance."""
+        fitted = {s: fit_garch(r) for s, r in train_returns.items()}
+        fitted = {s: p for s, p in fitted.items() if p is not None}
+        if not fitted:
+            raise DataError(f"no symbol has a GARCH(1,1) fit on its returns up to train_end {iso(t_end)} (each "
+                            "needs 100 or more train returns and a converging fit); use scaling='ewma'")
+        alpha = float(np.median([p[1] for p in fitted.values()]))
+        beta = float(np.median([p[2] for p in fitted.values()]))
+        self.garch_global = (alpha, beta)
+        self.garch = {s: fitted.get(s, ((1 - alpha - beta) * float(self.symbol_scales[s][0]) ** 2, alpha, beta))
+                      for s in train_returns}
 
     def _fit_scaled(self, x_train: np.ndarray, *, progress: bool | None) -> None:
         raise NotImplementedError
 
+    # -- scaling
+    def _recursion(self, symbol: str | None) -> Recursion:
+        """The variance recursion of `symbol` (see scaling.py); only for running scalings."""
+        c = self.config
+        static = float(self.scale(symbol)[0])
+        floor = c.scale_floor * static
+        if c.scaling == "garch" and symbol in self.garch:
+            omega, alpha, beta = self.garch[symbol]
+            return Recursion(beta, alpha, omega, static * static, floor)
+        lam = ewma_lambda(c.halflife)
+        prior = 0 if symbol in self.symbol_scales else c.min_scale_returns
+        return Recursion(lam, 1.0 - lam, 0.0, static * static, floor, prior)
+
+    def scales(self, data, symbol: str | None = None) -> np.ndarray:
+        """The close scale s_t of every bar, (n,): what bar t's close log return is divided by; s_t uses only
+        the returns before t.
+
+        `data`: a price frame (bars 1..n of `symbol`, the rows of `bar_features`; `symbol` may be left out when
+        the frame holds one symbol) or the symbol's log returns (n,) / features (n, n_features), from its first
+        return on (a running scale starts at the first one given)."""
+        if isinstance(data, pd.DataFrame):
+            symbol = self._only_symbol(data) if symbol is None else symbol
+            returns = self._close_returns(data, symbol)
+        else:
+            returns = _close(data)
+        if self.config.scaling == "static":
+            return np.full(len(returns), float(self.scale(symbol)[0]))
+        recursion = self._recursion(symbol)
+        return recursion.scale(recursion.variances(returns)[:-1])
+
+    def origin_state(self, history, symbol: str | None = None) -> float:
+        """The volatility state s at the bar after `history` (the symbol's log returns (n,) or features
+        (n, n_features) from its first return up to a forecast origin): the `s0` of `decode_paths`. Under static
+        scaling, the symbol's scale. (Before the floor: the scale used is max(s0, floor).)"""
+        if self.config.scaling == "static":
+            return float(self.scale(symbol)[0])
+        return float(np.sqrt(self._recursion(symbol).variances(_close(history))[-1]))
+
+    def bar_scales(self, values: np.ndarray, symbol: str | None = None) -> np.ndarray:
+        """Per-bar, per-feature scales (n, n_features) of one symbol's raw features (n, n_features)."""
+        values = np.asarray(values, dtype=np.float64)
+        static = self.scale(symbol)
+        if self.config.scaling == "static":
+            return np.broadcast_to(static, (len(values), len(static)))
+        recursion = self._recursion(symbol)
+        return self._feature_scales(recursion.scale(recursion.variances(values[:, 0])[:-1]), static)
+
+    def _feature_scales(self, close: np.ndarray, static: np.ndarray) -> np.ndarray:
+        """(n,) close scales -> (n, n_features): price features follow the close volatility, volume stays static."""
+        out = np.empty((len(close), len(static)))
+        out[:, 0] = close
+        for f, name in enumerate(FEATURES[self.config.features][1:], start=1):
+            out[:, f] = static[f] * (close / static[0]) if name != "log_volume_change" else static[f]
+        return out
+
+    @staticmethod
+    def _close_returns(frame: pd.DataFrame, symbol: str) -> np.ndarray:
+        per_symbol = bar_features(frame, "close")
+        if symbol not in per_symbol:
+            raise DataError(f"symbol {show(symbol)} is not in the price frame; it holds "
+                            f"{', '.join(show(s) for s in list(per_symbol)[:10])}")
+        return per_symbol[symbol][1][:, 0]
+
+    @staticmethod
+    def _only_symbol(frame: pd.DataFrame) -> str:
+        symbols = frame["symbol"].astype(str).unique() if "symbol" in frame.columns else []
+        if len(symbols) != 1:
+            raise DataError(f"the price frame holds {len(symbols)} symbols; pass symbol= to say which one")
+        return str(symbols[0])
+
     # -- encoding and decoding
     def patchify(self, frame: pd.DataFrame) -> dict[str, Patches]:
-        """Every complete patch of every symbol (sorted by symbol), raw features."""
-        return {s: cut_patches(s, times, values, self.patch_len)
+        """Every complete patch of every symbol (sorted by symbol): raw features and each patch's scale."""
+        return {s: cut_patches(s, times, values, self.patch_len, self.bar_scales(values, s))
                 for s, (times, values) in bar_features(frame, self.config.features).items()}
 
     def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Token ids (n_patches,) int64 per symbol of `frame`, symbols sorted."""
         self._require_fitted()
-        return {s: self.encode_patches(p.features, s) for s, p in self.patchify(frame).items()}
+        return {s: self.encode_patches(p, s) for s, p in self.patchify(frame).items()}
 
-    def encode_patches(self, patches: np.ndarray, symbol: str | None = None) -> np.ndarray:
-        """Raw patches (n, patch_len) or (n, patch_len, n_features) of `symbol` -> ids (n,) int64."""
+    def encode_patches(self, patches, symbol: str | None = None, scales=None) -> np.ndarray:
+        """Patches of `symbol` -> ids (n,) int64. `patches`: a `Patches` (from `patchify`; its scales are used)
+        or raw features (n, patch_len) / (n, patch_len, n_features) with `scales` (n,) close scales or
+        (n, n_features), each patch's scale at its first bar. Without scales: the static scale (a
+        TokenizerError under a running scaling, where a patch's scale depends on the bars before it)."""
         self._require_fitted()
+        if isinstance(patches, Patches):
+            symbol = patches.symbol if symbol is None else symbol
+            scales = patches.scales if scales is None else scales
+            patches = patches.features
         x = np.asarray(patches, dtype=np.float64)
         if x.ndim == 2:
             x = x[:, :, None]
@@ -219,36 +351,131 @@ class Tokenizer:
             f"patches must be (n, {self.patch_len}, {self.n_features}), got {x.shape}"
         if len(x) == 0:
             return np.zeros(0, dtype=np.int64)
-        ids = self._encode_scaled(x / self.scale(symbol))
+        if scales is None:
+            if self.config.scaling != "static":
+                raise TokenizerError(f"a {self.config.scaling}-scaled tokenizer needs each patch's scale: encode "
+                                     "Patches from tokenizer.patchify(frame), a history with encode_history(), "
+                                     "or pass scales=")
+            divisor = self.scale(symbol)
+        else:
+            divisor = np.asarray(scales, dtype=np.float64)
+            if divisor.ndim == 1:
+                divisor = self._feature_scales(divisor, self.scale(symbol))
+            assert divisor.shape == (len(x), self.n_features), \
+                f"scales must be ({len(x)},) or ({len(x)}, {self.n_features}), got {divisor.shape}"
+            divisor = divisor[:, None, :]
+        ids = self._encode_scaled(x / divisor)
         assert ids.dtype == np.int64 and (len(ids) == 0 or 0 <= ids.min() <= ids.max() < self.vocab_size)
         return ids
+
+    def encode_history(self, values, symbol: str | None = None, n_patches: int | None = None) -> np.ndarray:
+        """The tokens of the last `n_patches` (default: all) complete patches of a history, aligned to its end:
+        `values` (n,) log returns or (n, n_features) features of `symbol` from its first return up to a forecast
+        origin. Each patch is scaled by the scale at its first bar, computed from the whole history before it."""
+        x = np.asarray(values, dtype=np.float64)
+        x = x[:, None] if x.ndim == 1 else x
+        k = len(x) // self.patch_len if n_patches is None else min(int(n_patches), len(x) // self.patch_len)
+        start = len(x) - k * self.patch_len
+        scales = self.bar_scales(x, symbol)[start::self.patch_len][:k]
+        return self.encode_patches(x[start:].reshape(k, self.patch_len, x.shape[1]), symbol, scales=scales)
 
     def _encode_scaled(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def decode(self, tokens, symbol: str | None = None) -> np.ndarray:
+    def decode(self, tokens, symbol: str | None = None, *, scales=None, decode: str = "centroid",
+               rng=None) -> np.ndarray:
         """Token ids (..., n) -> log returns (..., n * patch_len) in the units of `symbol` (global scale when None
-        or unknown)."""
+        or unknown).
+
+        `scales` (broadcastable to the ids' shape): each token's scale, e.g. a patch's real scale when
+        reconstructing. Without: the static scale, or under a running scaling each row of tokens is a path whose
+        volatility is rolled forward from the symbol's start (`decode_paths` with s0 = its static scale).
+        `decode`: "centroid" (the code's patch) or "within" (a draw among its train members, from `rng`)."""
+        ids = self._check_ids(tokens)
+        if scales is None and self.config.scaling != "static":
+            paths = ids.reshape(-1, ids.shape[-1]) if ids.ndim else ids.reshape(1, 1)
+            returns = self.decode_paths(paths, symbol, decode=decode, rng=rng)
+            return returns.reshape(*ids.shape[:-1], -1) if ids.ndim else returns.reshape(-1)
+        scale = self.scale(symbol)[0] if scales is None else np.broadcast_to(np.asarray(scales, np.float64),
+                                                                           ids.shape)[..., None]
+        returns = self._shocks(ids, decode, rng) * scale
+        return returns.reshape(*ids.shape[:-1], -1) if ids.ndim else returns
+
+    def decode_paths(self, codes, symbol: str | None = None, s0: float | None = None, *, decode: str | None = None,
+                     rng=None) -> np.ndarray:
+        """Sampled token paths (n_paths, n_tokens) -> log returns (n_paths, n_tokens * patch_len).
+
+        Each token's shock patch (`decode`: "centroid" or "within", default the config's `decode`; within draws
+        from `rng`: a numpy Generator or a seed, default the tokenizer's seed) is multiplied by the path's scale at
+        the patch's first bar. Under a running scaling the scale starts at `s0` (the real history's state at the
+        origin, `origin_state`; default: the symbol's static scale) and rolls forward with each path's own
+        returns by the symbol's recursion; under static scaling it is the symbol's scale and s0 is ignored."""
+        ids = self._check_ids(codes)
+        assert ids.ndim == 2, f"codes must be (n_paths, n_tokens), got shape {ids.shape}"
+        shocks = self._shocks(ids, self.config.decode if decode is None else decode, rng)
+        n_paths, n_tokens = ids.shape
+        if self.config.scaling == "static":
+            return (shocks * self.scale(symbol)[0]).reshape(n_paths, -1)
+        recursion = self._recursion(symbol)
+        if s0 is None:
+            var = np.full(n_paths, recursion.var0)
+        else:
+            if isinstance(s0, bool) or not isinstance(s0, int | float | np.number) or not 0 < float(s0) < np.inf:
+                raise TokenizerError(f"s0 (the volatility at the first decoded bar) must be a positive finite "
+                                     f"number, got {show(s0)}; compute it with origin_state(history, symbol)")
+            var = np.full(n_paths, float(s0) ** 2)
+        out = np.empty_like(shocks)
+        for j in range(n_tokens):
+            out[:, j] = shocks[:, j] * recursion.scale(var)[:, None]
+            for b in range(self.patch_len):
+                var = recursion.step(var, out[:, j, b])
+        return out.reshape(n_paths, -1)
+
+    def _check_ids(self, tokens) -> np.ndarray:
         self._require_fitted()
         ids = np.asarray(tokens)
         if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= self.vocab_size):
             raise TokenizerError(f"token ids must be integers in [0, {self.vocab_size}) for this tokenizer; got "
                                  f"{ids.dtype} values in [{ids.min()}, {ids.max()}]")
-        returns = self.decode_table[ids.astype(np.int64)] * self.scale(symbol)[0]
-        return returns.reshape(*ids.shape[:-1], -1) if ids.ndim else returns
+        return ids.astype(np.int64)
+
+    def _shocks(self, ids: np.ndarray, decode: str, rng) -> np.ndarray:
+        """Shock patches (..., patch_len) of ids (...)."""
+        check_choice(decode, "decode", DECODES)
+        if decode == "centroid":
+            return self.decode_table[ids]
+        if self.within is None:
+            raise TokenizerError("this tokenizer was saved before within-code decoding existed (no member "
+                                 "tables in model.safetensors): fit it again with `pricegpt tokenizer fit`, or "
+                                 "use decode='centroid'")
+        generator = rng if isinstance(rng, np.random.Generator) else \
+            np.random.default_rng(self.config.seed if rng is None else rng)
+        c = self.config
+        with np.errstate(divide="ignore"):  # u = 0 is the lowest tail's infinite quantile, capped by tail_cap
+            return sample_within(self.within, self.decode_table, ids, generator.random(ids.shape), c.tail_from,
+                                 c.tail_cap)
 
     def reconstruct(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """decode(encode(frame)) per symbol: (n_patches, patch_len) log returns, for measuring the error."""
-        return {s: self.decode(ids, s).reshape(len(ids), self.patch_len) for s, ids in self.encode(frame).items()}
+        """decode(encode(frame)) per symbol with each patch's real scale: (n_patches, patch_len) log returns, for
+        measuring the error."""
+        out = {}
+        for s, p in self.patchify(frame).items():
+            ids = self.encode_patches(p, s)
+            out[s] = self.decode(ids, s, scales=p.scales[:, 0]).reshape(len(ids), self.patch_len)
+        return out
 
     # -- files
     def config_dict(self) -> dict:
         self._require_fitted()
-        return {**asdict(self.config), "format_version": FORMAT_VERSION,
-                "feature_names": list(FEATURES[self.config.features]),
-                "n_train_patches": self.n_train_patches,
-                "scales": {"global": [float(v) for v in self.global_scale],
-                           "symbols": {s: [float(v) for v in scale] for s, scale in self.symbol_scales.items()}}}
+        out = {**asdict(self.config), "format_version": FORMAT_VERSION,
+               "feature_names": list(FEATURES[self.config.features]),
+               "n_train_patches": self.n_train_patches,
+               "scales": {"global": [float(v) for v in self.global_scale],
+                          "symbols": {s: [float(v) for v in scale] for s, scale in self.symbol_scales.items()}}}
+        if self.config.scaling == "garch":
+            out["garch"] = {"global": list(self.garch_global),
+                            "symbols": {s: list(params) for s, params in self.garch.items()}}
+        return out
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -257,9 +484,14 @@ class Tokenizer:
         raise NotImplementedError
 
     def to_bytes(self) -> tuple[bytes, bytes]:
-        """The exact bytes of config.json and model.safetensors."""
+        """The exact bytes of config.json and model.safetensors. A tokenizer loaded from an older format keeps
+        its files' bytes (and so its hash, which runs and token stores recorded)."""
+        if self._older_file is not None:
+            return self._older_file
         config = (json.dumps(self.config_dict(), indent=2, allow_nan=False) + "\n").encode("utf-8")
         tensors = {name: t.detach().contiguous() for name, t in self._tensors().items()}
+        if self.within is not None:
+            tensors.update(self.within.tensors())
         # one metadata key only: safetensors writes a multi-key metadata map in random order (not reproducible)
         return config, safetensors.torch.save(tensors, metadata={"format": "pt"})
 
@@ -313,6 +545,8 @@ class Tokenizer:
             raise TokenizerError(f"{directory / WEIGHTS_FILE} is truncated, corrupted or does not match "
                                  f"{CONFIG_FILE} ({err}); {refit}") from None
         tokenizer._hash = hashlib.sha256(config_bytes + weights_bytes).hexdigest()
+        if version < FORMAT_VERSION:
+            tokenizer._older_file = (config_bytes, weights_bytes)
         return tokenizer
 
     @classmethod
@@ -327,6 +561,13 @@ class Tokenizer:
         tokenizer.global_scale = _scale_vector(scales["global"], n_features)
         tokenizer.symbol_scales = {str(s): _scale_vector(v, n_features) for s, v in scales["symbols"].items()}
         tokenizer.n_train_patches = check_int(raw["n_train_patches"], "n_train_patches", 0, 2**62)
+        if config.scaling == "garch":
+            garch = raw["garch"]
+            tokenizer.garch_global = check_garch(garch["global"], "the global fit")
+            tokenizer.garch = {str(s): check_garch(v, f"symbol {show(s)}") for s, v in garch["symbols"].items()}
+            if len(tokenizer.garch_global) != 2 or any(len(v) != 3 for v in tokenizer.garch.values()) \
+                    or set(tokenizer.garch) != set(tokenizer.symbol_scales):
+                raise ValueError("the GARCH parameters do not match the symbols with a scale")
         return tokenizer
 
     def _load_weights(self, weights_bytes: bytes) -> None:
@@ -338,6 +579,8 @@ class Tokenizer:
         for name, tensor in tensors.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"tensor {name} holds NaN or infinite values")
+        self.within = WithinTables.from_tensors(tensors, self.vocab_size, self.config.decode_quantiles,
+                                                self.patch_len)
         self._load_tensors(tensors)
         assert self.decode_table is not None and self.decode_table.shape == (self.vocab_size, self.patch_len), \
             "decode table does not match the config"
@@ -352,7 +595,14 @@ class Tokenizer:
     def __repr__(self) -> str:
         state = f"train_end={self.config.train_end}" if self.fitted else "unfitted"
         return (f"{type(self).__name__}(K={self.vocab_size}, patch_len={self.patch_len}, "
-                f"features={self.config.features!r}, {state})")
+                f"features={self.config.features!r}, scaling={self.config.scaling!r}, {state})")
+
+
+def _close(values) -> np.ndarray:
+    """Log returns (n,) or features (n, n_features) -> the close log returns (n,) float64."""
+    x = np.asarray(values, dtype=np.float64)
+    assert x.ndim in (1, 2), f"returns must be (n,) or (n, n_features), got shape {x.shape}"
+    return x if x.ndim == 1 else x[:, 0]
 
 
 def _scale_vector(values, n_features: int) -> np.ndarray:

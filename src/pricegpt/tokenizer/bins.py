@@ -6,9 +6,10 @@
             return (Chronos-style; the sum of patch_len unit-variance returns has std ~ sqrt(patch_len)), values
             beyond the range go to the end bins.
 
-Both decode a token to the mean train patch of its bin (scaled close returns, times the symbol's scale); a bin
-that no train patch fell into decodes to its centre spread evenly over the patch. Only the close return is
-binned, so these kinds take features="close" only.
+"Scaled" is whatever the tokenizer's scaling makes of a return: under ewma / garch the bins are fit on the train
+shocks, and with patch_len=1 a token is one bar's shock (quantile bins per bar). Both decode a token to the mean
+train patch of its bin (its centroid, times the scale); a bin that no train patch fell into decodes to its centre
+spread evenly over the patch. Only the close return is binned, so these kinds take features="close" only.
 """
 
 from __future__ import annotations

@@ -25,12 +25,15 @@ log = logging.getLogger("pricegpt")
 @dataclass
 class Patches:
     """One symbol's complete patches: `features` (n_patches, patch_len, n_features) raw (unscaled) values,
-    `starts` / `ends` the timestamps (datetime64[ns], UTC) of each patch's first and last bar."""
+    `starts` / `ends` the timestamps (datetime64[ns], UTC) of each patch's first and last bar, and `scales`
+    (n_patches, n_features) what each patch is divided by (the scale at its first bar), when the tokenizer that
+    cut them gave bar scales."""
 
     symbol: str
     features: np.ndarray
     starts: np.ndarray
     ends: np.ndarray
+    scales: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.features)
@@ -113,12 +116,15 @@ def _check_prices(values: np.ndarray, symbol: str, column: str) -> None:
                         "read the data with pricegpt.load_prices")
 
 
-def cut_patches(symbol: str, times: np.ndarray, values: np.ndarray, patch_len: int) -> Patches:
-    """Non-overlapping patches anchored at the first return; the trailing incomplete patch is dropped."""
+def cut_patches(symbol: str, times: np.ndarray, values: np.ndarray, patch_len: int,
+                bar_scales: np.ndarray | None = None) -> Patches:
+    """Non-overlapping patches anchored at the first return; the trailing incomplete patch is dropped. With
+    `bar_scales` (n_bars, n_features), each patch's scale is the one at its first bar."""
     n = len(values) // patch_len
     used = n * patch_len
     return Patches(symbol, values[:used].reshape(n, patch_len, values.shape[1]),
-                   times[0:used:patch_len], times[patch_len - 1:used:patch_len])
+                   times[0:used:patch_len], times[patch_len - 1:used:patch_len],
+                   None if bar_scales is None else np.asarray(bar_scales[0:used:patch_len]))
 
 
 def summed(x: np.ndarray) -> np.ndarray:

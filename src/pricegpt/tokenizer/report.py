@@ -5,9 +5,10 @@ DIR/report.json                          code usage and reconstruction error (se
 DIR/usage.png  DIR/recon.png             code usage histogram; real vs reconstructed returns (validation)
 
 Reconstruction is measured on the validation patches (last bar in (train_end, val_end]) in the units of the raw
-log returns: decode(encode(patch)) against the patch's real returns, mean over bars. The baseline is a quantile
-tokenizer with the same codebook size, patch length, scaling and train split. Code usage is counted on the train
-tokens (`codes_used`, `usage_perplexity`) and, separately, on the validation tokens (`val_*`).
+log returns: decode(encode(patch)) (centroids) times the patch's real scale, against the patch's real returns,
+mean over bars. The baseline is a quantile tokenizer with the same codebook size, patch length, scaling and train
+split. Code usage is counted on the train tokens (`codes_used`, `usage_perplexity`) and, separately, on the
+validation tokens (`val_*`). `tails` gives the generalised Pareto tails of the two outermost codes (decoding.py).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def tokenizer_report(tokenizer: Tokenizer, frame: pd.DataFrame, splits: Splits) 
     """(report.json content, data for the plots). See the module docstring for what is measured."""
     patches = tokenizer.patchify(frame)
     labels = {s: splits.label(p.ends) for s, p in patches.items()}
-    tokens = {s: tokenizer.encode_patches(p.features, s) for s, p in patches.items()}
+    tokens = {s: tokenizer.encode_patches(p, s) for s, p in patches.items()}
     K = tokenizer.vocab_size
     train_counts = _counts(tokens, labels, 0, K)
     val_counts = _counts(tokens, labels, 1, K)
@@ -72,15 +73,21 @@ def tokenizer_report(tokenizer: Tokenizer, frame: pd.DataFrame, splits: Splits) 
     if tokenizer.kind == "quantile":
         baseline, baseline_mse = tokenizer, recon_mse
     else:
-        baseline = create_tokenizer("quantile", patch_len=tokenizer.patch_len, codebook_size=K,
-                                    seed=tokenizer.config.seed, min_scale_returns=tokenizer.config.min_scale_returns)
+        c = tokenizer.config
+        baseline = create_tokenizer("quantile", patch_len=tokenizer.patch_len, codebook_size=K, seed=c.seed,
+                                    min_scale_returns=c.min_scale_returns, scaling=c.scaling, halflife=c.halflife,
+                                    scale_floor=c.scale_floor)
         baseline.fit(frame, splits.train_end)
-        base_tokens = {s: baseline.encode_patches(p.features[:, :, :1], s) for s, p in patches.items()}
-        baseline_mse, _ = _recon_mse(baseline, patches, base_tokens, labels)
+        base_patches = baseline.patchify(frame)  # the same patches of close returns, with the baseline's scales
+        base_tokens = {s: baseline.encode_patches(p, s) for s, p in base_patches.items()}
+        baseline_mse, _ = _recon_mse(baseline, base_patches, base_tokens, labels)
     val_square = _mean_square(patches, labels)
     report = {
         "kind": tokenizer.kind, "codebook_size": K, "patch_len": tokenizer.patch_len,
-        "features": tokenizer.config.features, "train_end": tokenizer.config.train_end, "val_end": iso(splits.val_end),
+        "features": tokenizer.config.features, "scaling": tokenizer.config.scaling,
+        "halflife": tokenizer.config.halflife if tokenizer.config.scaling != "static" else None,
+        "decode": tokenizer.config.decode, "tails": _tails(tokenizer),
+        "train_end": tokenizer.config.train_end, "val_end": iso(splits.val_end),
         "codes_used": int((train_counts > 0).sum()), "codes_used_frac": float((train_counts > 0).mean()),
         "usage_perplexity": _perplexity(train_counts),
         "recon_mse": recon_mse, "recon_rmse_bps": None if recon_mse is None else math.sqrt(recon_mse) * 1e4,
@@ -93,8 +100,9 @@ def tokenizer_report(tokenizer: Tokenizer, frame: pd.DataFrame, splits: Splits) 
         "n_train_patches": int(train_counts.sum()), "n_val_patches": int(val_counts.sum()), "n_val_bars": val_bars,
         "n_symbols": len(patches), "tokenizer_hash": tokenizer.hash,
         "notes": ("codes_used / usage_perplexity count the train tokens; val_* the validation tokens. recon_mse is "
-                  "the mean squared error per bar of decode(encode(patch)) against the real log returns of the "
-                  "validation patches; the baseline is a quantile tokenizer with the same K, patch_len and scaling."),
+                  "the mean squared error per bar of decode(encode(patch)) (centroids, times each patch's real "
+                  "scale) against the real log returns of the validation patches; the baseline is a quantile "
+                  "tokenizer with the same K, patch_len and scaling."),
     }
     if recon_mse is None:
         report["notes"] += " No validation patch: reconstruction was not measured."
@@ -103,6 +111,17 @@ def tokenizer_report(tokenizer: Tokenizer, frame: pd.DataFrame, splits: Splits) 
                     report["codes_used"], K)
     return report, {"train_counts": train_counts, "val_counts": val_counts,
                     "recon": _recon_stretch(tokenizer, baseline, patches, tokens, labels)}
+
+
+def _tails(tokenizer: Tokenizer) -> dict:
+    """The outermost codes' GPD tails in shock units: {"low"|"high": {code, threshold, xi, beta} or None}."""
+    out = {"low": None, "high": None}
+    if tokenizer.within is not None:
+        for side, code, (threshold, xi, beta, _) in zip(("low", "high"), tokenizer.within.tail_codes,
+                                                        tokenizer.within.tail_params):
+            if code >= 0:
+                out[side] = {"code": int(code), "threshold": float(threshold), "xi": float(xi), "beta": float(beta)}
+    return out
 
 
 def _counts(tokens: dict[str, np.ndarray], labels: dict[str, np.ndarray], split: int, K: int) -> np.ndarray:
@@ -127,7 +146,8 @@ def _recon_mse(tokenizer: Tokenizer, patches: dict[str, Patches], tokens: dict[s
         val = labels[s] == 1
         if val.any():
             real = p.features[val, :, 0]
-            total += float(((tokenizer.decode(tokens[s][val], s).reshape(real.shape) - real) ** 2).sum())
+            recon = tokenizer.decode(tokens[s][val], s, scales=p.scales[val, 0]).reshape(real.shape)
+            total += float(((recon - real) ** 2).sum())
             bars += real.size
     return (total / bars if bars else None), bars
 
@@ -147,8 +167,9 @@ def _recon_stretch(tokenizer, baseline, patches, tokens, labels):
     where = np.flatnonzero(labels[symbol] == 1)[:RECON_PLOT_PATCHES]
     p = patches[symbol]
     real = p.features[where, :, 0].ravel()
-    recon = tokenizer.decode(tokens[symbol][where], symbol)
-    base = baseline.decode(baseline.encode_patches(p.features[where, :, :1], symbol), symbol)
+    recon = tokenizer.decode(tokens[symbol][where], symbol, scales=p.scales[where, 0])
+    base = baseline.decode(baseline.encode_patches(p.features[where, :, :1], symbol, scales=p.scales[where, :1]),
+                           symbol, scales=p.scales[where, 0])
     return symbol, len(where) * tokenizer.patch_len, real, recon, base
 
 

@@ -76,7 +76,7 @@ def write_token_store(tokenizer: Tokenizer, frame: pd.DataFrame, out_dir: str | 
         if len(p) == 0:
             skipped[symbol] = f"fewer than {tokenizer.patch_len + 1} bars: no complete patch"
             continue
-        encoded[symbol] = (tokenizer.encode_patches(p.features, symbol).astype(dtype), p, splits.label(p.ends))
+        encoded[symbol] = (tokenizer.encode_patches(p, symbol).astype(dtype), p, splits.label(p.ends))
     if not encoded:
         raise DataError(f"no symbol has a complete patch of {tokenizer.patch_len} returns "
                         f"({tokenizer.patch_len + 1} bars); nothing to tokenize")
