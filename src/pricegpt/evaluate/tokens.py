@@ -33,7 +33,7 @@ def token_streams(tokenizer, frame: pd.DataFrame, splits: Splits) -> dict[str, t
     for symbol, patches in tokenizer.patchify(frame).items():
         if len(patches) == 0:
             continue
-        ids = tokenizer.encode_patches(patches.features, symbol)
+        ids = tokenizer.encode_patches(patches, symbol)
         out[symbol] = (ids, splits.label(pd.to_datetime(patches.ends, utc=True)))
     return out
 
