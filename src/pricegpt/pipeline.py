@@ -61,6 +61,9 @@ class PipelineSettings:
     tokenizer_kind: str = "vqvae"
     patch_len: int | None = None         # bars per token (default: the preset's)
     codebook_size: int | None = None
+    scaling: str | None = None           # tokenizer scaling: static | ewma | garch (default: the preset's)
+    halflife: float | None = None        # bars, of the ewma scaling
+    decode: str | None = None            # how sampled tokens become returns: centroid | within
     horizon: int | None = None           # forecast horizon in bars (default DEFAULT_HORIZON)
     num_samples: int | None = None       # sample paths per origin (default 256)
     cost_bps: float = 1.0
@@ -98,7 +101,9 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
     resolve_config(settings.preset, settings.config, list(settings.overrides), settings.max_steps)
     _check_splits_hold_the_horizon(frame, splits, settings)
     tokenizer_options.update({k: v for k, v in (("patch_len", settings.patch_len),
-                                                 ("codebook_size", settings.codebook_size)) if v})
+                                                 ("codebook_size", settings.codebook_size),
+                                                 ("scaling", settings.scaling), ("halflife", settings.halflife),
+                                                 ("decode", settings.decode)) if v})
     record = {"format_version": FORMAT_VERSION, "data": _source_id(data), **splits.to_dict(),
               "preset": settings.preset, "tokenizer_kind": settings.tokenizer_kind, "tokenizer": tokenizer_options,
               "horizon": settings.horizon or DEFAULT_HORIZON, "num_samples": settings.num_samples,
