@@ -1,0 +1,115 @@
+"""The tokenizer ablation of MODEL_README: scaling x decode (x kind) on several real datasets, chosen on the
+VALIDATION split, the winner and the previous default then scored once on the test split.
+
+    .venv/bin/python scripts/ablation.py --out runs/ablation [--num-samples 128] [--configs a,b] [--test]
+
+Datasets: the embedded samples and the files of scripts/ablation_data.sh (data/ablation/). Every run uses the
+tiny preset with its default schedule and seed 0; only the tokenizer options differ. Resumable: a finished step
+of a (dataset, config) is skipped. Writes OUT/ablation.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+from pricegpt.config import preset_tokenizer_options
+from pricegpt.data import load_prices, time_splits
+from pricegpt.evaluate import evaluate_run
+from pricegpt.forecast import calibrate_temperature
+from pricegpt.runs import load_run
+from pricegpt.tokenizer import fit_to_dir, load_tokenizer, write_token_store
+from pricegpt.train import train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = {"stocks-daily": "sample:stocks-daily", "eurusd-hourly": "sample:eurusd-hourly",
+            "indices-1990-2001": str(ROOT / "data/ablation/indices"),
+            "googl-2009-2018": str(ROOT / "data/ablation/GOOGL.csv")}
+CONFIGS = {
+    "static-centroid": {},  # the default before this ablation
+    "static-within": {"decode": "within"},
+    "ewma-centroid": {"scaling": "ewma"},
+    "ewma-within": {"scaling": "ewma", "decode": "within"},
+    "ewma30-within": {"scaling": "ewma", "halflife": 30.0, "decode": "within"},
+    "garch-within": {"scaling": "garch", "decode": "within"},
+}
+HORIZON = 4
+
+
+def run_one(name: str, source: str, config: str, out: Path, num_samples: int, split: str) -> dict:
+    run = out / name / config
+    frame = load_prices(source)
+    splits = time_splits(frame)
+    options = {**preset_tokenizer_options("tiny"), **CONFIGS[config]}
+    if not (run / "tokenizer" / "report.json").is_file():
+        fit_to_dir(frame, run / "tokenizer", kind="vqvae", train_end=splits.train_end, val_end=splits.val_end,
+                   seed=0, overwrite=(run / "tokenizer").exists(), **options)
+    if not (run / "tokens" / "index.json").is_file():
+        write_token_store(load_tokenizer(run / "tokenizer"), frame, run / "tokens", splits,
+                          overwrite=(run / "tokens").exists())
+    meta = run / "model" / "meta.json"
+    if not meta.is_file() or not json.loads(meta.read_text()).get("finished", True):
+        train_run(tokens=run / "tokens", out=run, preset="tiny", allow_existing=True,
+                  resume=(run / "checkpoints").exists())
+    if not (run / "calibration.json").is_file():
+        calibrate_temperature(load_run(run), frame, splits, horizon=HORIZON, num_samples=num_samples)
+    eval_dir = run / f"eval-{split}"
+    if not (eval_dir / "metrics.json").is_file():
+        evaluate_run(run, data=frame, split=split, horizons=[HORIZON], num_samples=num_samples, out=eval_dir)
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    forecast, tokens = metrics["forecast"], metrics["tokens"]
+    verdict = forecast.get("verdict") or {}
+    return {"dataset": name, "config": config, "split": split, "n_origins": forecast["n_origins"],
+            "crps_model": forecast["model"]["crps"], "best_baseline": verdict.get("best_baseline"),
+            "crps_ratio": verdict.get("crps_ratio"), "crps_ratio_ci": verdict.get("crps_ratio_ci"),
+            "verdict": verdict.get("verdict"), "coverage_50": forecast["model"]["coverage_50"],
+            "coverage_90": forecast["model"]["coverage_90"],
+            "perplexity": tokens["model"]["perplexity"], "perplexity_unigram": tokens["unigram"]["perplexity"],
+            "temperature": forecast.get("temperature")}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| dataset | config | split | CRPS ratio to best baseline [95% CI] | verdict | cov50 | cov90 | "
+             "perplexity (unigram) | T |", "|---|---|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        ci = r["crps_ratio_ci"] or [math.nan, math.nan]
+        ratio = "n/a" if r["crps_ratio"] is None else f"{r['crps_ratio']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        lines.append(f"| {r['dataset']} | {r['config']} | {r['split']} | {ratio} ({r['best_baseline']}) | "
+                     f"{r['verdict']} | {r['coverage_50']:.1%} | {r['coverage_90']:.1%} | "
+                     f"{r['perplexity']:.1f} ({r['perplexity_unigram']:.1f}) | {r['temperature']:g} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--num-samples", type=int, default=128)
+    parser.add_argument("--configs", help="comma-separated subset of " + ", ".join(CONFIGS))
+    parser.add_argument("--datasets", help="comma-separated subset of " + ", ".join(DATASETS))
+    parser.add_argument("--split", default="val", choices=["val", "test"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    out = Path(args.out)
+    configs = args.configs.split(",") if args.configs else list(CONFIGS)
+    datasets = args.datasets.split(",") if args.datasets else list(DATASETS)
+    rows = []
+    for name in datasets:
+        for config in configs:
+            start = time.perf_counter()
+            rows.append(run_one(name, DATASETS[name], config, out, args.num_samples, args.split))
+            print(f"{name} {config}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    results = out / f"ablation-{args.split}.json"
+    previous = json.loads(results.read_text()) if results.is_file() else []
+    keep = [r for r in previous if (r["dataset"], r["config"]) not in {(r2["dataset"], r2["config"]) for r2 in rows}]
+    results.write_text(json.dumps(keep + rows, indent=2) + "\n")
+    print(table(keep + rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
