@@ -4,6 +4,10 @@ forecasts    fan_chart            history, 50/80/95% bands of the sampled paths,
 evaluation   pit_histograms       PIT histograms of the model and the baselines (flat = calibrated)
              coverage_by_horizon  coverage of the model's 50% and 90% intervals at each step of the horizon
              crps_bars            mean CRPS of the model and every baseline
+             reliability_diagram  coverage of central intervals at every nominal level, model and baselines
+             regime_panels        coverage and CRPS ratio by volatility regime
+             crps_over_time       rolling mean of per-origin CRPS, model vs a baseline, and their ratio
+             p_up_reliability     observed up-frequency against the forecast P(up), by bin
              code_usage           how often each token occurs in the evaluated split
 training     training_curve       train and validation loss by step
 backtests    equity_curves        equity of each strategy (start = 1) and its drawdown below
@@ -84,8 +88,13 @@ def fan_chart(path, history: np.ndarray, paths: np.ndarray, realised: np.ndarray
 def pit_histograms(path, histograms: dict[str, list[int] | None]) -> None:
     """One panel per forecaster with a histogram (None: left out): bin counts of PIT values over [0, 1]."""
     names = [n for n, h in histograms.items() if h is not None]
-    fig = _figure(2.2 * len(names), 2.4)
-    axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
+    columns = min(len(names), 5)  # more forecasters wrap onto further rows, so that panels stay readable
+    rows = math.ceil(len(names) / columns)
+    fig = _figure(2.2 * columns, 2.2 * rows + 0.2)
+    grid = fig.subplots(rows, columns, sharey=True, squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
     for ax, name in zip(axes, names):
         counts = np.asarray(histograms[name], dtype=float)
         bins = len(counts)
@@ -94,7 +103,8 @@ def pit_histograms(path, histograms: dict[str, list[int] | None]) -> None:
         ax.axhline(1.0, color="black", lw=0.8, ls="--")
         ax.set_title(name, fontsize=9)
         ax.set_xlim(0, 1)
-    axes[0].set_ylabel("density")
+    for row in grid:
+        row[0].set_ylabel("density")
     fig.suptitle("PIT of the H-bar return (flat = calibrated)", fontsize=TITLE_SIZE)
     _save(fig, path)
 
@@ -131,12 +141,93 @@ def crps_bars(path, crps: dict[str, float | None]) -> None:
     _save(fig, path)
 
 
+def reliability_diagram(path, curves: dict[str, tuple[list[float], list[float]]]) -> None:
+    """curves: {forecaster: (nominal levels, observed coverage)} of central intervals, both in [0, 1]; "model" is
+    drawn thick in the highlight colour, the diagonal is perfect calibration."""
+    fig = _figure(5, 4.2)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--", label="nominal")
+    for name, (levels, coverage) in curves.items():
+        model = name == "model"
+        ax.plot(levels, coverage, marker="o", ms=3 if model else 2, lw=2.0 if model else 0.9,
+                color=HIGHLIGHT if model else None, alpha=1.0 if model else 0.75, label=name, zorder=3 if model else 2)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal coverage of the central interval", ylabel="observed coverage")
+    _title(ax, "Reliability of the intervals (above the diagonal: too wide)")
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    _save(fig, path)
+
+
+def regime_panels(path, regimes: list[str], coverage: dict[str, list[float | None]],
+                  crps_ratio: list[float | None] | None = None, ratio_label: str = "CRPS ratio") -> None:
+    """Left: the model's coverage per regime, coverage = {"50": [per regime], "90": [...]} (None: no bar), dashed
+    at the nominal level; right (when crps_ratio is given): the model's CRPS ratio per regime, dotted at 1."""
+    panels = 2 if crps_ratio is not None else 1
+    fig = _figure(4.2 * panels, 3)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    x = np.arange(len(regimes))
+    width = 0.8 / max(len(coverage), 1)
+    for k, (level, values) in enumerate(coverage.items()):
+        heights = [np.nan if v is None else v for v in values]
+        bars = axes[0].bar(x + (k - (len(coverage) - 1) / 2) * width, heights, width, label=f"{level}% interval")
+        axes[0].axhline(float(level) / 100, color=bars.patches[0].get_facecolor() if bars.patches else MUTED,
+                        lw=0.9, ls="--")
+    axes[0].set(xticks=x, ylim=(0, 1.15), ylabel="coverage")
+    axes[0].set_xticklabels(regimes, fontsize=8)
+    axes[0].legend(fontsize=7, loc="upper left", ncol=2)
+    _title(axes[0], "Model coverage by volatility regime")
+    if crps_ratio is not None:
+        values = [np.nan if v is None else v for v in crps_ratio]
+        axes[1].bar(x, np.asarray(values) - 1.0, 0.6, bottom=1.0, color=HIGHLIGHT)
+        axes[1].axhline(1.0, color="black", lw=0.8, ls=":")
+        spread = max(0.05, float(np.nanmax(np.abs(np.asarray(values) - 1.0))) * 1.2)  # centred on 1: the verdict
+        axes[1].set(xticks=x, ylabel=ratio_label, ylim=(1.0 - spread, 1.0 + spread))
+        axes[1].set_xticklabels(regimes, fontsize=8)
+        _title(axes[1], "CRPS ratio by regime (below 1: model better)")
+    _save(fig, path)
+
+
+def crps_over_time(path, timestamps, rolling: dict[str, np.ndarray], ratio: np.ndarray | None = None,
+                   title: str = "") -> None:
+    """rolling: {label: rolling mean CRPS (T,)} over `timestamps` (T,), the first label in the highlight colour;
+    ratio (T,): the first over the second, drawn below with a dotted line at 1."""
+    panels = 2 if ratio is not None else 1
+    fig = _figure(8, 4.6 if panels == 2 else 3.2)
+    axes = fig.subplots(panels, 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": [3, 1.4][:panels]})[:, 0]
+    for (label, values), color in zip(rolling.items(), (HIGHLIGHT, MAIN, MUTED)):
+        axes[0].plot(timestamps, values, color=color, lw=1.3, label=label)
+    axes[0].set_ylabel("CRPS (rolling mean)")
+    axes[0].legend(fontsize=8, loc="upper left")
+    _title(axes[0], title)
+    if ratio is not None:
+        axes[1].plot(timestamps, ratio, color="black", lw=1.0)
+        axes[1].axhline(1.0, color="0.6", lw=0.8, ls=":")
+        axes[1].set_ylabel("ratio")
+    fig.autofmt_xdate()
+    _save(fig, path)
+
+
+def p_up_reliability(path, predicted: list[float], observed: list[float], counts: list[int] | None = None) -> None:
+    """Observed frequency of an up move against the mean forecast P(up) of each bin (marker area ~ count)."""
+    fig = _figure(4.4, 4)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--")
+    sizes = None
+    if counts is not None and len(counts) == len(predicted) and max(counts, default=0) > 0:
+        sizes = 10 + 140 * np.asarray(counts, dtype=float) / max(counts)
+    ax.plot(predicted, observed, color=HIGHLIGHT, lw=1.2)
+    ax.scatter(predicted, observed, s=sizes, color=HIGHLIGHT, zorder=3)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="forecast P(up)", ylabel="observed up frequency")
+    _title(ax, "P(up) reliability (diagonal: calibrated)")
+    _save(fig, path)
+
+
 def code_usage(path, counts: list[int]) -> None:
     """Occurrences of each token id in the evaluated split."""
     counts = np.asarray(counts, dtype=float)
     fig = _figure(6, 2.6)
     ax = fig.subplots()
-    ax.bar(np.arange(len(counts)), counts, width=1.0, color=MAIN)
+    # one filled step outline instead of a bar per code: the same picture, drawn fast for large codebooks
+    ax.stairs(counts, np.arange(len(counts) + 1) - 0.5, fill=True, color=MAIN)
     ax.set_xlabel("token id")
     ax.set_ylabel("count")
     _title(ax, f"Token usage in the evaluated split ({int((counts > 0).sum())}/{len(counts)} codes used)")

@@ -46,7 +46,8 @@ def cmd_tokenizer_fit(args) -> int:
 
     frame = load_prices(args.data, date_format=args.date_format)
     kwargs = {k: v for k, v in {"patch_len": args.patch_len, "codebook_size": args.codebook_size,
-                                "features": args.features}.items() if v is not None}
+                                "features": args.features, "scaling": args.scaling, "halflife": args.halflife,
+                                "decode": args.decode}.items() if v is not None}
     report = fit_to_dir(frame, args.out, kind=args.kind, train_end=args.train_end, val_end=args.val_end,
                         seed=args.seed, overwrite=args.force, **kwargs)
     print(f"tokenizer ({report['kind']}, K={report['codebook_size']}, patch_len={report['patch_len']}) "
@@ -127,9 +128,14 @@ def cmd_generate(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from ..evaluate import evaluate_run
+    from ..rundir import RunDir
+    from .text import headline_table
 
-    evaluate_run(args.run, data=_data_arg(args), split=args.split, allow_overlap=args.allow_overlap,
-                 num_samples=args.num_samples, horizon=args.horizon, max_origins=args.max_origins, seed=args.seed)
+    metrics = evaluate_run(args.run, data=_data_arg(args), split=args.split, allow_overlap=args.allow_overlap,
+                           num_samples=args.num_samples, horizon=args.horizon, horizons=args.horizons,
+                           max_origins=args.max_origins, seed=args.seed)
+    print(headline_table(metrics))
+    print(f"report: {RunDir(args.run).report_html}")
     return 0
 
 
@@ -176,11 +182,24 @@ def cmd_pipeline(args) -> int:
     settings = PipelineSettings(
         preset=args.preset, config=args.config, overrides=list(args.set or []), train_end=args.train_end,
         val_end=args.val_end, max_steps=args.max_steps, tokenizer_kind=args.tokenizer_kind,
-        patch_len=args.patch_len, codebook_size=args.codebook_size, horizon=args.horizon,
+        patch_len=args.patch_len, codebook_size=args.codebook_size, scaling=args.scaling,
+        halflife=args.halflife, decode=args.decode, horizon=args.horizon,
         num_samples=args.num_samples, cost_bps=args.cost_bps, seed=args.seed, ablation=args.ablation,
         force=args.force, date_format=args.date_format)
     result = run_pipeline(args.data, args.out, settings)
     print(pipeline_headline(result.evaluation, result.backtest, result.run / "eval" / "report.html"))
+    return 0
+
+
+def cmd_skill(args) -> int:
+    from ..pipeline import PipelineSettings
+    from ..skill import run_skill
+
+    settings = PipelineSettings(preset=args.preset, overrides=list(args.set or []), max_steps=args.max_steps,
+                                num_samples=args.num_samples, horizon=args.horizon, seed=args.seed, force=args.force)
+    result = run_skill(args.out, suite=args.suite, data=args.data or (), settings=settings)
+    print(result.to_markdown())
+    print(f"wrote {Path(args.out) / 'skill.md'} and skill.json")
     return 0
 
 

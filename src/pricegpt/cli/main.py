@@ -77,6 +77,20 @@ _top_p = _checked(_number, check_top_p)
 _top_k = _checked(_whole, check_top_k)
 
 
+def _positive_number(text: str) -> float:
+    value = _nonneg_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _horizons(text: str) -> list[int]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"'{text}' names no horizon; write them like 1,4,16")
+    return [_positive_int(value) for value in values]
+
+
 def _price(text: str) -> float:
     try:
         value = float(text)
@@ -126,6 +140,16 @@ def _unit_float(text: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------- parsing
+def _add_scaling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scaling", choices=["static", "ewma", "garch"],
+                   help="what a token is a move relative to: the symbol's train volatility (static), a running "
+                        "EWMA volatility (ewma) or a GARCH filter (garch) (default: the preset's)")
+    p.add_argument("--halflife", type=_positive_number, help="half-life in bars of the ewma scaling (default 11.2)")
+    p.add_argument("--decode", choices=["centroid", "within"],
+                   help="sampled tokens decode to their code's centroid, or to draws from its train members with "
+                        "fitted tails (within)")
+
+
 def _add_date_format(p: argparse.ArgumentParser) -> None:
     p.add_argument("--date-format", type=_date_format,
                    help="strptime format of the timestamp column, e.g. %%d/%%m/%%Y (default: inferred from all "
@@ -167,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-len", type=_positive_int)
     p.add_argument("--codebook-size", type=_positive_int)
     p.add_argument("--features", choices=["close", "ohlcv"])
+    _add_scaling(p)
     p.add_argument("--train-end")
     p.add_argument("--val-end")
     p.add_argument("--seed", type=_seed, default=0)
@@ -214,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--data", help="price data (default: the data the run was built from)")
     p.add_argument("--split", choices=["val", "test"], default="test")
-    p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars")
+    p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: the run's)")
+    p.add_argument("--horizons", type=_horizons,
+                   help="several horizons in one evaluation, e.g. 1,4,16 (default: the run's horizon and 1)")
     p.add_argument("--num-samples", type=_num_samples)
     p.add_argument("--max-origins", type=_positive_int, help="cap on forecast origins per symbol")
     p.add_argument("--seed", type=_seed, default=0)
@@ -270,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-kind", choices=["vqvae", "quantile", "uniform"], default="vqvae")
     p.add_argument("--patch-len", type=_positive_int, help="bars per token (default: the preset's)")
     p.add_argument("--codebook-size", type=_positive_int, help="tokenizer codes (default: the preset's)")
+    _add_scaling(p)
     p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: 4)")
     p.add_argument("--num-samples", type=_num_samples)
     p.add_argument("--cost-bps", type=_bps, default=1.0)
@@ -279,6 +307,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     _add_date_format(p)
     p.set_defaults(func=commands.cmd_pipeline)
+
+    p = sub.add_parser("skill", help="the pipeline on a suite of datasets: one table of verdicts (skill.md, .json)")
+    p.add_argument("--suite", choices=["embedded"],
+                   help="embedded: sample:stocks-daily and sample:eurusd-hourly (default when no --data is given)")
+    p.add_argument("--data", action="extend", nargs="+", metavar="PATH",
+                   help="further datasets: price files, folders or sample:NAME")
+    p.add_argument("--out", required=True, help="suite directory: one run per dataset, skill.md, skill.json")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every run")
+    p.add_argument("--max-steps", type=_positive_int)
+    p.add_argument("--num-samples", type=_num_samples)
+    p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: 4)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--force", action="store_true", help="replace a dataset's run made with other settings")
+    p.set_defaults(func=commands.cmd_skill)
 
     p = sub.add_parser("bench", help="benchmarks against real peers, as ratios")
     p.add_argument("--quick", action="store_true", help="short version (< 3 minutes on 2 cores)")
