@@ -34,6 +34,7 @@ from .data.windows import (
 )
 from .errors import OutputExistsError
 from .evaluate import evaluate_run
+from .evaluate.report import refresh_report
 from .fileio import OUTPUT_MARKER, make_dirs, mark_output, remove_output, write_json
 from .forecast import calibrate_temperature
 from .rundir import RunDir
@@ -250,6 +251,8 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
     stage("backtest", out, out.backtest_metrics.is_file,
           lambda: run_backtest(out.root, data=source, cost_bps=settings.cost_bps, horizon=horizon,
                                seed=settings.seed, num_samples=num_samples))
+    if {"evaluate", "backtest"} & set(timings) or not out.report_html.is_file():
+        refresh_report(out.root)  # the report shows the backtest, which runs after the evaluation
     if timings:
         write_json(out.timings, {**_read_json_dict(out.timings), **{k: round(v, 2) for k, v in timings.items()}})
     return timings

@@ -169,6 +169,10 @@ def cmd_backtest(args) -> int:
                            seed=args.seed, out=args.out, rebalance=args.rebalance, long_above=args.long_above,
                            short_below=args.short_below, long_only=args.long_only,
                            kelly_fraction=args.kelly_fraction, momentum_lookback=args.momentum_lookback)
+    if args.out is None:  # the run's report shows its own backtest
+        from ..evaluate.report import refresh_report
+
+        refresh_report(args.run)
     print(headline(metrics))
     print(summary_table(metrics))
     print(f"wrote {Path(args.out) if args.out else RunDir(args.run).backtest}")
