@@ -134,6 +134,10 @@ def cmd_evaluate(args) -> int:
     metrics = evaluate_run(args.run, data=_data_arg(args), split=args.split, allow_overlap=args.allow_overlap,
                            num_samples=args.num_samples, horizon=args.horizon, horizons=args.horizons,
                            max_origins=args.max_origins, seed=args.seed)
+    if RunDir(args.run).backtest_metrics.is_file():  # keep the run's backtest in its refreshed report
+        from ..evaluate.report import refresh_report
+
+        refresh_report(args.run)
     print(headline_table(metrics))
     print(f"report: {RunDir(args.run).report_html}")
     return 0
