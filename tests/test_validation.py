@@ -274,7 +274,8 @@ def _damage_weights(path: Path, how: str) -> None:
     from safetensors.torch import load_file, save_file
 
     state = load_file(str(path))
-    name = sorted(state)[0]
+    # the first weight tensor proper (not an integer table, not the within-code decoding tables)
+    name = sorted(k for k in state if state[k].is_floating_point() and not k.startswith("decode."))[0]
     if how == "nan":
         state[name] = state[name].clone()
         state[name].view(-1)[0] = float("nan")

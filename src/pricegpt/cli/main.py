@@ -342,8 +342,21 @@ class _StderrFormatter(logging.Formatter):
         return prefix + record.getMessage()
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (not the stream of when the handler was made):
+    a process that calls `main` more than once (a notebook, a test) never writes to a stream closed since."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(_StderrFormatter())
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
