@@ -73,6 +73,20 @@ def test_generate_lines():
         assert_measured(kv_vs_hf)
 
 
+def test_decode_lines_compare_batched_origins_with_the_per_origin_loop():
+    # bench_decode itself checks that the batched call gives the per-origin loop's paths before timing them.
+    tok_s, share, bf16 = bench.bench_decode(TINY, "tiny", origins=3, paths=4, context_len=10, new_tokens=3, rounds=1,
+                                            peak_size=32, tok_s_goal=1.0)
+    assert [r.name for r in (tok_s, share, bf16)] == ["decode tiny tok/s", "decode tiny peak share",
+                                                       "decode tiny bf16 tok/s"]
+    for result in (tok_s, share, bf16):
+        assert_measured(result)
+    assert tok_s.goal == 1.0 and "one call per origin" in tok_s.detail and share.goal is None
+    model = GPT(TINY)
+    # a third of the training FLOPs: 2 per weight plus attention over 10, 11, 12 cached positions (mean 11)
+    assert bench.decode_flops_per_token(model, 10, 3) == 2 * model.num_params(non_embedding=True) + 4 * 32 * 11
+
+
 def test_recompute_extrapolation_is_proportional_to_the_window():
     assert bench.recompute_scale(192, 64, 64) == 1.0
     assert bench.recompute_scale(10, 1, 2) == (10 + 11) / 10

@@ -5,6 +5,7 @@ import torch
 
 from pricegpt.errors import ConfigError, DataError
 from pricegpt.model import Engine, KVCache, generate, sample_next_token
+from pricegpt.model.engine import PrefixKVCache
 from test_model import tiny_model
 
 
@@ -142,3 +143,66 @@ def test_engine_refill_len_is_validated_and_used():
     a = Engine(model).generate(context, 20, temperature=0.0, refill_len=4)
     b = Engine(model).generate(context, 20, temperature=0.0, refill_len=4, use_cache=False)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_one_seed_per_context_samples_each_context_as_if_alone(use_cache):
+    # Many forecast origins share one call; each must get exactly the paths it gets alone with its seed.
+    model = tiny_model()
+    contexts = torch.randint(0, 32, (3, 10))
+    seeds = [11, 2**63 + 5, 0]  # derived per-origin seeds use torch's whole range
+    together = generate(model, contexts, 9, num_samples=5, seed=seeds, use_cache=use_cache)
+    for i, seed in enumerate(seeds):
+        alone = generate(model, contexts[i], 9, num_samples=5, seed=seed, use_cache=use_cache)
+        assert torch.equal(together[i], alone[0])
+    # a single seed for one context draws the same stream as a list holding it
+    assert torch.equal(generate(model, contexts[:1], 9, num_samples=5, seed=11), together[:1])
+    assert not torch.equal(together[0], together[2])
+    with pytest.raises(DataError, match="2 seeds for 3 contexts"):
+        generate(model, contexts, 2, seed=[1, 2])
+    with pytest.raises(ConfigError, match="seed"):
+        generate(model, contexts, 2, seed=[1, -2, 3])
+
+
+def test_grouped_generators_draw_for_each_group_what_it_draws_alone_by_inversion():
+    logits = torch.randn(12, 16) * 3
+    generators = [torch.Generator().manual_seed(seed) for seed in (1, 2, 3)]
+    together = sample_next_token(logits, temperature=0.8, generator=generators)
+    for group, seed in enumerate((1, 2, 3)):
+        alone = sample_next_token(logits[4 * group:4 * group + 4], temperature=0.8,
+                                  generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(together[4 * group:4 * group + 4], alone)
+    # one uniform per row: the token is where u falls in the row's cumulative distribution
+    u = torch.rand(4, generator=torch.Generator().manual_seed(1))
+    cumulative = torch.softmax(logits[:4] / 0.8, dim=-1).cumsum(-1)
+    assert together[:4].tolist() == [int((c <= x).sum()) for c, x in zip(cumulative, u * cumulative[:, -1])]
+
+
+def test_inversion_never_draws_a_token_of_probability_zero(monkeypatch):
+    # u * total can round up to the total; the draw must still be a token top-k kept, not the last of the vocabulary.
+    monkeypatch.setattr("pricegpt.model.engine.draw_uniforms", lambda rows, *_: torch.full((rows,), 1 - 2**-24))
+    logits = torch.tensor([[1.0, 3.0, 2.0, -1.0, 0.0]]).repeat(3, 1)
+    assert sample_next_token(logits, top_k=2).tolist() == [2, 2, 2]
+    monkeypatch.setattr("pricegpt.model.engine.draw_uniforms", lambda rows, *_: torch.zeros(rows))
+    assert sample_next_token(logits, top_k=2).tolist() == [1, 1, 1]  # u = 0: the first token kept
+
+
+@pytest.mark.parametrize("n_head, n_kv_head", [(4, 2), (2, 2)])
+def test_prefix_cache_attends_like_every_row_with_its_own_copy_of_the_prefix(n_head, n_kv_head):
+    # The shared-prefix decode attention against the plain per-row cache (SDPA over each row's whole cache).
+    torch.manual_seed(0)
+    contexts, samples, filled, steps, D = 2, 3, 5, 4, 8
+    prefix = KVCache(1, contexts, n_kv_head, filled, D)
+    prefix.update(0, torch.randn(contexts, n_kv_head, filled, D), torch.randn(contexts, n_kv_head, filled, D))
+    prefix.advance(filled)
+    per_row = prefix.repeat_rows(samples, max_len=filled + steps)
+    shared = PrefixKVCache(prefix, samples, max_new=steps)
+    rows = contexts * samples
+    for _ in range(steps):
+        q = torch.randn(rows, n_head, 1, D)
+        k, v = torch.randn(rows, n_kv_head, 1, D), torch.randn(rows, n_kv_head, 1, D)
+        expected = per_row.attend(0, q, k, v)
+        torch.testing.assert_close(shared.attend(0, q, k, v), expected, rtol=1e-5, atol=1e-6)
+        per_row.advance(1)
+        shared.advance(1)
+    assert shared.pos == per_row.pos == filled + steps

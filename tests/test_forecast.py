@@ -29,7 +29,8 @@ class RecordingModel:
                                 n_embd=16)
         self.calls = []
 
-    def generate(self, idx, max_new_tokens, *, num_samples=1, temperature=1.0, top_k=None, top_p=None, seed=None):
+    def generate(self, idx, max_new_tokens, *, num_samples=1, temperature=1.0, top_k=None, top_p=None, seed=None,
+                 autocast=None):
         self.calls.append({"idx": idx.clone(), "n": max_new_tokens, "samples": num_samples,
                            "temperature": temperature, "seed": seed})
         return idx[:, -1][:, None, None].expand(idx.shape[0], num_samples, max_new_tokens).clone()
@@ -61,8 +62,9 @@ def test_context_patches_end_at_the_origin_and_use_the_symbols_scale(tokenizer):
     paths = fc.sample_returns(contexts, symbols, horizon=6, num_samples=3, seed=1)
     assert paths.shape == (2, 3, 6)
     # sequence_len 8, ceil(6 / 4) = 2 new tokens -> 6 context patches = the last 24 bars of each context
-    assert len(fc.model.calls) == 2  # one engine call per origin, each with its own seed
-    seen = torch.cat([c["idx"] for c in fc.model.calls]).numpy()
+    (call,) = fc.model.calls  # both origins in one engine call, each with its own seed
+    assert call["seed"] == [origin_seed(1, symbol, len(c)) for symbol, c in zip(symbols, contexts)]
+    seen = call["idx"].numpy()
     assert seen.shape == (2, 6)
     for row, context, symbol in zip(seen, contexts, symbols):
         expected = tokenizer.encode_patches(context[-24:].reshape(6, PATCH), symbol)
@@ -94,13 +96,14 @@ def test_every_origin_has_its_own_seed_whatever_the_batch_or_the_memory_budget(t
     ends = pd.date_range("2012-01-02", periods=7, freq="D", tz="UTC")
     one_call = _forecaster(tokenizer)
     full = one_call.sample_cumulative(contexts, symbols, horizon=5, num_samples=10, seed=3, context_ends=ends)
-    seeds = [call["seed"] for call in one_call.model.calls]
+    assert len(one_call.model.calls) == 1
+    seeds = one_call.model.calls[0]["seed"]
     assert len(seeds) == 7 and len(set(seeds)) == 7
     assert seeds[2] == origin_seed(3, "IBM", ends[2].value)
     # alone, in another order, or with a budget of 4 rows per call: the same seeds for the same origins
     alone = _forecaster(tokenizer)
     alone.sample_cumulative(contexts[2:3], symbols[2:3], horizon=5, num_samples=10, seed=3, context_ends=ends[2:3])
-    assert [c["seed"] for c in alone.model.calls] == [seeds[2]]
+    assert [c["seed"] for c in alone.model.calls] == [[seeds[2]]]
     chunked = _forecaster(tokenizer)
     c = chunked.model.config
     row_bytes = c.n_layer * 2 * c.sequence_len * c.n_kv_head * c.head_dim * 4
@@ -108,8 +111,53 @@ def test_every_origin_has_its_own_seed_whatever_the_batch_or_the_memory_budget(t
     np.testing.assert_array_equal(chunked.sample_cumulative(contexts, symbols, horizon=5, num_samples=10, seed=3,
                                                             context_ends=ends), full)
     assert all(call["idx"].shape[0] * call["samples"] <= 4 for call in chunked.model.calls)
+    blocks = [seed for call in chunked.model.calls for seed in call["seed"]]  # blocks of 4, 4 and 2 samples
+    assert len(blocks) == 21 and origin_seed(3, "IBM", ends[2].value, 2) in blocks
     assert full.shape == (7, 10, 5)
     np.testing.assert_allclose(np.diff(full, axis=-1, prepend=0), one_call.sample_returns(contexts, symbols, 5, 10))
+
+
+def test_a_real_models_paths_of_an_origin_are_the_same_alone_or_batched(tokenizer, monkeypatch):
+    # The real engine (not the recording stand-in): many origins share an engine call, each sampled from its own
+    # generator, so an origin's paths are bit-identical alone, among others in any order, or in smaller calls.
+    from pricegpt.model import GPT, generate
+    from test_model import tiny_config
+
+    monkeypatch.setattr("pricegpt.forecast.forecaster.generate", generate)
+    torch.manual_seed(0)
+    model = GPT(tiny_config(vocab_size=K, sequence_len=12)).eval()
+    fc = Forecaster(Run(dir=Path("unused"), model=model, tokenizer=tokenizer))
+    rng = np.random.default_rng(4)
+    contexts = [rng.normal(0, 0.01, size=n) for n in (60, 60, 23, 60, 9, 60)]  # 3 context lengths in tokens
+    symbols = ["AAPL", "GOOG", "IBM", "MSFT", "AAPL", "IBM"]
+    ends = pd.date_range("2012-01-02", periods=6, freq="D", tz="UTC")
+
+    def paths(chosen, **kwargs):
+        return fc.sample_returns([contexts[i] for i in chosen], [symbols[i] for i in chosen], 6, 32, seed=9,
+                                 context_ends=ends[chosen], temperature=1.0, **kwargs)
+
+    together = paths([0, 1, 2, 3, 4, 5])
+    for i in range(6):
+        np.testing.assert_array_equal(paths([i])[0], together[i])
+    np.testing.assert_array_equal(paths([5, 4, 3, 2, 1, 0])[::-1], together)
+    assert not np.array_equal(together[0], together[1])  # different origins, different streams
+    assert len({tuple(row) for row in together[0]}) > 1  # and different paths within an origin
+    c = model.config
+    monkeypatch.setattr("pricegpt.forecast.forecaster.KV_CACHE_BUDGET_BYTES",  # 64 rows: 2 origins per call
+                        64 * c.n_layer * 2 * c.sequence_len * c.n_kv_head * c.head_dim * 4)
+    np.testing.assert_array_equal(paths([0, 1, 2, 3, 4, 5], progress=False), together)
+
+
+def test_a_progress_bar_only_when_asked_or_on_a_terminal(tokenizer, capsys):
+    fc = _forecaster(tokenizer)
+    contexts, symbols = np.zeros((3, 20)), ["AAPL", "IBM", "MSFT"]
+    fc.sample_returns(contexts, symbols, horizon=4, num_samples=2)  # pytest's stderr is not a terminal
+    assert capsys.readouterr().err == ""
+    fc.sample_returns(contexts, symbols, horizon=4, num_samples=2, progress=True, label="calibrate T=0.9")
+    err = capsys.readouterr().err
+    assert "calibrate T=0.9" in err and "0/3" in err  # a bar of 3 origins
+    fc.sample_returns(contexts, symbols, horizon=4, num_samples=2, progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_sample_paths_and_quantile_table(tokenizer, stocks_frame):

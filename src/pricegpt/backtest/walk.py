@@ -15,10 +15,11 @@ Conventions
   i's return first, and stays until the next decision. So the backtest trades exactly the test bars. In
   positions.csv a row (timestamp, position) is the position HELD DURING that bar (decided at the previous close);
   in decisions.csv `timestamp` is the close the decision was made at.
-- Seeds. The forecaster is called once per decision timestamp (all symbols deciding then, batched) and samples each
-  decision from a seed derived from (seed, symbol, decision timestamp) (forecast.origin_seed), so a decision's
-  random stream depends neither on the other symbols nor on how many bars come later: truncating or changing data
-  after a date leaves every earlier decision bit-identical.
+- Seeds. The forecaster samples each decision from a seed derived from (seed, symbol, decision timestamp)
+  (forecast.origin_seed), so a decision's random stream depends neither on the other symbols nor on how many bars
+  come later: truncating or changing data after a date leaves every earlier decision bit-identical. So the
+  decisions are forecast together, in as few forecaster calls as the paths' memory allows (DECISION_PATHS_BYTES),
+  not one call per decision time.
 - Values. Every setting is checked before any work (BacktestConfig: costs in [0, 10000] bps, seeds in
   [0, 2**63 - 1], ...), and the test split must hold at least two decisions whose whole H-bar target is in the
   data (else a DataError saying how many bars it has), so no Sharpe comes from a single decision.
@@ -66,7 +67,7 @@ from ..data.windows import (
 )
 from ..errors import ConfigError, OutputExistsError
 from ..fileio import OUTPUT_MARKER, atomic_dir, atomic_path, csv_safe_cell, json_ready, write_json
-from ..forecast import MAX_HORIZON_BARS, Forecaster, check_paths_memory
+from ..forecast import MAX_HORIZON_BARS, Forecaster, check_paths_memory, paths_bytes
 from ..rundir import RunDir
 from ..runs import load_run
 from .stats import bars_per_year, performance, sharpe_ci, simulate
@@ -78,6 +79,7 @@ OUTPUT_FILES = ("metrics.json", "positions.csv", "decisions.csv", "equity.png")
 MAX_COST_BPS = 10_000.0  # 100% of the traded value per unit of turnover: anything above is a typo
 MIN_DECISIONS = 2  # decisions with a whole H-bar target the test split must hold
 MAX_BOOT = 100_000
+DECISION_PATHS_BYTES = 256 * 2**20  # bounds the paths of the decisions forecast in one forecaster call
 
 
 @dataclass
@@ -148,25 +150,26 @@ def walk_forward(frame: pd.DataFrame, forecaster, cutoffs, config: BacktestConfi
     require_origins(origins, series, cutoffs, H, minimum=MIN_DECISIONS)
     check_leakage(origins, series, cutoffs)
     decided_at = origins.context_end(series)
-    pending: dict[np.datetime64, list[int]] = {}  # decision timestamp -> origins deciding then
-    for k, when in enumerate(decided_at):
-        pending.setdefault(when, []).append(k)
-    check_paths_memory(max(len(group) for group in pending.values()), config.num_samples, H)
+    order = np.argsort(decided_at, kind="stable")  # decision time, then symbol
+    per_call = max(1, DECISION_PATHS_BYTES // paths_bytes(1, config.num_samples, H))
+    check_paths_memory(min(per_call, origins.n), config.num_samples, H)
     rows = []
-    for step, when in enumerate(sorted(pending)):
-        group = pending[when]
-        symbols = [str(origins.symbols[k]) for k in group]
-        contexts = [series[s].features[:origins.index[k]] for s, k in zip(symbols, group)]
+    # Every decision has its own seed, so deciding them all in a few large forecaster calls gives the same
+    # paths as one call per decision time (and lets the forecaster batch its engine calls).
+    for start in range(0, len(order), per_call):
+        batch = order[start:start + per_call]
+        symbols = [str(origins.symbols[k]) for k in batch]
+        contexts = [series[s].features[:origins.index[k]] for s, k in zip(symbols, batch)]
         cum = forecaster.sample_cumulative(contexts, symbols, H, config.num_samples, seed=config.seed,
-                                           context_ends=np.full(len(group), when))
+                                           context_ends=decided_at[batch])
         cum = np.asarray(cum, dtype=np.float64)
-        assert cum.shape == (len(group), config.num_samples, H), f"forecaster returned {cum.shape}"
+        assert cum.shape == (len(batch), config.num_samples, H), f"forecaster returned {cum.shape}"
         summary = forecast_summary(cum)
-        for j, (symbol, k) in enumerate(zip(symbols, group)):
+        for j, (symbol, k) in enumerate(zip(symbols, batch)):
             lr, i = series[symbol].returns, int(origins.index[k])
             # the outcome of the forecast, for the risk report only (never used for positions)
             realised = math.expm1(lr[i:i + H].sum()) if i + H <= len(lr) else float("nan")
-            row = {"timestamp": pd.Timestamp(when).tz_localize("UTC"), "symbol": symbol,
+            row = {"timestamp": pd.Timestamp(decided_at[k]).tz_localize("UTC"), "symbol": symbol,
                    "trailing_return": float(lr[max(0, i - N):i].sum()), "realised_return": realised}
             for key, value in summary.items():
                 if isinstance(value, dict):
@@ -174,8 +177,7 @@ def walk_forward(frame: pd.DataFrame, forecaster, cutoffs, config: BacktestConfi
                 else:
                     row[key] = float(value[j])
             rows.append(row)
-        if (step + 1) % 100 == 0:
-            log.info(f"backtest: {step + 1}/{len(pending)} decision times")
+        log.info(f"backtest: forecast {min(start + per_call, len(order))}/{len(order)} decisions")
     decisions = pd.DataFrame(rows).sort_values(["symbol", "timestamp"], ignore_index=True)
     if config.strategy == "sign":
         decisions["target"] = sign_positions(decisions["p_up"], config.long_above, config.short_below,

@@ -2,7 +2,7 @@
 
 suite.py (run_bench, FULL / QUICK, --only, the summary), harness.py (settings, Result, alternating timing, the
 machine header), peers.py (the pricegpt and Hugging Face Llama training steps, FLOPs per token), sections.py
-(train, generate, encode), scaling.py (e2e and scaling, in subprocesses).
+(train, generate, decode, encode), scaling.py (e2e and scaling, in subprocesses).
 """
 
 from .harness import (
@@ -23,6 +23,7 @@ from .peers import (
     pricegpt_train_step,
 )
 from .scaling import (
+    E2E_GOAL,
     MEMORY_PER_TOKEN,
     bench_e2e,
     bench_scaling,
@@ -32,17 +33,23 @@ from .scaling import (
     write_synthetic_store,
 )
 from .sections import (
+    DECODE_PEAK_GOAL,
+    DECODE_TINY_BEFORE,
+    DECODE_TINY_GOAL,
     ENCODE_GOAL,
     HF_SKIPPED,
     KV_VS_HF_GOAL,
     KV_VS_RECOMPUTE_GOAL,
     MFU_GOAL,
     TRAIN_GOAL,
+    bench_decode,
     bench_encode,
     bench_generate,
     bench_train,
+    decode_flops_per_token,
     naive_encode,
     recompute_scale,
+    section_decode,
     section_encode,
     section_generate,
     section_train,
@@ -83,10 +90,17 @@ __all__ = [
     "recompute_scale",
     "bench_generate",
     "section_generate",
+    "DECODE_TINY_BEFORE",
+    "DECODE_TINY_GOAL",
+    "DECODE_PEAK_GOAL",
+    "decode_flops_per_token",
+    "bench_decode",
+    "section_decode",
     "synthetic_prices",
     "naive_encode",
     "bench_encode",
     "section_encode",
+    "E2E_GOAL",
     "MEMORY_PER_TOKEN",
     "bench_e2e",
     "section_e2e",

@@ -6,6 +6,11 @@
             rounds (the machine's matmul peak as it is right now, load included).
   generate  64 paths x 64 tokens after a 192-token context: the KV-cache engine against recomputing every step
             and against `transformers` `generate`.
+  decode    many forecast origins, each with its own seed, sampled in one batched engine call against one call per
+            origin (the forecaster before batching), fp32 and bf16 autocast: the tiny preset at the quickstart's
+            shape (64 origins x 256 paths, 4 tokens after 60) and the seed shape (4 origins x 64 paths = 256 rows,
+            32 tokens after 192); tokens/s and the model FLOP/s as a share of a square matmul in the same dtype
+            timed in the same rounds.
   encode    vqvae tokenizer bars/s on 10M bars against a naive per-patch numpy loop (a small sample, extrapolated).
 
 Without `transformers` (the `bench` extra) the Hugging Face lines say "skipped" and the rest runs.
@@ -21,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..model import GPT, Engine, GPTConfig
+from ..model import GPT, Engine, GPTConfig, preset_model_config
 from ..tokenizer import VQVAETokenizer, benchmark_encode
 from .harness import BenchSettings, Result, _transformers, alternate, matmul_contender, paired_ratio, quiet_log, wall
 from .peers import llama_config, llama_train_step, pricegpt_train_step
@@ -30,6 +35,12 @@ HF_SKIPPED = "pip install 'pricegpt[bench]'"  # printed as "skipped: pip install
 TRAIN_GOAL = 1.0  # x HF Llama tokens/s
 MFU_GOAL = {"fp32": 0.85, "bf16": 0.60}  # of the matmul peak measured in the same rounds
 KV_VS_RECOMPUTE_GOAL, KV_VS_HF_GOAL = 10.0, 2.0
+# Issue 15: 3x the decode throughput before batching at the tiny shape. Before: one engine call per origin,
+# multinomial sampling, per-row copies of the prefix keys (commit 97d6d1a), 69,500 tok/s on the 2 idle cores of
+# benchmarks/README.md. The goal is this machine's; elsewhere read the ratio to one call per origin.
+DECODE_TINY_BEFORE = 69_500.0
+DECODE_TINY_GOAL = 3 * DECODE_TINY_BEFORE  # tok/s
+DECODE_PEAK_GOAL = 0.5  # of the fp32 matmul peak at the seed shape
 ENCODE_GOAL = 5e6  # bars/s
 
 
@@ -137,6 +148,82 @@ def section_generate(settings: BenchSettings) -> Iterator[Result]:
     yield from bench_generate(GPTConfig(), context_len=settings.gen_context, paths=settings.gen_paths,
                               new_tokens=settings.gen_tokens, recompute_tokens=settings.gen_recompute_tokens,
                               rounds=settings.gen_rounds)
+
+
+# --------------------------------------------------------------------------------------------------- decode
+def decode_flops_per_token(model: GPT, context_len: int, new_tokens: int) -> float:
+    """Forward FLOPs per generated token: a third of the training FLOPs (2 per weight, plus the attention scores
+    and weighted values over the cached positions), at the mean number of positions a new token attends to."""
+    return model.flops_per_token(context_len + (new_tokens - 1) / 2) / 3
+
+
+def bench_decode(config, label: str, *, origins: int, paths: int, context_len: int, new_tokens: int, rounds: int,
+                 peak_size: int, tok_s_goal: float | None = None, peak_goal: float | None = None) -> list[Result]:
+    """`origins` contexts x `paths` samples, each origin with its own seed: one batched engine call (how the
+    forecaster samples), the same under bf16 autocast (an option: other paths), and one call per origin (the
+    forecaster before batching; the same paths as batched), alternated with square fp32 and bf16 matmuls that
+    measure the peaks. Tokens/s count the generated tokens; the prefill is timed but its FLOPs are not counted."""
+    assert context_len + new_tokens <= config.sequence_len, "the bench keeps generation inside one window"
+    torch.manual_seed(0)
+    model = GPT(replace(config, zero_init_head=False, zero_init_proj=False)).eval()  # logits that vary by context
+    engine = Engine(model)
+    generator = torch.Generator().manual_seed(0)
+    contexts = torch.randint(0, config.vocab_size, (origins, context_len), generator=generator)
+    seeds = list(range(origins))
+
+    def batched(n: int = new_tokens, autocast: torch.dtype | None = None):
+        return lambda: engine.generate(contexts, n, num_samples=paths, seed=seeds, autocast=autocast)
+
+    def per_origin(n: int = new_tokens):
+        return lambda: torch.cat([engine.generate(contexts[i], n, num_samples=paths, seed=seeds[i])
+                                  for i in range(origins)])
+
+    assert torch.equal(batched(2)(), per_origin(2)()), "batched paths differ from the per-origin paths"
+    contenders = {"fp32": wall(batched()), "bf16": wall(batched(autocast=torch.bfloat16)),
+                  "per_origin": wall(per_origin())}
+    contenders["matmul_fp32"], matmul_flops = matmul_contender(peak_size, torch.float32)
+    contenders["matmul_bf16"], _ = matmul_contender(peak_size, torch.bfloat16)
+    warmup = [batched(1), batched(1, torch.bfloat16), per_origin(1), contenders["matmul_fp32"],
+              contenders["matmul_bf16"]]
+    seconds = alternate(contenders, rounds, warmup=warmup)
+    tokens = origins * paths * new_tokens
+    flops = decode_flops_per_token(model, context_len, new_tokens) * tokens
+
+    def share(name: str, dtype: str) -> float:
+        return statistics.median(flops / s / (matmul_flops / m)
+                                 for s, m in zip(seconds[name], seconds[f"matmul_{dtype}"]))
+
+    def tok_s(name: str) -> float:
+        return tokens / statistics.median(seconds[name])
+
+    peak = {dtype: statistics.median(matmul_flops / m for m in seconds[f"matmul_{dtype}"])
+            for dtype in ("fp32", "bf16")}
+    ratio = paired_ratio(seconds["per_origin"], seconds["fp32"])
+    what = f"{origins} origins x {paths} paths x {new_tokens} tokens after {context_len}"
+    return [
+        Result(f"decode {label} tok/s", tok_s("fp32"), f"{tok_s('fp32'):,.0f}", goal=tok_s_goal,
+               goal_text=f">= {tok_s_goal:,.0f}" if tok_s_goal else "",
+               detail=f"{what}, fp32, one seed per origin; {ratio:.2f}x one call per origin "
+                      f"({tok_s('per_origin'):,.0f} tok/s, same paths); median of {rounds} alternating rounds"),
+        Result(f"decode {label} peak share", share("fp32", "fp32"), f"{share('fp32', 'fp32'):.1%}", goal=peak_goal,
+               goal_text=f">= {peak_goal:.0%}" if peak_goal else "",
+               detail=f"{flops / statistics.median(seconds['fp32']) / 1e9:,.1f} of {peak['fp32'] / 1e9:,.1f} GFLOP/s "
+                      f"({peak_size}^2 fp32 matmul, same rounds); one call per origin "
+                      f"{share('per_origin', 'fp32'):.1%}"),
+        Result(f"decode {label} bf16 tok/s", tok_s("bf16"), f"{tok_s('bf16'):,.0f}",
+               detail=f"autocast bf16 (an option; other paths than fp32): {share('bf16', 'bf16'):.1%} of the "
+                      f"{peak['bf16'] / 1e9:,.1f} GFLOP/s {peak_size}^2 bf16 matmul, "
+                      f"{paired_ratio(seconds['fp32'], seconds['bf16']):.2f}x fp32"),
+    ]
+
+
+def section_decode(settings: BenchSettings) -> Iterator[Result]:
+    yield from bench_decode(preset_model_config("tiny"), "tiny", origins=settings.decode_tiny_origins,
+                            paths=settings.decode_paths, context_len=60, new_tokens=4, rounds=settings.gen_rounds,
+                            peak_size=settings.peak_size, tok_s_goal=DECODE_TINY_GOAL)
+    yield from bench_decode(GPTConfig(), "seed", origins=4, paths=64, context_len=192,
+                            new_tokens=settings.decode_seed_tokens, rounds=settings.gen_rounds,
+                            peak_size=settings.peak_size, peak_goal=DECODE_PEAK_GOAL)
 
 
 # --------------------------------------------------------------------------------------------------- encode

@@ -1,6 +1,6 @@
 """`pricegpt bench`: pricegpt against real peers, each line a ratio measured in this process.
 
-Sections (`--only` picks some): train, generate, encode (sections.py) and e2e, scaling (scaling.py); the peers
+Sections (`--only` picks some): train, generate, decode, encode (sections.py) and e2e, scaling (scaling.py); the peers
 are in peers.py and the timing harness in harness.py. `FULL` and `QUICK` (`--quick`) are the settings;
 `run_bench` yields each line as it is measured, then the summary table.
 """
@@ -15,9 +15,9 @@ import torch
 from ..errors import ConfigError
 from .harness import BenchSettings, Result, bench_threads, machine_header
 from .scaling import section_e2e, section_scaling
-from .sections import section_encode, section_generate, section_train
+from .sections import section_decode, section_encode, section_generate, section_train
 
-SECTIONS = ("train", "generate", "encode", "e2e", "scaling")
+SECTIONS = ("train", "generate", "decode", "encode", "e2e", "scaling")
 
 FULL = BenchSettings()
 QUICK = BenchSettings(train_batch=4, train_rounds=2, train_bf16_gqa=False, peak_size=2048, gen_recompute_tokens=2,
@@ -64,6 +64,7 @@ def run_bench(quick: bool = False, only: str | None = None) -> Iterator[str]:
     torch.set_num_threads(threads)
     yield machine_header(threads, quick)
     runners = {"train": lambda: section_train(settings), "generate": lambda: section_generate(settings),
+               "decode": lambda: section_decode(settings),
                "encode": lambda: section_encode(settings), "e2e": lambda: section_e2e(settings, threads),
                "scaling": lambda: section_scaling(settings, threads)}
     results: list[Result] = []

@@ -41,14 +41,16 @@ def crps_samples(samples: np.ndarray, y: np.ndarray, fair: bool = True) -> np.nd
 
 
 def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 256,
-                          grid=TEMPERATURE_GRID, max_origins: int | None = 50, seed: int = 0) -> dict:
+                          grid=TEMPERATURE_GRID, max_origins: int | None = 50, seed: int = 0,
+                          progress: bool | None = None) -> dict:
     """Pick the sampling temperature with the lowest mean CRPS of the H-bar return on the VALIDATION split
     (origins chosen as in evaluation, at most `max_origins` per symbol) and store it in RUN/calibration.json.
 
     frame: prices (anything `load_prices` reads); splits: the cutoffs, or None for the run's. The origins are those
     of data.windows' "calibrate" stage: targets after the run's train_end and at or before its val_end, else a
     LeakageError. Every grid value is scored on the same origins with the same seeds (common random numbers), so
-    differences between temperatures are not sampling noise of the origins."""
+    differences between temperatures are not sampling noise of the origins. progress: a bar per temperature on
+    stderr (None: only when stderr is a terminal)."""
     horizon, num_samples, seed = check_sampling(horizon, num_samples, seed)
     grid = [check_temperature(t, "temperature grid value") for t in grid]
     if not grid:
@@ -69,7 +71,8 @@ def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 2
     crps = {}
     for temperature in grid:
         cum = forecaster.sample_cumulative(contexts, origins.symbols, horizon, num_samples, seed=seed,
-                                           temperature=temperature, context_ends=ends)
+                                           temperature=temperature, context_ends=ends, progress=progress,
+                                           label=f"calibrate T={temperature:g}")
         crps[f"{temperature:g}"] = float(np.mean(crps_samples(cum[..., -1], realised)))
         log.info(f"calibration: temperature {temperature:g} -> val CRPS {crps[f'{temperature:g}']:.6f}")
     best = min(grid, key=lambda t: crps[f"{t:g}"])

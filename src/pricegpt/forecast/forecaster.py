@@ -11,16 +11,18 @@ How a context becomes a forecast (the same for one symbol or thousands of evalua
    model was trained on), or fewer if the history is shorter; at least one patch.
 2. Cut them into patches that END AT THE ORIGIN and encode them with the run's tokenizer, using the symbol's
    train-split scale (exactly the scaling of training; an unknown symbol gets the global scale).
-3. Generate ceil(H / patch_len) tokens per sample, decode each with the symbol's scale, keep the first H bars.
+3. Generate ceil(H / patch_len) tokens per sample, decode them with `decode_paths` (the symbol's scale, or a
+   running scale rolled forward along each path from the origin's real state), keep the first H bars.
 Every sampled path is kept; nothing is averaged.
 
-Seeds. Every origin is sampled by its own engine calls (one call of up to num_samples rows, more only when its
-samples exceed what the KV-cache budget allows in one call) with a seed derived from (seed, symbol, the timestamp
-of the context's last bar): an origin's paths are the same whether it is forecast alone or among thousands,
-whatever --max-origins, the symbol set or the batch size (the KV-cache budget only matters when one origin's
-samples need several calls). At the default 256 samples this is also faster than packing 32 origins into one call:
-6.7 s instead of 10.3 s for the quickstart evaluation's 488 origins on 2 CPU cores (tiny model, 4 new tokens);
-with 16 samples per origin it is about 3x slower (per-call overhead), which only tests and quick looks use.
+Seeds. Every origin is sampled with a seed derived from (seed, symbol, the timestamp of the context's last bar),
+by its own generator inside engine calls that many origins share (`Engine.generate` with one seed per context):
+an origin's paths are the same whether it is forecast alone or among thousands, whatever --max-origins, the symbol
+set, their order or how many share a call. Its samples are drawn from one seed unless they exceed what the KV-cache
+budget allows in one call; then each block of them has its own seed. Origins are packed into calls of about
+ROWS_PER_CALL sample rows: in benchmarks/README.md (2 CPU cores, tiny model, 256 samples, 4 tokens after 60) 8
+origins per call decoded fastest, both 1 (per-call overhead) and 32 (activations and keys that no longer fit in
+the CPU caches) slower.
 
 Values (horizon, num_samples, seed, temperature) are checked before any work: ConfigErrors naming the bound
 (config.py's checks), and the paths' memory against half of the free memory (`check_paths_memory`).
@@ -38,10 +40,12 @@ The cutoffs travel with it, so the leakage rule (data.windows) still refuses tes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +64,7 @@ from ..tokenizer import bar_features, load_tokenizer
 from .risk import QUANTILE_LEVELS, quantile_table
 
 KV_CACHE_BUDGET_BYTES = 512 * 2**20  # bounds the KV cache (and so memory) of one engine call
+ROWS_PER_CALL = 2048  # sample rows (origins x samples) one engine call aims at; see the module docstring
 MAX_HORIZON_BARS = 100_000  # a horizon is generated token by token; the engine's bound on new tokens
 PATH_COPIES = 3  # float64 copies of all paths alive at once (paths, cumulative, sorted for the scores)
 KIND = "pricegpt.forecaster"
@@ -94,17 +99,21 @@ class Forecaster:
     """A trained model and its tokenizer ready to forecast: `Forecaster.from_run(dir)`, `Forecaster(load_run(dir))`
     or `Forecaster.from_pretrained(dir)`."""
 
-    def __init__(self, run: Run):
+    def __init__(self, run: Run, autocast: torch.dtype | None = None):
+        """autocast: sample under torch.autocast in this dtype (e.g. torch.bfloat16: faster on CPUs with bf16
+        matrix instructions, other paths for the same seed; benchmarks/README.md compares its CRPS)."""
         if run.tokenizer is None:
             raise PriceGPTError(f"{run.dir} has no tokenizer (it was trained on a bare token file); its tokens "
                                 "cannot be decoded to returns, so it cannot forecast prices")
         self.run = run
         self.model = run.model
         self.tokenizer = run.tokenizer
+        self.autocast = autocast
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, device: str = "cpu") -> Forecaster:
-        return cls(load_run(run_dir, device=device, need_tokenizer=True))
+    def from_run(cls, run_dir: str | os.PathLike, device: str = "cpu", autocast: torch.dtype | None = None
+                 ) -> Forecaster:
+        return cls(load_run(run_dir, device=device, need_tokenizer=True), autocast=autocast)
 
     @property
     def patch_len(self) -> int:
@@ -125,14 +134,16 @@ class Forecaster:
 
     # ------------------------------------------------------------------------------------------- sampling
     def sample_returns(self, contexts, symbols, horizon: int, num_samples: int, *, seed: int = 0,
-                       temperature: float | None = None, context_ends=None) -> np.ndarray:
+                       temperature: float | None = None, context_ends=None, progress: bool | None = None,
+                       label: str = "sampling") -> np.ndarray:
         """Per-bar log-return paths of many origins: (origins, num_samples, horizon) float64.
 
         contexts: a list of arrays (bars,) or (bars, n_features) of raw features up to each origin, or one
         array (origins, bars[, n_features]); symbols: one symbol per origin (for the scale); context_ends: the
-        timestamp of each context's last bar. Each origin is sampled by its own engine calls with a seed derived
-        from (seed, symbol, context end) (without context_ends: the number of context bars), so its paths do
-        not depend on which other origins are asked for, their order or the memory budget (see `origin_seed`).
+        timestamp of each context's last bar. Each origin is sampled with a seed derived from (seed, symbol,
+        context end) (without context_ends: the number of context bars), so its paths do not depend on which
+        other origins are asked for, their order or how many share an engine call (see `origin_seed`).
+        progress: a tqdm bar on stderr named `label` (None: only when stderr is a terminal).
         """
         horizon, num_samples, seed = check_sampling(horizon, num_samples, seed)
         temperature = self.temperature if temperature is None else check_temperature(temperature)
@@ -145,9 +156,36 @@ class Forecaster:
         else:
             keys = np.array([len(c) for c in contexts], dtype=np.int64)
         check_paths_memory(len(contexts), num_samples, horizon)
-        P = self.patch_len
-        n_new = math.ceil(horizon / P)
-        max_patches = self.context_patches(horizon)
+        tokens = self._context_tokens(contexts, symbols, horizon)
+        states = [self.tokenizer.origin_state(np.asarray(c, dtype=np.float64), s) for c, s in zip(contexts, symbols)]
+        n_new = math.ceil(horizon / self.patch_len)
+        out = np.empty((len(contexts), num_samples, horizon))
+        with progress_bar(len(contexts), progress, label) as bar:
+            for jobs in self._engine_calls(tokens, symbols, keys, num_samples, seed):
+                idx = torch.as_tensor(np.stack([tokens[i] for i, _, _ in jobs]), dtype=torch.long)
+                rows = jobs[0][2].stop - jobs[0][2].start
+                generated = generate(self.model, idx, n_new, num_samples=rows, temperature=temperature,
+                                     seed=[job_seed for _, job_seed, _ in jobs], autocast=self.autocast)
+                generated = generated.cpu().numpy()
+                for (i, job_seed, samples), paths in zip(jobs, generated):
+                    # a running scale rolls forward on each path's own returns from the origin's real state;
+                    # within-code draws come from the job's own seed, so batching never changes them
+                    out[i, samples] = self.tokenizer.decode_paths(
+                        paths, symbols[i], states[i], rng=np.random.default_rng(job_seed))[:, :horizon]
+                bar.update(sum(samples.stop == num_samples for _, _, samples in jobs))
+        return out
+
+    def sample_cumulative(self, contexts, symbols, horizon: int, num_samples: int, *, seed: int = 0,
+                          temperature: float | None = None, context_ends=None, progress: bool | None = None,
+                          label: str = "sampling") -> np.ndarray:
+        """Like `sample_returns`, as cumulative log returns from the origin: (origins, num_samples, horizon)."""
+        return np.cumsum(self.sample_returns(contexts, symbols, horizon, num_samples, seed=seed,
+                                             temperature=temperature, context_ends=context_ends, progress=progress,
+                                             label=label), axis=-1)
+
+    def _context_tokens(self, contexts, symbols, horizon: int) -> list[np.ndarray]:
+        """Each context's last whole patches, ending at the origin, as token ids (module docstring, steps 1-2)."""
+        P, max_patches = self.patch_len, self.context_patches(horizon)
         tokens = []
         for context, symbol in zip(contexts, symbols):
             x = np.asarray(context, dtype=np.float64)
@@ -156,23 +194,31 @@ class Forecaster:
             if k < 1:
                 raise DataError(f"{symbol}: a forecast needs at least {P} bars of history before the origin "
                                 f"(one patch), got {len(x)}")
-            tokens.append(self.tokenizer.encode_patches(x[len(x) - k * P:].reshape(k, P, x.shape[1]), symbol))
-        out = np.empty((len(contexts), num_samples, horizon))
-        block = min(num_samples, self._rows_per_call())
-        for i, (ids, symbol, key) in enumerate(zip(tokens, symbols, keys)):
-            idx = torch.as_tensor(np.asarray(ids)[None], dtype=torch.long)
-            for b, s0 in enumerate(range(0, num_samples, block)):
-                n = min(block, num_samples - s0)
-                generated = generate(self.model, idx, n_new, num_samples=n, temperature=temperature,
-                                     seed=origin_seed(seed, symbol, int(key), b))
-                out[i, s0:s0 + n] = self.tokenizer.decode(generated[0].cpu().numpy(), symbol)[:, :horizon]
-        return out
+            # each patch scaled by the (causal) scale at its first bar, from the whole history before it
+            tokens.append(np.asarray(self.tokenizer.encode_history(x, symbol, n_patches=k)))
+        return tokens
 
-    def sample_cumulative(self, contexts, symbols, horizon: int, num_samples: int, *, seed: int = 0,
-                          temperature: float | None = None, context_ends=None) -> np.ndarray:
-        """Like `sample_returns`, as cumulative log returns from the origin: (origins, num_samples, horizon)."""
-        return np.cumsum(self.sample_returns(contexts, symbols, horizon, num_samples, seed=seed,
-                                             temperature=temperature, context_ends=context_ends), axis=-1)
+    def _engine_calls(self, tokens, symbols, keys, num_samples: int, seed: int):
+        """The engine calls of a batch of origins: lists of jobs (origin, seed, samples slice), each job one seeded
+        block of an origin's samples. An origin's samples are split into blocks of `_samples_per_seed` rows, block
+        b seeded by origin_seed(seed, symbol, key, b); jobs with the same context length and block size share a
+        call of about ROWS_PER_CALL rows, at most `_rows_per_call` (an engine call needs rectangular contexts and
+        one num_samples)."""
+        block = self._samples_per_seed(num_samples)
+        groups: dict[tuple[int, int], list] = {}
+        for i, (ids, symbol, key) in enumerate(zip(tokens, symbols, keys)):
+            for b, s0 in enumerate(range(0, num_samples, block)):
+                samples = slice(s0, min(s0 + block, num_samples))
+                job = (i, origin_seed(seed, symbol, int(key), b), samples)
+                groups.setdefault((len(ids), samples.stop - s0), []).append(job)
+        for (_, rows), jobs in groups.items():
+            per_call = max(1, min(ROWS_PER_CALL, self._rows_per_call()) // rows)
+            for start in range(0, len(jobs), per_call):
+                yield jobs[start:start + per_call]
+
+    def _samples_per_seed(self, num_samples: int) -> int:
+        """Samples drawn from one seed: all of an origin's, unless they exceed one engine call's KV budget."""
+        return min(num_samples, self._rows_per_call())
 
     def _rows_per_call(self) -> int:
         """Sample rows per engine call: the engine's KV cache holds sequence_len positions per row (fp32)."""
@@ -302,6 +348,24 @@ def check_sampling(horizon, num_samples, seed, *, horizon_flag: str = "--horizon
     horizon in [1, MAX_HORIZON_BARS], num_samples in [1, 1,000,000], seed in [0, 2**63 - 1]."""
     return (check_int(horizon, horizon_flag, 1, MAX_HORIZON_BARS),
             check_num_samples(num_samples, "num_samples (--num-samples)"), check_seed(seed, "seed (--seed)"))
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, progress: bool | None, label: str, unit: str = "origin"):
+    """A tqdm bar on stderr while the block runs (progress None: only when stderr is a terminal), else an object
+    whose `update` does nothing. The bar disappears when done: the command line prints what was computed."""
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        yield _NoBar()
+        return
+    from tqdm.auto import tqdm  # imported only when a bar is shown
+
+    with tqdm(total=total, desc=label, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr) as bar:
+        yield bar
 
 
 def paths_bytes(n_origins: int, num_samples: int, horizon: int) -> int:

@@ -1,18 +1,25 @@
-"""Sampling continuations from a GPT: a preallocated KV cache, the sampling rule, and the generation loop.
+"""Sampling continuations from a GPT: KV caches, the sampling rule, and the generation loop.
 
 Generation of `num_samples` paths for each of B contexts:
 1. crop each context to its last `sequence_len` tokens,
 2. prefill the B contexts once (one cache row per context, not per sample),
-3. copy each cache row to its `num_samples` sample rows (N = B * num_samples rows),
-4. decode all N rows together, one token per step, attending over the filled part of the cache.
+3. decode all N = B * num_samples rows together, one token per step. The samples of a context share its prefix,
+   so `PrefixKVCache` keeps the prefix keys once per context and only the generated tokens' keys per row; a
+   model whose attention asks the cache to attend (`cache.attend`) scores the prefix as one matrix product per
+   context and head. A model that only stores keys in the cache (`cache.update`) gets every row's own copy of its
+   context's keys, made once.
 
 Context window. Rotary positions must stay in [0, sequence_len), the lengths the model was trained on, so the
 tokens the model sees form a window tokens[start:n] of at most sequence_len tokens. When one more token would
-overflow it, the window restarts at the last `refill_len` tokens (default 3/4 of sequence_len) and the cache is
-re-prefilled from them: the context never shrinks below refill_len tokens, and the re-prefill costs about
-refill_len / (sequence_len - refill_len) = 3 token-forwards per generated token, amortised. `use_cache=False`
-recomputes a full forward over the same window every step: it is the reference the cache is tested against,
-so both paths see exactly the same tokens at the same positions and draw random numbers in the same order.
+overflow it, the window restarts at the last `refill_len` tokens (default 3/4 of sequence_len) and a per-row
+cache is re-prefilled from them: the context never shrinks below refill_len tokens, and the re-prefill costs
+about refill_len / (sequence_len - refill_len) = 3 token-forwards per generated token, amortised.
+`use_cache=False` recomputes a full forward over the same window every step: it is the reference the caches are
+tested against, so both paths see exactly the same tokens at the same positions and draw the same random numbers.
+
+Sampling draws one uniform number per row and step and inverts the row's cumulative distribution (see
+`sample_next_token`). Seeds: one generator for all rows, or one per context (a list of seeds): a context's
+paths then do not depend on the other contexts of the call, which is how many forecast origins share one call.
 
 Arguments are checked before anything is allocated (bounds in config.py): temperature 0 (greedy) or in
 [1e-3, 100], top_k >= 1, top_p in [1e-3, 1], a seed in [0, 2**64 - 1], at most 100,000 new tokens, and a
@@ -21,7 +28,10 @@ request whose estimated peak memory (`generation_bytes`) exceeds half of the fre
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 
 from ..config import (
     MAX_GENERATOR_SEED,
@@ -63,10 +73,12 @@ class KVCache:
         self.pos = 0
 
     @classmethod
-    def for_model(cls, model: GPT, rows: int, max_len: int | None = None) -> KVCache:
+    def for_model(cls, model: GPT, rows: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """A cache for `model` in its weights' dtype, or `dtype` (the autocast dtype the keys are computed in)."""
         c = model.config
         weight = model.wte.weight
-        return cls(c.n_layer, rows, c.n_kv_head, max_len or c.sequence_len, c.head_dim, weight.dtype, weight.device)
+        return cls(c.n_layer, rows, c.n_kv_head, max_len or c.sequence_len, c.head_dim, dtype or weight.dtype,
+                   weight.device)
 
     @property
     def rows(self) -> int:
@@ -80,15 +92,32 @@ class KVCache:
         self.v[layer, :, :, self.pos : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store k, v (rows, n_kv_head, T, D) and attend with q (rows, n_head, T, D) -> (rows, n_head, T, D): T
+        tokens at a fresh cache (a prefill, causal) or one token over every filled position (a decode step)."""
+        rows, H, T, D = q.shape
+        Hkv = k.size(1)
+        start = self.pos
+        k_all, v_all = self.update(layer, k, v)
+        if T == 1:
+            # One query per head against the whole filled cache, no mask. Grouping the query heads of each kv
+            # head along the "time" axis turns GQA into plain attention without repeating K/V.
+            return F.scaled_dot_product_attention(q.reshape(rows, Hkv, H // Hkv, D), k_all, v_all).view(rows, H, 1, D)
+        assert start == 0, f"multi-token forward with a KV cache needs an empty cache, got pos={start}"
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=Hkv != H)
+
     def advance(self, num_tokens: int) -> None:
         self.pos += num_tokens
 
     def reset(self) -> None:
         self.pos = 0
 
-    def repeat_rows(self, repeats: int) -> KVCache:
-        """A cache with each row repeated `repeats` times in a row (row r -> rows r*repeats ... r*repeats+repeats-1)."""
-        n_layer, rows, n_kv_head, max_len, head_dim = self.k.shape
+    def repeat_rows(self, repeats: int, max_len: int | None = None) -> KVCache:
+        """A cache with each row repeated `repeats` times in a row (row r -> rows r*repeats ... r*repeats+repeats-1),
+        holding `max_len` positions (default: as many as this one)."""
+        n_layer, rows, n_kv_head, own_len, head_dim = self.k.shape
+        max_len = own_len if max_len is None else max_len
+        assert max_len >= self.pos, f"max_len {max_len} < the {self.pos} filled positions"
         out = KVCache(n_layer, rows * repeats, n_kv_head, max_len, head_dim, self.k.dtype, self.k.device)
         for src, dst in ((self.k, out.k), (self.v, out.v)):
             # Broadcast copy of the filled part only; no repeated intermediate tensor.
@@ -99,20 +128,81 @@ class KVCache:
         return out
 
 
+class PrefixKVCache:
+    """The decode cache of `num_samples` rows per context that share the context's prefix: the prefix keys and
+    values once per context (`prefix`, a filled KVCache of B rows) and the generated tokens' per row, (n_layer,
+    B * num_samples, n_kv_head, max_new, head_dim). Rows r*num_samples ... (r+1)*num_samples-1 belong to context r.
+
+    `attend` scores a decode step's queries against the prefix as one (num_samples * heads per kv head) x prefix
+    matrix product per context and kv head, and against the row's own generated keys, with one softmax over both:
+    the prefix is read once per context instead of once per row. `update` (for attention that only stores keys)
+    copies the prefix to every row once and from then on is a plain per-row KVCache."""
+
+    def __init__(self, prefix: KVCache, num_samples: int, max_new: int):
+        n_layer, contexts, n_kv_head, _, head_dim = prefix.k.shape
+        self.prefix, self.num_samples = prefix, num_samples
+        shape = (n_layer, contexts * num_samples, n_kv_head, max_new, head_dim)
+        self.k = torch.empty(shape, dtype=prefix.k.dtype, device=prefix.k.device)
+        self.v = torch.empty_like(self.k)
+        self.generated = 0
+        self.per_row: KVCache | None = None  # the plain cache `update` falls back to
+
+    @property
+    def pos(self) -> int:
+        return self.prefix.pos + self.generated
+
+    def advance(self, num_tokens: int) -> None:
+        self.generated += num_tokens
+        if self.per_row is not None:
+            self.per_row.advance(num_tokens)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """One decode step: q (rows, n_head, 1, D), k, v (rows, n_kv_head, 1, D) -> (rows, n_head, 1, D)."""
+        rows, H, T, D = q.shape
+        assert T == 1, f"the prefix cache takes one token per step, got {T}"
+        assert self.per_row is None, "a cache that copied its prefix to every row is a plain KVCache now"
+        Hkv, S, P, n = k.size(1), self.num_samples, self.prefix.pos, self.generated + 1
+        B, group = rows // S, H // Hkv
+        self.k[layer, :, :, self.generated] = k[:, :, 0]
+        self.v[layer, :, :, self.generated] = v[:, :, 0]
+        q = q.view(B, S, Hkv, group, D).transpose(1, 2).reshape(B, Hkv, S * group, D) * D**-0.5
+        prefix_k, prefix_v = self.prefix.k[layer, :, :, :P], self.prefix.v[layer, :, :, :P]  # (B, Hkv, P, D)
+        own_k, own_v = self.k[layer, :, :, :n], self.v[layer, :, :, :n]  # (rows, Hkv, n, D)
+        own_q = q.view(B, Hkv, S, group, D).transpose(1, 2).reshape(rows, Hkv, group, D)
+        scores = torch.cat([q @ prefix_k.transpose(-1, -2),  # (B, Hkv, S * group, P)
+                            (own_q @ own_k.transpose(-1, -2)).view(B, S, Hkv, group, n).transpose(1, 2)
+                            .reshape(B, Hkv, S * group, n)], dim=-1)
+        weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        own_weights = weights[..., P:].reshape(B, Hkv, S, group, n).transpose(1, 2).reshape(rows, Hkv, group, n)
+        y = (weights[..., :P] @ prefix_v).view(B, Hkv, S, group, D).transpose(1, 2).reshape(rows, Hkv, group, D)
+        return (y + own_weights @ own_v).reshape(rows, H, 1, D)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """KVCache.update for attention that reads whole per-row keys: the prefix is copied to every row once."""
+        if self.per_row is None:
+            assert self.generated == 0, "update after attend: one model uses one protocol"
+            self.per_row = self.prefix.repeat_rows(self.num_samples, max_len=self.prefix.pos + self.k.size(3))
+        return self.per_row.update(layer, k, v)
+
+
 def sample_next_token(
     logits: torch.Tensor,
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """logits (N, V) -> token ids (N,) int64.
 
     temperature 0 is greedy (argmax). Otherwise logits / temperature, then top-k (keep the k largest logits;
     ties with the k-th are kept), then top-p (keep the smallest set of most likely tokens whose probability
-    reaches top_p), then one multinomial draw per row from `generator`. Settings outside the bounds of
-    config.check_temperature / check_top_k / check_top_p are ConfigErrors.
+    reaches top_p), then one draw per row by inversion: a uniform u, and the first token whose cumulative
+    probability exceeds u times the total (never a token of probability 0). One random number per row, not one
+    per token. `generator` is one generator for all rows, or a sequence of G generators for G equal contiguous
+    groups of rows: each group's numbers come from its own generator, so a group's draws do not depend on the
+    other groups (one group per forecast origin). Settings outside the bounds of config.check_temperature /
+    check_top_k / check_top_p are ConfigErrors.
     """
     temperature, top_k, top_p = check_temperature(temperature), check_top_k(top_k), check_top_p(top_p)
     if temperature == 0:
@@ -129,7 +219,24 @@ def sample_next_token(
         sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cumulative = probs.cumsum(dim=-1)
+    uniforms = draw_uniforms(probs.size(0), generator, probs.device)
+    tokens = torch.searchsorted(cumulative, uniforms.unsqueeze(-1) * cumulative[:, -1:], right=True).squeeze(-1)
+    # u * total rounds up to the total about once in 2**24 draws: take the last token that can be drawn then.
+    last_possible = probs.size(-1) - 1 - (probs > 0).flip(-1).to(torch.uint8).argmax(dim=-1)
+    return torch.minimum(tokens, last_possible)
+
+
+def draw_uniforms(rows: int, generator, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(rows,) uniforms in [0, 1) from one generator, or from a sequence of generators, one per equal group."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(rows, generator=generator, device=device)
+    groups = len(generator)
+    assert groups > 0 and rows % groups == 0, f"{rows} rows do not split into {groups} groups"
+    uniforms = torch.empty(rows, device=device)
+    for block, group_generator in zip(uniforms.view(groups, -1), generator):
+        block.uniform_(generator=group_generator)
+    return uniforms
 
 
 def check_sampling_args(max_new_tokens, num_samples, temperature, top_k, top_p) -> dict:
@@ -187,6 +294,17 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     return generator
 
 
+def make_generators(seed, batch: int, device: torch.device | str = "cpu"):
+    """The sampling generator(s) of a generate call: one for all rows when `seed` is None or a whole number, else
+    (a list or tuple of `batch` seeds) one per context, so a context's samples do not depend on the others."""
+    hint = "a user's --seed is in [0, 4294967295]"  # derived per-origin seeds (config.derive_seed) use torch's range
+    if not isinstance(seed, (list, tuple)):
+        return make_generator(None if seed is None else check_int(seed, "seed", 0, MAX_GENERATOR_SEED, hint), device)
+    if len(seed) != batch:
+        raise DataError(f"got {len(seed)} seeds for {batch} contexts; give one seed per context or a single seed")
+    return [make_generator(check_int(s, "seed", 0, MAX_GENERATOR_SEED, hint), device) for s in seed]
+
+
 class Engine:
     """Generation around one model: `Engine(model).generate(contexts, 50, num_samples=100, seed=0)`."""
 
@@ -217,29 +335,33 @@ class Engine:
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         use_cache: bool = True,
         refill_len: int | None = None,
+        autocast: torch.dtype | None = None,
     ) -> torch.Tensor:
         """Sample `num_samples` continuations of each context: idx (B, T) -> (B, num_samples, max_new_tokens).
 
         idx may also be a (T,) tensor or a list of ints (B = 1). Contexts longer than sequence_len keep their
         last sequence_len tokens. `refill_len` (default 3/4 sequence_len) is the window kept when it is full,
-        see the module docstring. Same seed -> same paths; seed None -> fresh randomness.
+        see the module docstring. Same seed -> same paths; seed None -> fresh randomness. `seed` may also be a
+        list of B seeds, one per context: each context's samples are then those it gets alone with that seed
+        (whatever the other contexts), which is how many forecast origins share one call.
+        `autocast` (e.g. torch.bfloat16): run the model under torch.autocast in that dtype, KV cache included;
+        faster on CPUs with bf16 matrix instructions, but the rounding changes which paths a seed gives.
         """
         with torch.inference_mode():
             paths = self._generate(
-                idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache, refill_len
+                idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache, refill_len, autocast
             )
         return paths.clone()  # cloned outside inference mode: callers get an ordinary, writable tensor
 
-    def _generate(self, idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache, refill_len):
+    def _generate(self, idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache, refill_len,
+                  autocast):
         model, L = self.model, self.model.config.sequence_len
         args = check_sampling_args(max_new_tokens, num_samples, temperature, top_k, top_p)
         max_new_tokens, num_samples = args["max_new_tokens"], args["num_samples"]
         temperature, top_k, top_p = args["temperature"], args["top_k"], args["top_p"]
-        if seed is not None:  # derived per-call seeds (config.derive_seed) use torch's whole range
-            seed = check_int(seed, "seed", 0, MAX_GENERATOR_SEED, "a user's --seed is in [0, 4294967295]")
         refill_len = refill_len if refill_len is not None else max(1, L - L // 4)
         refill_len = check_int(refill_len, "refill_len", 1, L, f"at most sequence_len={L}")
         device = model.wte.weight.device
@@ -248,6 +370,7 @@ class Engine:
         contexts = contexts[:, -L:]
         B, T = contexts.shape
         rows = B * num_samples
+        generator = make_generators(seed, B, device)
         if max_new_tokens == 0:
             return torch.empty(B, num_samples, 0, dtype=torch.long, device=device)
         self.check_memory(B, T, num_samples, max_new_tokens, use_cache)
@@ -255,35 +378,43 @@ class Engine:
         # Every row's context followed by its samples; the model always reads a window tokens[:, start:n].
         tokens = torch.empty(rows, T + max_new_tokens, dtype=torch.long, device=device)
         tokens[:, :T] = contexts.repeat_interleave(num_samples, dim=0)
-        generator = make_generator(seed, device)
         sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
 
         was_training = model.training
         model.eval()
         try:
-            start = 0
-            if use_cache:
-                cache = KVCache.for_model(model, rows=B, max_len=L)
-                logits = model(contexts, kv_cache=cache)[:, -1].repeat_interleave(num_samples, dim=0)
-                cache = cache.repeat_rows(num_samples)
-            else:
-                logits = model(tokens[:, :T])[:, -1]
-            tokens[:, T] = sample_next_token(logits, **sample)
-            for n in range(T + 1, T + max_new_tokens):  # n tokens known, predict token n
-                refill = n - start > L
-                if refill:
-                    start = n - refill_len
-                if not use_cache:
-                    logits = model(tokens[:, start:n])[:, -1]
-                elif refill:
-                    cache.reset()
-                    logits = model(tokens[:, start:n], kv_cache=cache)[:, -1]
-                else:
-                    logits = model(tokens[:, n - 1 : n], kv_cache=cache)[:, -1]
-                tokens[:, n] = sample_next_token(logits, **sample)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                self._decode(contexts, tokens, max_new_tokens, num_samples, use_cache, refill_len, sample, autocast)
         finally:
             model.train(was_training)
         return tokens[:, T:].reshape(B, num_samples, max_new_tokens)
+
+    def _decode(self, contexts, tokens, max_new_tokens, num_samples, use_cache, refill_len, sample, autocast):
+        """Fill tokens[:, T:] of the (rows, T + max_new_tokens) buffer in place, one token per step."""
+        model, L = self.model, self.model.config.sequence_len
+        (B, T), rows = contexts.shape, tokens.size(0)
+        start = 0
+        if use_cache:
+            prefix = KVCache.for_model(model, rows=B, max_len=T, dtype=autocast)
+            logits = model(contexts, kv_cache=prefix)[:, -1].repeat_interleave(num_samples, dim=0)
+            cache = PrefixKVCache(prefix, num_samples, max_new=min(max_new_tokens, L - T))
+        else:
+            logits = model(tokens[:, :T])[:, -1]
+        tokens[:, T] = sample_next_token(logits, **sample)
+        for n in range(T + 1, T + max_new_tokens):  # n tokens known, predict token n
+            refill = n - start > L
+            if refill:
+                start = n - refill_len
+            if not use_cache:
+                logits = model(tokens[:, start:n])[:, -1]
+            elif refill:  # the rows no longer share a prefix: one cache row per sample row from now on
+                if not isinstance(cache, KVCache):
+                    cache = KVCache.for_model(model, rows=rows, max_len=L, dtype=autocast)
+                cache.reset()
+                logits = model(tokens[:, start:n], kv_cache=cache)[:, -1]
+            else:
+                logits = model(tokens[:, n - 1 : n], kv_cache=cache)[:, -1]
+            tokens[:, n] = sample_next_token(logits, **sample)
 
 
 def generate(model: GPT, idx, max_new_tokens: int, **sampling) -> torch.Tensor:
