@@ -34,8 +34,8 @@ class BenchSettings:
     gen_recompute_tokens: int = 4  # recompute is timed on this many tokens and extrapolated to gen_tokens
     gen_rounds: int = 3
     decode_tiny_origins: int = 64  # x decode_paths rows at the tiny preset's shape, 4 tokens after 60
-    decode_paths: int = 256
-    decode_seed_tokens: int = 32  # 4 origins x 64 paths after 192 tokens at the seed shape
+    decode_paths: int = 256  # samples per origin (the forecaster's default), tiny and seed shapes
+    decode_seed_tokens: int = 16  # 4 origins x decode_paths rows after 192 tokens at the seed shape
     encode_bars: int = 10_000_000
     encode_naive_patches: int = 20_000
     encode_rounds: int = 3

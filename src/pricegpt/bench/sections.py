@@ -8,8 +8,8 @@
             and against `transformers` `generate`.
   decode    many forecast origins, each with its own seed, sampled in one batched engine call against one call per
             origin (the forecaster before batching), fp32 and bf16 autocast: the tiny preset at the quickstart's
-            shape (64 origins x 256 paths, 4 tokens after 60) and the seed shape (4 origins x 64 paths = 256 rows,
-            32 tokens after 192); tokens/s and the model FLOP/s as a share of a square matmul in the same dtype
+            shape (64 origins x 256 paths, 4 tokens after 60) and the seed shape (4 origins x 256 paths = 1024 rows,
+            16 tokens after 192); tokens/s and the model FLOP/s as a share of a square matmul in the same dtype
             timed in the same rounds.
   encode    vqvae tokenizer bars/s on 10M bars against a naive per-patch numpy loop (a small sample, extrapolated).
 
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..forecast.forecaster import ROWS_PER_CALL
 from ..model import GPT, Engine, GPTConfig, preset_model_config
 from ..tokenizer import VQVAETokenizer, benchmark_encode
 from .harness import BenchSettings, Result, _transformers, alternate, matmul_contender, paired_ratio, quiet_log, wall
@@ -159,10 +160,11 @@ def decode_flops_per_token(model: GPT, context_len: int, new_tokens: int) -> flo
 
 def bench_decode(config, label: str, *, origins: int, paths: int, context_len: int, new_tokens: int, rounds: int,
                  peak_size: int, tok_s_goal: float | None = None, peak_goal: float | None = None) -> list[Result]:
-    """`origins` contexts x `paths` samples, each origin with its own seed: one batched engine call (how the
-    forecaster samples), the same under bf16 autocast (an option: other paths), and one call per origin (the
-    forecaster before batching; the same paths as batched), alternated with square fp32 and bf16 matmuls that
-    measure the peaks. Tokens/s count the generated tokens; the prefill is timed but its FLOPs are not counted."""
+    """`origins` contexts x `paths` samples, each origin with its own seed: batched engine calls of about
+    ROWS_PER_CALL rows (how the forecaster samples), the same under bf16 autocast (an option: other paths), and
+    one call per origin (the forecaster before batching; the same paths as batched), alternated with square fp32
+    and bf16 matmuls that measure the peaks. Tokens/s count the generated tokens; the prefill is timed but its
+    FLOPs are not counted."""
     assert context_len + new_tokens <= config.sequence_len, "the bench keeps generation inside one window"
     torch.manual_seed(0)
     model = GPT(replace(config, zero_init_head=False, zero_init_proj=False)).eval()  # logits that vary by context
@@ -170,9 +172,12 @@ def bench_decode(config, label: str, *, origins: int, paths: int, context_len: i
     generator = torch.Generator().manual_seed(0)
     contexts = torch.randint(0, config.vocab_size, (origins, context_len), generator=generator)
     seeds = list(range(origins))
+    per_call = max(1, ROWS_PER_CALL // paths)  # origins per engine call, as the forecaster packs them
 
     def batched(n: int = new_tokens, autocast: torch.dtype | None = None):
-        return lambda: engine.generate(contexts, n, num_samples=paths, seed=seeds, autocast=autocast)
+        return lambda: torch.cat([engine.generate(contexts[i:i + per_call], n, num_samples=paths,
+                                                  seed=seeds[i:i + per_call], autocast=autocast)
+                                  for i in range(0, origins, per_call)])
 
     def per_origin(n: int = new_tokens):
         return lambda: torch.cat([engine.generate(contexts[i], n, num_samples=paths, seed=seeds[i])
@@ -199,7 +204,8 @@ def bench_decode(config, label: str, *, origins: int, paths: int, context_len: i
     peak = {dtype: statistics.median(matmul_flops / m for m in seconds[f"matmul_{dtype}"])
             for dtype in ("fp32", "bf16")}
     ratio = paired_ratio(seconds["per_origin"], seconds["fp32"])
-    what = f"{origins} origins x {paths} paths x {new_tokens} tokens after {context_len}"
+    what = (f"{origins} origins x {paths} paths x {new_tokens} tokens after {context_len} in calls of "
+            f"{min(per_call, origins)} origins")
     return [
         Result(f"decode {label} tok/s", tok_s("fp32"), f"{tok_s('fp32'):,.0f}", goal=tok_s_goal,
                goal_text=f">= {tok_s_goal:,.0f}" if tok_s_goal else "",
@@ -221,7 +227,7 @@ def section_decode(settings: BenchSettings) -> Iterator[Result]:
     yield from bench_decode(preset_model_config("tiny"), "tiny", origins=settings.decode_tiny_origins,
                             paths=settings.decode_paths, context_len=60, new_tokens=4, rounds=settings.gen_rounds,
                             peak_size=settings.peak_size, tok_s_goal=DECODE_TINY_GOAL)
-    yield from bench_decode(GPTConfig(), "seed", origins=4, paths=64, context_len=192,
+    yield from bench_decode(GPTConfig(), "seed", origins=4, paths=settings.decode_paths, context_len=192,
                             new_tokens=settings.decode_seed_tokens, rounds=settings.gen_rounds,
                             peak_size=settings.peak_size, peak_goal=DECODE_PEAK_GOAL)
 
