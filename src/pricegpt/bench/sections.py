@@ -37,8 +37,9 @@ TRAIN_GOAL = 1.0  # x HF Llama tokens/s
 MFU_GOAL = {"fp32": 0.85, "bf16": 0.60}  # of the matmul peak measured in the same rounds
 KV_VS_RECOMPUTE_GOAL, KV_VS_HF_GOAL = 10.0, 2.0
 # Issue 15: 3x the decode throughput before batching at the tiny shape. Before: one engine call per origin,
-# multinomial sampling, per-row copies of the prefix keys (commit 97d6d1a), 69,500 tok/s on the 2 idle cores of
-# benchmarks/README.md. The goal is this machine's; elsewhere read the ratio to one call per origin.
+# multinomial sampling, every row with its own copy of the prefix keys (the engine of commit 1446cd9): 69,500
+# tok/s on the 2-core Xeon of benchmarks/README.md (2026-12-01, load ~1). The goal is that machine's; elsewhere
+# read the ratio to one call per origin.
 DECODE_TINY_BEFORE = 69_500.0
 DECODE_TINY_GOAL = 3 * DECODE_TINY_BEFORE  # tok/s
 DECODE_PEAK_GOAL = 0.5  # of the fp32 matmul peak at the seed shape

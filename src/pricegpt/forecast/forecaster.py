@@ -101,7 +101,9 @@ class Forecaster:
 
     def __init__(self, run: Run, autocast: torch.dtype | None = None):
         """autocast: sample under torch.autocast in this dtype (e.g. torch.bfloat16: faster on CPUs with bf16
-        matrix instructions, other paths for the same seed; benchmarks/README.md compares its CRPS)."""
+        matrix instructions, other paths for the same seed, and an origin's paths then also depend on which
+        origins share its engine call, bf16 matrix products not being row-by-row reproducible across batch sizes;
+        benchmarks/README.md compares its CRPS). None (fp32): an origin's paths never depend on the batching."""
         if run.tokenizer is None:
             raise PriceGPTError(f"{run.dir} has no tokenizer (it was trained on a bare token file); its tokens "
                                 "cannot be decoded to returns, so it cannot forecast prices")

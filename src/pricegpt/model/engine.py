@@ -348,7 +348,9 @@ class Engine:
         list of B seeds, one per context: each context's samples are then those it gets alone with that seed
         (whatever the other contexts), which is how many forecast origins share one call.
         `autocast` (e.g. torch.bfloat16): run the model under torch.autocast in that dtype, KV cache included;
-        faster on CPUs with bf16 matrix instructions, but the rounding changes which paths a seed gives.
+        faster on CPUs with bf16 matrix instructions, but the rounding changes which paths a seed gives, and
+        bf16 matrix products are not reproducible row by row across batch sizes, so with several contexts a
+        context's paths then also depend on the others.
         """
         with torch.inference_mode():
             paths = self._generate(
