@@ -127,7 +127,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache=None) -> torch.Tensor:
-        """x (B, T, E) -> (B, T, E). With a kv_cache: T tokens at a fresh cache (prefill) or 1 token (decode)."""
+        """x (B, T, E) -> (B, T, E). With a kv_cache: T tokens at a fresh cache (prefill) or 1 token (decode),
+        attended by the cache's `attend(layer, q, k, v)`."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         qk, v = self.c_qkv(x).split([(H + Hkv) * D, Hkv * D], dim=-1)
@@ -137,17 +138,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, Hkv, D).transpose(1, 2)
         if kv_cache is None:
             y = self._attend_causal(q, k, v)
-        else:
-            start = kv_cache.pos
-            k_all, v_all = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, start + T, D) views of the cache
-            if T == 1:
-                # Decode: one query attends to the whole filled cache, no mask needed. Grouping the query heads
-                # of each kv head along the "time" axis turns GQA into plain attention without repeating K/V.
-                q = q.reshape(B, Hkv, H // Hkv, D)
-                y = F.scaled_dot_product_attention(q, k_all, v_all).view(B, H, 1, D)
-            else:
-                assert start == 0, f"multi-token forward with a KV cache needs an empty cache, got pos={start}"
-                y = self._attend_causal(q, k, v)
+        else:  # the cache stores this step's keys and values and attends over what it holds (model/engine.py)
+            y = kv_cache.attend(self.layer_idx, q, k, v)
         y = y.transpose(1, 2).reshape(B, T, H * D)
         return self.c_proj(y)
 
