@@ -8,7 +8,6 @@ torch import per case); a few representative ones run the real command in a subp
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pickle
 import random
@@ -25,35 +24,24 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, assert_user_error, run_cli
-from pricegpt.cli import main
 from pricegpt.errors import PriceGPTError
 from pricegpt.train import latest_checkpoint
-from train_helpers import TINY, assert_same_weights, markov_tokens, read_weights, torch_threads_kept, write_token_file
+from train_helpers import (
+    TINY,
+    assert_same_weights,
+    markov_tokens,
+    read_weights,
+    torch_threads_kept,
+    tree,
+    write_token_file,
+)
+from train_helpers import cli_main as cli
 
 EVIL = "../../evil"  # a symbol that is also a relative path out of any folder
 HTML_ABS = "/tmp/<img src=x onerror=alert(1)>"  # a symbol that is an absolute path and HTML
 RUN_SETTINGS = ["model.sequence_len=16", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_kv_head=1",
                 "train.batch_size=8", "train.eval_batches=2", "train.eval_every=5", "train.save_every=5",
                 "train.warmup_steps=2", "train.num_threads=1"]
-
-
-def cli(capsys, *args) -> subprocess.CompletedProcess:
-    """`pricegpt ARGS` in this process: exit code, stdout and stderr as a subprocess would report them."""
-    logger = logging.getLogger("pricegpt")
-    saved = logger.handlers[:], logger.level, logger.propagate
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:  # argparse
-        code = exit_.code
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-
-def tree(root: Path) -> dict[str, bytes | None]:
-    """Every path under root (files with their bytes, folders as None): to show nothing changed."""
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
 def popen_cli(*args) -> subprocess.Popen:
