@@ -37,6 +37,10 @@ CONFIGS = {
     "ewma-within": {"scaling": "ewma", "decode": "within"},
     "ewma30-within": {"scaling": "ewma", "halflife": 30.0, "decode": "within"},
     "garch-within": {"scaling": "garch", "decode": "within"},
+    "ewma-seasonal": {"scaling": "ewma", "seasonal": True},
+    # model options ("set": --set overrides of the training config) on top of the tokenizer's
+    "ewma-calendar": {"scaling": "ewma", "set": ["model.calendar=true"]},
+    "ewma-seasonal-calendar": {"scaling": "ewma", "seasonal": True, "set": ["model.calendar=true"]},
 }
 HORIZON = 4
 
@@ -46,6 +50,7 @@ def run_one(name: str, source: str, config: str, out: Path, num_samples: int, sp
     frame = load_prices(source)
     splits = time_splits(frame)
     options = {**preset_tokenizer_options("tiny"), **CONFIGS[config]}
+    overrides = options.pop("set", [])
     if not (run / "tokenizer" / "report.json").is_file():
         fit_to_dir(frame, run / "tokenizer", kind="vqvae", train_end=splits.train_end, val_end=splits.val_end,
                    seed=0, overwrite=(run / "tokenizer").exists(), **options)
@@ -54,7 +59,7 @@ def run_one(name: str, source: str, config: str, out: Path, num_samples: int, sp
                           overwrite=(run / "tokens").exists())
     meta = run / "model" / "meta.json"
     if not meta.is_file() or not json.loads(meta.read_text()).get("finished", True):
-        train_run(tokens=run / "tokens", out=run, preset="tiny", allow_existing=True,
+        train_run(tokens=run / "tokens", out=run, preset="tiny", allow_existing=True, overrides=overrides,
                   resume=(run / "checkpoints").exists())
     if not (run / "calibration.json").is_file():
         calibrate_temperature(load_run(run), frame, splits, horizon=HORIZON, num_samples=num_samples)

@@ -32,7 +32,7 @@ from .data.windows import (
     select_origins,
     symbol_series,
 )
-from .errors import OutputExistsError
+from .errors import ConfigError, OutputExistsError
 from .evaluate import evaluate_run
 from .evaluate.report import refresh_report
 from .fileio import OUTPUT_MARKER, make_dirs, mark_output, remove_output, write_json
@@ -65,6 +65,7 @@ class PipelineSettings:
     scaling: str | None = None           # tokenizer scaling: static | ewma | garch (default: the preset's)
     halflife: float | None = None        # bars, of the ewma scaling
     decode: str | None = None            # how sampled tokens become returns: centroid | within
+    seasonal: bool | None = None         # intraday returns deseasonalised before scaling (default: the preset's)
     horizon: int | None = None           # forecast horizon in bars (default DEFAULT_HORIZON)
     num_samples: int | None = None       # sample paths per origin (default 256)
     cost_bps: float = 1.0
@@ -105,6 +106,10 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
                                                  ("codebook_size", settings.codebook_size),
                                                  ("scaling", settings.scaling), ("halflife", settings.halflife),
                                                  ("decode", settings.decode)) if v})
+    if settings.seasonal is not None:
+        if not isinstance(settings.seasonal, bool):
+            raise ConfigError(f"seasonal must be True, False or None (the preset's), got {settings.seasonal!r}")
+        tokenizer_options["seasonal"] = settings.seasonal
     record = {"format_version": FORMAT_VERSION, "data": _source_id(data), **splits.to_dict(),
               "preset": settings.preset, "tokenizer_kind": settings.tokenizer_kind, "tokenizer": tokenizer_options,
               "horizon": settings.horizon or DEFAULT_HORIZON, "num_samples": settings.num_samples,

@@ -160,8 +160,10 @@ def walk_forward(frame: pd.DataFrame, forecaster, cutoffs, config: BacktestConfi
         batch = order[start:start + per_call]
         symbols = [str(origins.symbols[k]) for k in batch]
         contexts = [series[s].features[:origins.index[k]] for s, k in zip(symbols, batch)]
+        times = {"context_times": [series[s].timestamps[:origins.index[k]] for s, k in zip(symbols, batch)]} \
+            if getattr(forecaster, "uses_times", False) else {}
         cum = forecaster.sample_cumulative(contexts, symbols, H, config.num_samples, seed=config.seed,
-                                           context_ends=decided_at[batch])
+                                           context_ends=decided_at[batch], **times)
         cum = np.asarray(cum, dtype=np.float64)
         assert cum.shape == (len(batch), config.num_samples, H), f"forecaster returned {cum.shape}"
         summary = forecast_summary(cum)

@@ -40,6 +40,10 @@ def cmd_data_download(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ tokenizer
+def _on_off(value: str | None) -> bool | None:
+    return None if value is None else value == "on"
+
+
 def cmd_tokenizer_fit(args) -> int:
     from ..data import load_prices
     from ..tokenizer import fit_to_dir
@@ -47,7 +51,7 @@ def cmd_tokenizer_fit(args) -> int:
     frame = load_prices(args.data, date_format=args.date_format)
     kwargs = {k: v for k, v in {"patch_len": args.patch_len, "codebook_size": args.codebook_size,
                                 "features": args.features, "scaling": args.scaling, "halflife": args.halflife,
-                                "decode": args.decode}.items() if v is not None}
+                                "decode": args.decode, "seasonal": _on_off(args.seasonal)}.items() if v is not None}
     report = fit_to_dir(frame, args.out, kind=args.kind, train_end=args.train_end, val_end=args.val_end,
                         seed=args.seed, overwrite=args.force, **kwargs)
     print(f"tokenizer ({report['kind']}, K={report['codebook_size']}, patch_len={report['patch_len']}) "
@@ -191,7 +195,7 @@ def cmd_pipeline(args) -> int:
         preset=args.preset, config=args.config, overrides=list(args.set or []), train_end=args.train_end,
         val_end=args.val_end, max_steps=args.max_steps, tokenizer_kind=args.tokenizer_kind,
         patch_len=args.patch_len, codebook_size=args.codebook_size, scaling=args.scaling,
-        halflife=args.halflife, decode=args.decode, horizon=args.horizon,
+        halflife=args.halflife, decode=args.decode, seasonal=_on_off(args.seasonal), horizon=args.horizon,
         num_samples=args.num_samples, cost_bps=args.cost_bps, seed=args.seed, ablation=args.ablation,
         force=args.force, date_format=args.date_format)
     result = run_pipeline(args.data, args.out, settings)

@@ -145,6 +145,9 @@ def _add_scaling(p: argparse.ArgumentParser) -> None:
                    help="what a token is a move relative to: the symbol's train volatility (static), a running "
                         "EWMA volatility (ewma) or a GARCH filter (garch) (default: the preset's)")
     p.add_argument("--halflife", type=_positive_number, help="half-life in bars of the ewma scaling (default 11.2)")
+    p.add_argument("--seasonal", choices=["on", "off"],
+                   help="divide intraday returns by their time-of-day x weekday volatility profile before scaling "
+                        "(on) or not (off) (default: the preset's; daily data are unaffected)")
     p.add_argument("--decode", choices=["centroid", "within"],
                    help="sampled tokens decode to their code's centroid, or to draws from its train members with "
                         "fitted tails (within)")

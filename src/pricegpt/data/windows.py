@@ -99,6 +99,10 @@ class Origins:
             return [series[s].features[:i] for s, i in zip(self.symbols, self.index)]
         return [features[s][1][:i] for s, i in zip(self.symbols, self.index)]
 
+    def context_times(self, series: dict[str, SymbolSeries]) -> list[np.ndarray]:
+        """End times (datetime64[ns]) of the bars before each origin (views), parallel to `contexts`."""
+        return [series[s].timestamps[:i] for s, i in zip(self.symbols, self.index)]
+
     def realised(self, series: dict[str, SymbolSeries], horizon: int) -> np.ndarray:
         """(n, horizon) realised cumulative log returns over each target."""
         return np.stack([np.cumsum(series[s].returns[i:i + horizon]) for s, i in zip(self.symbols, self.index)])

@@ -39,6 +39,7 @@ import zlib
 
 import numpy as np
 
+from ..data.calendar import bar_slots, seasonal_profile
 from .metrics import NormalPredictive, SamplePredictive, StudentTPredictive
 
 BASELINES = ("random_walk", "histvol20", "ewma", "bootstrap", "garch", "seasonal", "range_ewma", "fhs")
@@ -47,11 +48,6 @@ EWMA_LAMBDA = 0.94
 BOOTSTRAP_WINDOW = 250
 GARCH_MIN_TRAIN = 250
 MIN_TRAIN = 50  # train bars seasonal, range_ewma and fhs need per symbol
-# Prior weights, in bars, of the shrinkage of the seasonal profile (squared returns are noisy: a normal one has a
-# relative std of 1.4, fat tails more): a day-of-week slot differs little from its time of day's mean, so that mean
-# weighs as much as 50 bars; times of day differ a lot (several-fold), so the overall mean weighs only 5.
-SLOT_SHRINK = 50.0
-TIME_OF_DAY_SHRINK = 5.0
 SIM_CHUNK_VALUES = 2**22  # shocks simulated at once (32 MB of float64): origins are simulated in chunks
 _DAY_NS = 86_400 * 10**9
 _MIN_STD = 1e-12  # a flat window (constant price) would give a zero-width normal
@@ -169,29 +165,6 @@ def bootstrap(returns, symbols, index, horizon, num_samples, seed, window: int =
 
 
 # ---------------------------------------------------------------------------------------------- seasonal
-def bar_slots(times: np.ndarray, interval_ns: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(slot, time_of_day, n_tod) of bars ending at `times`: time of day in steps of the bar interval, and slot =
-    day_of_week (Monday 0) * n_tod + time_of_day."""
-    ns = np.asarray(times, dtype="datetime64[ns]").astype(np.int64)
-    day = np.floor_divide(ns, _DAY_NS)
-    n_tod = -(-_DAY_NS // interval_ns)
-    tod = (ns - day * _DAY_NS) // interval_ns
-    return (day + 3) % 7 * n_tod + tod, tod, int(n_tod)  # 1970-01-01 was a Thursday
-
-
-def seasonal_profile(sq: np.ndarray, slot: np.ndarray, tod: np.ndarray, n_tod: int) -> np.ndarray:
-    """(7 n_tod,) mean squared return per slot relative to the overall mean, from the train bars' squared returns
-    sq with their slots: a slot's mean is shrunk toward its time of day's (SLOT_SHRINK), that one toward the
-    overall mean (TIME_OF_DAY_SHRINK), so an unseen slot gets its time of day's mean, an unseen time of day 1."""
-    overall = float(np.mean(sq))
-    tod_mean = ((np.bincount(tod, weights=sq, minlength=n_tod) + TIME_OF_DAY_SHRINK * overall)
-                / (np.bincount(tod, minlength=n_tod) + TIME_OF_DAY_SHRINK))
-    prior = tod_mean[np.arange(7 * n_tod) % n_tod]
-    slot_mean = ((np.bincount(slot, weights=sq, minlength=7 * n_tod) + SLOT_SHRINK * prior)
-                 / (np.bincount(slot, minlength=7 * n_tod) + SLOT_SHRINK))
-    return slot_mean / overall
-
-
 def seasonal(returns, train_len, symbols, index, horizon, times) -> NormalPredictive:
     if times is None:
         raise Unavailable("no bar times given: the seasonal profile needs them")

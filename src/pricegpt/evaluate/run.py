@@ -258,7 +258,8 @@ def _score(setup: _Setup):
         origins, H = h.origins, h.horizon
         if h.sampled:
             cum = forecaster.sample_cumulative(origins.contexts(series), origins.symbols, H, setup.num_samples,
-                                               seed=setup.seed, context_ends=origins.context_end(series))
+                                               seed=setup.seed, context_ends=origins.context_end(series),
+                                               context_times=origins.context_times(series))
         else:
             cum = main_cum[..., :H]
         main_cum = cum if main_cum is None else main_cum
@@ -347,7 +348,8 @@ def _ablations(ablation_runs: dict, setup: _Setup, h: _Horizon, y: np.ndarray) -
         forecaster = Forecaster.from_run(run_dir)
         contexts = origins.contexts(series, forecaster.features(setup.frame))
         cum = forecaster.sample_cumulative(contexts, origins.symbols, h.horizon, setup.num_samples, seed=setup.seed,
-                                           context_ends=origins.context_end(series))
+                                           context_ends=origins.context_end(series),
+                                           context_times=origins.context_times(series))
         pred = SamplePredictive(cum[..., -1])
         out[name] = {"run": str(run_dir), "crps": float(np.mean(pred.crps(y))),
                      "coverage_90": coverage_and_width(pred, y, 0.9)[0]}

@@ -66,12 +66,13 @@ def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 2
     require_origins(origins, series, cutoffs, horizon)
     check_leakage(origins, series, cutoffs, horizon)
     check_paths_memory(origins.n, num_samples, horizon)
-    contexts, ends = origins.contexts(series), origins.context_end(series)
+    contexts, ends, times = origins.contexts(series), origins.context_end(series), origins.context_times(series)
     realised = origins.realised(series, horizon)[:, -1]
     crps = {}
     for temperature in grid:
         cum = forecaster.sample_cumulative(contexts, origins.symbols, horizon, num_samples, seed=seed,
-                                           temperature=temperature, context_ends=ends, progress=progress,
+                                           temperature=temperature, context_ends=ends, context_times=times,
+                                           progress=progress,
                                            label=f"calibrate T={temperature:g}")
         crps[f"{temperature:g}"] = float(np.mean(crps_samples(cum[..., -1], realised)))
         log.info(f"calibration: temperature {temperature:g} -> val CRPS {crps[f'{temperature:g}']:.6f}")

@@ -60,6 +60,7 @@ from ..fileio import write_bytes
 from .decoding import DECODES, WithinTables, fit_within, sample_within
 from .patches import Patches, bar_features, cut_patches, cutoff_ns
 from .scaling import SCALINGS, Recursion, check_garch, ewma_lambda, fit_garch
+from .seasonal import SeasonalProfile, fit_profile
 
 DEFAULT_PATCH_LEN = 4
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -90,6 +91,7 @@ class TokenizerConfig:
     decode_quantiles: int = 64  # member patches kept per code for within-code decoding
     tail_from: float = 0.5  # the outer codes' GPD tail covers their members beyond this quantile
     tail_cap: float = 2.0  # a tail draw's excess is at most this multiple of the code's largest train excess
+    seasonal: bool = False  # intraday returns divided by their time-of-day x weekday volatility profile (seasonal.py)
 
     def validate(self) -> None:
         check_int(self.patch_len, "--patch-len (patch_len)", 1, MAX_PATCH_LEN)
@@ -104,6 +106,8 @@ class TokenizerConfig:
         check_int(self.decode_quantiles, "decode_quantiles", 2, 4096)
         check_number(self.tail_from, "tail_from", 0.5, 0.99)
         check_number(self.tail_cap, "tail_cap", 1, 1000)
+        if not isinstance(self.seasonal, bool):
+            raise ConfigError(f"seasonal must be true or false, got {show(self.seasonal)}")
         if self.train_end is not None:
             try:
                 ts = pd.Timestamp(self.train_end) if isinstance(self.train_end, str) else None
@@ -144,6 +148,7 @@ class Tokenizer:
         self.global_scale: np.ndarray | None = None
         self.garch: dict[str, tuple[float, float, float]] = {}  # (omega, alpha, beta) per seen symbol
         self.garch_global: tuple[float, float] | None = None  # median (alpha, beta) of the fitted symbols
+        self.seasonal: dict[str, SeasonalProfile] = {}  # per intraday symbol seen in fit, when config.seasonal
         self.n_train_patches = 0
         self.decode_table: np.ndarray | None = None  # (K, patch_len) scaled close returns
         self.within: WithinTables | None = None  # None: loaded from a format-1 file, centroid decoding only
@@ -196,6 +201,12 @@ class Tokenizer:
         cutoff = cutoff_ns(t_end)
         train_bars = {s: (times[times <= cutoff], values[times <= cutoff])
                       for s, (times, values) in bar_features(frame, self.config.features).items()}
+        self.seasonal = {}
+        if self.config.seasonal:
+            fitted = {s: fit_profile(times, values[:, 0]) for s, (times, values) in train_bars.items()}
+            self.seasonal = {s: p for s, p in fitted.items() if p is not None}
+            train_bars = {s: (times, self._deseasonalised(values, times, s)) for s, (times, values) in
+                          train_bars.items()}
         self._fit_scales({s: values for s, (_, values) in train_bars.items()}, t_end)
         train = []
         for symbol, (times, values) in train_bars.items():
@@ -276,6 +287,9 @@ class Tokenizer:
         if isinstance(data, pd.DataFrame):
             symbol = self._only_symbol(data) if symbol is None else symbol
             returns = self._close_returns(data, symbol)
+            if symbol in self.seasonal:  # a frame has its times: the whole divisor, seasonal factor included
+                times = bar_features(data, "close")[symbol][0]
+                return self.scales_with_times(returns, times, symbol)
         else:
             returns = _close(data)
         if self.config.scaling == "static":
@@ -283,13 +297,53 @@ class Tokenizer:
         recursion = self._recursion(symbol)
         return recursion.scale(recursion.variances(returns)[:-1])
 
-    def origin_state(self, history, symbol: str | None = None) -> float:
+    def scales_with_times(self, returns, times, symbol: str | None = None) -> np.ndarray:
+        """Like `scales` for a symbol's close returns (n,) and their end times: s_t times the bar's seasonal factor
+        (what bar t's return is divided by in all, when the symbol has a seasonal profile)."""
+        returns = np.asarray(returns, dtype=np.float64)
+        return self.scales(self._deseasonalised(returns, times, symbol), symbol) * \
+            self.seasonal_factors(times, symbol)
+
+    def origin_state(self, history, symbol: str | None = None, times=None) -> float:
         """The volatility state s at the bar after `history` (the symbol's log returns (n,) or features
         (n, n_features) from its first return up to a forecast origin): the `s0` of `decode_paths`. Under static
-        scaling, the symbol's scale. (Before the floor: the scale used is max(s0, floor).)"""
+        scaling, the symbol's scale. (Before the floor: the scale used is max(s0, floor).) `times`: the bars'
+        end times, needed when the symbol has a seasonal profile (`needs_times`)."""
         if self.config.scaling == "static":
             return float(self.scale(symbol)[0])
+        history = self._deseasonalised(np.asarray(history, dtype=np.float64), times, symbol)
         return float(np.sqrt(self._recursion(symbol).variances(_close(history))[-1]))
+
+    # -- seasonal scaling (seasonal.py)
+    def needs_times(self, symbol: str | None) -> bool:
+        """Whether `symbol`'s bars are deseasonalised, so encoding and decoding need their times."""
+        return symbol in self.seasonal
+
+    def seasonal_factors(self, times, symbol: str | None) -> np.ndarray:
+        """(n,) what the close returns of bars ending at `times` are divided by before scaling (1 without a
+        profile)."""
+        profile = self.seasonal.get(symbol) if symbol is not None else None
+        n = len(np.asarray(times)) if times is not None else 0
+        return np.ones(n) if profile is None else profile.factors(times)
+
+    def _deseasonalised(self, values: np.ndarray, times, symbol: str | None) -> np.ndarray:
+        """`values` (n,) or (n, n_features) with the price features divided by the bars' seasonal factors."""
+        if symbol not in self.seasonal:
+            return values
+        if times is None:
+            raise TokenizerError(f"symbol {show(symbol)} is seasonally scaled: pass the bar times (times=) of its "
+                                 "history so each bar's time-of-day profile can be divided out")
+        values = np.asarray(values, dtype=np.float64)
+        if len(np.asarray(times)) != len(values):
+            raise TokenizerError(f"{len(np.asarray(times))} bar times for {len(values)} bars of {show(symbol)}")
+        f = self.seasonal[symbol].factors(times)
+        if values.ndim == 1:
+            return values / f
+        out = values / f[:, None]
+        for column, name in enumerate(FEATURES[self.config.features]):
+            if name == "log_volume_change":
+                out[:, column] = values[:, column]
+        return out
 
     def bar_scales(self, values: np.ndarray, symbol: str | None = None) -> np.ndarray:
         """Per-bar, per-feature scales (n, n_features) of one symbol's raw features (n, n_features)."""
@@ -326,8 +380,11 @@ class Tokenizer:
     # -- encoding and decoding
     def patchify(self, frame: pd.DataFrame) -> dict[str, Patches]:
         """Every complete patch of every symbol (sorted by symbol): raw features and each patch's scale."""
-        return {s: cut_patches(s, times, values, self.patch_len, self.bar_scales(values, s))
-                for s, (times, values) in bar_features(frame, self.config.features).items()}
+        out = {}
+        for s, (times, values) in bar_features(frame, self.config.features).items():
+            values = self._deseasonalised(values, times, s)
+            out[s] = cut_patches(s, times, values, self.patch_len, self.bar_scales(values, s))
+        return out
 
     def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Token ids (n_patches,) int64 per symbol of `frame`, symbols sorted."""
@@ -368,12 +425,15 @@ class Tokenizer:
         assert ids.dtype == np.int64 and (len(ids) == 0 or 0 <= ids.min() <= ids.max() < self.vocab_size)
         return ids
 
-    def encode_history(self, values, symbol: str | None = None, n_patches: int | None = None) -> np.ndarray:
+    def encode_history(self, values, symbol: str | None = None, n_patches: int | None = None,
+                       times=None) -> np.ndarray:
         """The tokens of the last `n_patches` (default: all) complete patches of a history, aligned to its end:
         `values` (n,) log returns or (n, n_features) features of `symbol` from its first return up to a forecast
-        origin. Each patch is scaled by the scale at its first bar, computed from the whole history before it."""
+        origin (`times`: their end times, needed when `needs_times(symbol)`). Each patch is scaled by the scale at
+        its first bar, computed from the whole history before it."""
         x = np.asarray(values, dtype=np.float64)
         x = x[:, None] if x.ndim == 1 else x
+        x = self._deseasonalised(x, times, symbol)
         k = len(x) // self.patch_len if n_patches is None else min(int(n_patches), len(x) // self.patch_len)
         start = len(x) - k * self.patch_len
         scales = self.bar_scales(x, symbol)[start::self.patch_len][:k]
@@ -402,20 +462,30 @@ class Tokenizer:
         return returns.reshape(*ids.shape[:-1], -1) if ids.ndim else returns
 
     def decode_paths(self, codes, symbol: str | None = None, s0: float | None = None, *, decode: str | None = None,
-                     rng=None) -> np.ndarray:
+                     rng=None, times=None) -> np.ndarray:
         """Sampled token paths (n_paths, n_tokens) -> log returns (n_paths, n_tokens * patch_len).
 
         Each token's shock patch (`decode`: "centroid" or "within", default the config's `decode`; within draws
         from `rng`: a numpy Generator or a seed, default the tokenizer's seed) is multiplied by the path's scale at
         the patch's first bar. Under a running scaling the scale starts at `s0` (the real history's state at the
         origin, `origin_state`; default: the symbol's static scale) and rolls forward with each path's own
-        returns by the symbol's recursion; under static scaling it is the symbol's scale and s0 is ignored."""
+        returns by the symbol's recursion; under static scaling it is the symbol's scale and s0 is ignored.
+        `times`: the end times of the decoded bars (at least n_tokens * patch_len), needed when the symbol has a
+        seasonal profile: each bar is multiplied by its slot's factor."""
         ids = self._check_ids(codes)
         assert ids.ndim == 2, f"codes must be (n_paths, n_tokens), got shape {ids.shape}"
         shocks = self._shocks(ids, self.config.decode if decode is None else decode, rng)
         n_paths, n_tokens = ids.shape
+        factors = None
+        if symbol in self.seasonal:
+            n_bars = n_tokens * self.patch_len
+            if times is None or len(np.asarray(times)) < n_bars:
+                raise TokenizerError(f"symbol {show(symbol)} is seasonally scaled: pass the end times of the "
+                                     f"{n_bars} decoded bars (times=)")
+            factors = self.seasonal[symbol].factors(np.asarray(times)[:n_bars])
         if self.config.scaling == "static":
-            return (shocks * self.scale(symbol)[0]).reshape(n_paths, -1)
+            out = (shocks * self.scale(symbol)[0]).reshape(n_paths, -1)
+            return out if factors is None else out * factors
         recursion = self._recursion(symbol)
         if s0 is None:
             var = np.full(n_paths, recursion.var0)
@@ -429,7 +499,8 @@ class Tokenizer:
             out[:, j] = shocks[:, j] * recursion.scale(var)[:, None]
             for b in range(self.patch_len):
                 var = recursion.step(var, out[:, j, b])
-        return out.reshape(n_paths, -1)
+        out = out.reshape(n_paths, -1)  # deseasonalised returns: the recursion runs on these, as in encoding
+        return out if factors is None else out * factors
 
     def _check_ids(self, tokens) -> np.ndarray:
         self._require_fitted()
@@ -472,6 +543,10 @@ class Tokenizer:
                "n_train_patches": self.n_train_patches,
                "scales": {"global": [float(v) for v in self.global_scale],
                           "symbols": {s: [float(v) for v in scale] for s, scale in self.symbol_scales.items()}}}
+        if self.config.seasonal:
+            out["seasonal_profiles"] = {s: p.to_dict() for s, p in self.seasonal.items()}
+        else:
+            del out["seasonal"]  # files written before seasonal scaling existed keep their exact bytes
         if self.config.scaling == "garch":
             out["garch"] = {"global": list(self.garch_global),
                             "symbols": {s: list(params) for s, params in self.garch.items()}}
@@ -561,6 +636,9 @@ class Tokenizer:
         tokenizer.global_scale = _scale_vector(scales["global"], n_features)
         tokenizer.symbol_scales = {str(s): _scale_vector(v, n_features) for s, v in scales["symbols"].items()}
         tokenizer.n_train_patches = check_int(raw["n_train_patches"], "n_train_patches", 0, 2**62)
+        if config.seasonal:
+            tokenizer.seasonal = {str(s): SeasonalProfile.from_dict(v, f"symbol {show(s)}")
+                                  for s, v in raw["seasonal_profiles"].items()}
         if config.scaling == "garch":
             garch = raw["garch"]
             tokenizer.garch_global = check_garch(garch["global"], "the global fit")

@@ -76,7 +76,7 @@ def tokenizer_report(tokenizer: Tokenizer, frame: pd.DataFrame, splits: Splits) 
         c = tokenizer.config
         baseline = create_tokenizer("quantile", patch_len=tokenizer.patch_len, codebook_size=K, seed=c.seed,
                                     min_scale_returns=c.min_scale_returns, scaling=c.scaling, halflife=c.halflife,
-                                    scale_floor=c.scale_floor)
+                                    scale_floor=c.scale_floor, seasonal=c.seasonal)
         baseline.fit(frame, splits.train_end)
         base_patches = baseline.patchify(frame)  # the same patches of close returns, with the baseline's scales
         base_tokens = {s: baseline.encode_patches(p, s) for s, p in base_patches.items()}
