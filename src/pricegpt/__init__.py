@@ -7,12 +7,18 @@ The public API is imported lazily, so `import pricegpt` stays cheap and the CLI 
 
     from pricegpt import load_prices, Forecaster
     fc = Forecaster.from_run("runs/quickstart")
-    fc.predict_quantiles(load_prices("sample:stocks-daily"), horizon_bars=4)
+    fc.predict_df(load_prices("sample:stocks-daily"), horizon=4)   # symbol, timestamp, mean, "0.1" .. "0.9", prices
+
+In a notebook, `pricegpt.enable_logging()` shows the library's log lines (training progress, warnings) in the cell.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import sys
+
+from .errors import ConfigError
 
 __version__ = "0.1.0"
 
@@ -33,7 +39,41 @@ _API = {
     "run_pipeline": "pipeline", "PipelineSettings": "pipeline",
 }
 
-__all__ = sorted(_API) + ["__version__"]
+__all__ = sorted(_API) + ["__version__", "enable_logging"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted: a notebook kernel swaps its stderr per cell."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def enable_logging(level: int | str = "INFO") -> logging.Logger:
+    """Show the "pricegpt" logger's records at `level` and above on stderr (a notebook shows them under the cell),
+    and return the logger. Idempotent: a second call only changes the level; a logger that already writes to
+    stderr (the command line's) gets no second handler. Its records stop propagating to the root logger, so a
+    root handler (logging.basicConfig) does not print them twice."""
+    logger = logging.getLogger("pricegpt")
+    name = level.upper() if isinstance(level, str) else level
+    known = isinstance(name, int) and not isinstance(name, bool) or isinstance(logging.getLevelName(name), int)
+    if not known:
+        raise ConfigError(f"logging level {level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL (or a "
+                          "number)")
+    logger.setLevel(name)
+    if not any(isinstance(h, logging.StreamHandler) and h.stream is sys.stderr for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.propagate = False
+    return logger
 
 
 def __getattr__(name: str):

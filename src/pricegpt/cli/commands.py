@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ConfigError
+
 
 # ----------------------------------------------------------------------------------------------------- data
 def cmd_data_list(args) -> int:
@@ -30,11 +32,17 @@ def cmd_data_info(args) -> int:
 
 
 def cmd_data_download(args) -> int:
-    from ..data.download import download_yahoo
+    from ..data.download import download_ccxt, download_yahoo
 
     tickers = [t.strip() for t in args.tickers.split(",") if t.strip()]
-    path = download_yahoo(tickers, interval=args.interval, start=args.start, end=args.end, out=args.out,
-                          overwrite=args.force)
+    if args.source == "ccxt":
+        path = download_ccxt(tickers, exchange=args.exchange, timeframe=args.interval, start=args.start,
+                             end=args.end, out=args.out, overwrite=args.force)
+    elif args.exchange is not None:
+        raise ConfigError("--exchange is for --source ccxt; Yahoo Finance needs none")
+    else:
+        path = download_yahoo(tickers, interval=args.interval, start=args.start, end=args.end, out=args.out,
+                              overwrite=args.force)
     print(f"wrote {path}")
     return 0
 

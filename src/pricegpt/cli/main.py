@@ -175,12 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     _add_date_format(p)
     p.set_defaults(func=commands.cmd_data_info)
-    p = data_sub.add_parser("download", help="download prices from Yahoo Finance (needs the `yahoo` extra)")
-    p.add_argument("--tickers", required=True, help="comma-separated, e.g. AAPL,MSFT,BTC-USD")
-    p.add_argument("--interval", default="1d", help="1m, 5m, 15m, 30m, 1h, 1d, 1wk ... (default 1d)")
+    p = data_sub.add_parser("download", help="download prices from Yahoo Finance (the `yahoo` extra) or a crypto "
+                                             "exchange (--source ccxt, the `ccxt` extra)")
+    p.add_argument("--source", choices=["yahoo", "ccxt"], default="yahoo",
+                   help="yahoo: Yahoo Finance; ccxt: a crypto exchange named by --exchange (default yahoo)")
+    p.add_argument("--tickers", "--symbols", dest="tickers", metavar="SYMBOLS", required=True,
+                   help="comma-separated, e.g. AAPL,MSFT,BTC-USD (yahoo) or BTC/USDT,ETH/USDT (ccxt)")
+    p.add_argument("--exchange", help="ccxt exchange id, e.g. binance, kraken, coinbase (--source ccxt)")
+    p.add_argument("--interval", "--timeframe", dest="interval", metavar="TIMEFRAME", default="1d",
+                   help="bar length: 1m, 5m, 15m, 30m, 1h, 1d, 1wk ... (yahoo), 1m, 1h, 4h, 1d ... (ccxt) "
+                        "(default 1d)")
     p.add_argument("--start", required=True)
-    p.add_argument("--end", required=True)
-    p.add_argument("--out", required=True, help="output file (.csv, .csv.gz or .parquet)")
+    p.add_argument("--end", required=True, help="exclusive")
+    p.add_argument("--out", required=True, help="output file (.csv, .csv.gz or .parquet); with --source ccxt an "
+                                                "interrupted download of the same request is continued")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=commands.cmd_data_download)
 

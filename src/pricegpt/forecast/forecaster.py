@@ -4,6 +4,7 @@ one folder (`save_pretrained` / `from_pretrained`).
     fc = Forecaster.from_run("runs/x")                                    # or Forecaster.from_pretrained(DIR)
     paths = fc.sample_paths(frame, horizon_bars=20, num_samples=512)      # ForecastPaths, (symbols, samples, H)
     table = fc.predict_quantiles(frame, horizon_bars=20)                  # cumulative-return and price quantiles
+    table = fc.predict_df(frame, horizon=20)      # long frame with the future bars' timestamps (frames.py)
 
 How a context becomes a forecast (the same for one symbol or thousands of evaluation origins):
 1. Take the last k * patch_len bars of features (log returns) up to and including the origin bar. k is the
@@ -46,7 +47,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +56,14 @@ import torch
 
 from ..config import check_int, check_memory, check_num_samples, check_seed, check_temperature, derive_seed, show
 from ..data import iso, load_prices, parse_time
+from ..data.calendar import calendar_ids, future_times
 from ..data.windows import run_cutoffs, timestamps_ns
 from ..errors import CheckpointError, ConfigError, DataError, PriceGPTError
 from ..fileio import atomic_dir, json_ready, write_json
 from ..model import GPT, generate
 from ..runs import Run, load_run
 from ..tokenizer import bar_features, load_tokenizer
+from .frames import DF_QUANTILE_LEVELS, check_levels, paths_frame, paths_html, quantile_frame, target_times, utc_index
 from .risk import QUANTILE_LEVELS, quantile_table
 
 KV_CACHE_BUDGET_BYTES = 512 * 2**20  # bounds the KV cache (and so memory) of one engine call
@@ -78,12 +81,15 @@ class ForecastPaths:
     """Sampled futures of several symbols from one origin each.
 
     symbols (n,), origins (n,) the last context bar's timestamp, last_close (n,) the close at the origin (NaN
-    when unknown), paths (n, samples, horizon) float64 decoded per-bar log returns."""
+    when unknown), paths (n, samples, horizon) float64 decoded per-bar log returns, future_timestamps (n,) the
+    end times (UTC DatetimeIndex, `horizon` each) of the future bars the paths were decoded for (None: unknown).
+    In a notebook it shows as a compact table (`_repr_html_`)."""
 
     symbols: list[str]
     origins: list[pd.Timestamp]
     last_close: np.ndarray
     paths: np.ndarray
+    future_timestamps: list[pd.DatetimeIndex] | None = field(default=None)
 
     @property
     def cumulative(self) -> np.ndarray:
@@ -93,6 +99,13 @@ class ForecastPaths:
     def for_symbol(self, symbol: str) -> np.ndarray:
         """(samples, horizon) per-bar log returns of one symbol."""
         return self.paths[self.symbols.index(symbol)]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (symbol, sample, step): symbol, sample, step, timestamp, log_return, cumulative, price."""
+        return paths_frame(self)
+
+    def _repr_html_(self) -> str:
+        return paths_html(self)
 
 
 class Forecaster:
@@ -137,7 +150,7 @@ class Forecaster:
     # ------------------------------------------------------------------------------------------- sampling
     def sample_returns(self, contexts, symbols, horizon: int, num_samples: int, *, seed: int = 0,
                        temperature: float | None = None, context_ends=None, progress: bool | None = None,
-                       label: str = "sampling") -> np.ndarray:
+                       label: str = "sampling", context_times=None, target_times=None) -> np.ndarray:
         """Per-bar log-return paths of many origins: (origins, num_samples, horizon) float64.
 
         contexts: a list of arrays (bars,) or (bars, n_features) of raw features up to each origin, or one
@@ -145,7 +158,11 @@ class Forecaster:
         timestamp of each context's last bar. Each origin is sampled with a seed derived from (seed, symbol,
         context end) (without context_ends: the number of context bars), so its paths do not depend on which
         other origins are asked for, their order or how many share an engine call (see `origin_seed`).
-        progress: a tqdm bar on stderr named `label` (None: only when stderr is a terminal).
+        progress: a progress bar named `label` (None: in a terminal or a notebook; see `show_progress`).
+        context_times: per origin, the end times (datetime64[ns] UTC) of its context bars: needed by a seasonally
+        scaled symbol and read by a calendar model (without them a calendar model runs without calendar input).
+        target_times: per origin, the end times of the bars to forecast (at least `horizon`); default: inferred
+        from the context's own calendar (data.calendar.future_times: its bar interval and trading slots).
         """
         horizon, num_samples, seed = check_sampling(horizon, num_samples, seed)
         temperature = self.temperature if temperature is None else check_temperature(temperature)
@@ -158,38 +175,87 @@ class Forecaster:
         else:
             keys = np.array([len(c) for c in contexts], dtype=np.int64)
         check_paths_memory(len(contexts), num_samples, horizon)
-        tokens = self._context_tokens(contexts, symbols, horizon)
-        states = [self.tokenizer.origin_state(np.asarray(c, dtype=np.float64), s) for c, s in zip(contexts, symbols)]
         n_new = math.ceil(horizon / self.patch_len)
+        ctx_times, tgt_times = self._times(contexts, symbols, context_times, target_times, n_new * self.patch_len)
+        tokens = self._context_tokens(contexts, symbols, horizon, ctx_times)
+        states = [self.tokenizer.origin_state(np.asarray(c, dtype=np.float64), s, times=t)
+                  for c, s, t in zip(contexts, symbols, ctx_times)]
         out = np.empty((len(contexts), num_samples, horizon))
         with progress_bar(len(contexts), progress, label) as bar:
             for jobs in self._engine_calls(tokens, symbols, keys, num_samples, seed):
                 idx = torch.as_tensor(np.stack([tokens[i] for i, _, _ in jobs]), dtype=torch.long)
                 rows = jobs[0][2].stop - jobs[0][2].start
+                extra = {}
+                if getattr(self.model.config, "calendar", False) and ctx_times[jobs[0][0]] is not None:
+                    extra["calendar"] = torch.as_tensor(np.stack([
+                        self._calendar(ctx_times[i], tgt_times[i], len(tokens[i]), n_new) for i, _, _ in jobs]))
                 generated = generate(self.model, idx, n_new, num_samples=rows, temperature=temperature,
-                                     seed=[job_seed for _, job_seed, _ in jobs], autocast=self.autocast)
+                                     seed=[job_seed for _, job_seed, _ in jobs], autocast=self.autocast, **extra)
                 generated = generated.cpu().numpy()
                 for (i, job_seed, samples), paths in zip(jobs, generated):
                     # a running scale rolls forward on each path's own returns from the origin's real state;
                     # within-code draws come from the job's own seed, so batching never changes them
                     out[i, samples] = self.tokenizer.decode_paths(
-                        paths, symbols[i], states[i], rng=np.random.default_rng(job_seed))[:, :horizon]
+                        paths, symbols[i], states[i], rng=np.random.default_rng(job_seed),
+                        times=tgt_times[i])[:, :horizon]
                 bar.update(sum(samples.stop == num_samples for _, _, samples in jobs))
         return out
 
     def sample_cumulative(self, contexts, symbols, horizon: int, num_samples: int, *, seed: int = 0,
                           temperature: float | None = None, context_ends=None, progress: bool | None = None,
-                          label: str = "sampling") -> np.ndarray:
+                          label: str = "sampling", context_times=None, target_times=None) -> np.ndarray:
         """Like `sample_returns`, as cumulative log returns from the origin: (origins, num_samples, horizon)."""
         return np.cumsum(self.sample_returns(contexts, symbols, horizon, num_samples, seed=seed,
                                              temperature=temperature, context_ends=context_ends, progress=progress,
-                                             label=label), axis=-1)
+                                             label=label, context_times=context_times,
+                                             target_times=target_times), axis=-1)
 
-    def _context_tokens(self, contexts, symbols, horizon: int) -> list[np.ndarray]:
+    @property
+    def uses_times(self) -> bool:
+        """Whether bar times change this forecaster's paths (seasonal scaling or a calendar model): callers with
+        the times at hand pass them as `context_times`."""
+        return bool(self.tokenizer.seasonal) or bool(getattr(self.model.config, "calendar", False))
+
+    def _times(self, contexts, symbols, context_times, target_times, n_bars: int) -> tuple[list, list]:
+        """Per origin: its context bar times (or None) and the end times of the n_bars it decodes (or None)."""
+        n = len(contexts)
+        if context_times is None:
+            needing = [s for s in symbols if self.tokenizer.needs_times(s)]
+            if needing:
+                raise DataError(f"symbol {show(needing[0])} is seasonally scaled by this forecaster's tokenizer: "
+                                "pass context_times (the bar times of each context), or forecast from a price "
+                                "frame with sample_paths")
+            return [None] * n, [None] * n
+        context_times = [np.asarray(t, dtype="datetime64[ns]") for t in context_times]
+        assert len(context_times) == n, f"{len(context_times)} context times for {n} contexts"
+        for t, c in zip(context_times, contexts):
+            assert len(t) == len(c), f"{len(t)} context times for a context of {len(c)} bars"
+        if target_times is None:
+            target_times = [future_times(t, n_bars) if len(t) else None for t in context_times]
+        else:
+            target_times = [np.asarray(t, dtype="datetime64[ns]") for t in target_times]
+            assert len(target_times) == n, f"{len(target_times)} target times for {n} contexts"
+            short = [len(t) for t in target_times if len(t) < n_bars]
+            if short:
+                raise DataError(f"target_times must give the {n_bars} future bar times of each origin (a whole "
+                                f"number of patches), got {short[0]}")
+        return context_times, target_times
+
+    def _calendar(self, context_times: np.ndarray, target_times: np.ndarray, n_context: int, n_new: int):
+        """(n_context + n_new, 2) [time of day, weekday] of each token's last bar: the context's last n_context
+        patches (ending at the origin) and the n_new generated ones."""
+        P = self.patch_len
+        context_ends = context_times[len(context_times) - 1 - P * np.arange(n_context)[::-1]]
+        ends = np.concatenate([context_ends, target_times[P - 1:n_new * P:P]])
+        tod, dow = calendar_ids(ends)
+        return np.stack([tod, dow], axis=-1)
+
+    def _context_tokens(self, contexts, symbols, horizon: int, context_times=None) -> list[np.ndarray]:
         """Each context's last whole patches, ending at the origin, as token ids (module docstring, steps 1-2)."""
         P, max_patches = self.patch_len, self.context_patches(horizon)
         tokens = []
-        for context, symbol in zip(contexts, symbols):
+        context_times = [None] * len(contexts) if context_times is None else context_times
+        for context, symbol, times in zip(contexts, symbols, context_times):
             x = np.asarray(context, dtype=np.float64)
             x = x[:, None] if x.ndim == 1 else x
             k = min(max_patches, len(x) // P)
@@ -197,7 +263,7 @@ class Forecaster:
                 raise DataError(f"{symbol}: a forecast needs at least {P} bars of history before the origin "
                                 f"(one patch), got {len(x)}")
             # each patch scaled by the (causal) scale at its first bar, from the whole history before it
-            tokens.append(np.asarray(self.tokenizer.encode_history(x, symbol, n_patches=k)))
+            tokens.append(np.asarray(self.tokenizer.encode_history(x, symbol, n_patches=k, times=times)))
         return tokens
 
     def _engine_calls(self, tokens, symbols, keys, num_samples: int, seed: int):
@@ -229,9 +295,15 @@ class Forecaster:
         return max(1, KV_CACHE_BUDGET_BYTES // bytes_per_row)
 
     def sample_paths(self, context_frame, horizon_bars: int, num_samples: int, *, seed: int = 0,
-                     temperature: float | None = None, symbols: list[str] | None = None) -> ForecastPaths:
+                     temperature: float | None = None, symbols: list[str] | None = None, future_timestamps=None,
+                     progress: bool | None = None) -> ForecastPaths:
         """Paths for the `horizon_bars` bars after the last bar of each symbol in `context_frame` (a price frame,
-        file, folder or sample:NAME: whatever `load_prices` reads)."""
+        file, folder or sample:NAME: whatever `load_prices` reads).
+
+        future_timestamps: the end times of the future bars (a dict symbol -> times, or one sequence for every
+        symbol; exactly horizon_bars each); default: each series' own calendar (frames.py). The paths are decoded
+        for these times (seasonal scaling, calendar models) and carry them (`.future_timestamps`, `.to_frame()`).
+        progress: a progress bar (None: in a terminal or a notebook, not in logs)."""
         check_sampling(horizon_bars, num_samples, seed, horizon_flag="horizon_bars (--horizon)")
         context_frame = load_prices(context_frame)
         per_symbol = self.features(context_frame)
@@ -239,19 +311,38 @@ class Forecaster:
         check_symbols(symbols, list(per_symbol))
         last_close = context_frame.groupby("symbol")["close"].last()
         ends = [per_symbol[s][0][-1] if len(per_symbol[s][0]) else np.datetime64("NaT") for s in symbols]
+        times = [per_symbol[s][0] for s in symbols]
+        check_paths_memory(len(symbols), num_samples, horizon_bars)  # before the future times: they cost too
+        # the times decoded for (whole patches) and those reported are the same: the first horizon_bars of them
+        targets = target_times(times, symbols, horizon_bars, math.ceil(horizon_bars / self.patch_len) * self.patch_len,
+                               future_timestamps)
         paths = self.sample_returns([per_symbol[s][1] for s in symbols], symbols, horizon_bars, num_samples,
-                                    seed=seed, temperature=temperature, context_ends=ends)
+                                    seed=seed, temperature=temperature, context_ends=ends, progress=progress,
+                                    context_times=times, target_times=targets)
         origins = [pd.Timestamp(end).tz_localize("UTC") for end in ends]
-        return ForecastPaths(symbols, origins, np.array([float(last_close[s]) for s in symbols]), paths)
+        return ForecastPaths(symbols, origins, np.array([float(last_close[s]) for s in symbols]), paths,
+                             future_timestamps=[utc_index(t[:horizon_bars]) for t in targets])
 
     def predict_quantiles(self, context_frame, horizon_bars: int, levels=QUANTILE_LEVELS,
                           num_samples: int = 512, *, seed: int = 0, temperature: float | None = None,
-                          symbols: list[str] | None = None) -> pd.DataFrame:
+                          symbols: list[str] | None = None, progress: bool | None = None) -> pd.DataFrame:
         """One row per symbol and horizon step (1..H): quantiles of the cumulative log return (`return_qL`)
         and of the price (`price_qL` = last close * exp(return quantile))."""
         fc = self.sample_paths(context_frame, horizon_bars, num_samples, seed=seed, temperature=temperature,
-                               symbols=symbols)
+                               symbols=symbols, progress=progress)
         return quantile_table(fc, levels)
+
+    def predict_df(self, df, horizon: int, quantile_levels=DF_QUANTILE_LEVELS, num_samples: int = 512, *,
+                   seed: int = 0, temperature: float | None = None, symbols: list[str] | None = None,
+                   future_timestamps=None, progress: bool | None = None) -> pd.DataFrame:
+        """One row per symbol and future bar: symbol, timestamp (the bar's end, UTC), mean and quantiles ("0.1",
+        ...) of the cumulative log return from the last bar, price_mean and price_0.1, ... (frames.py). `df`: a
+        price frame or anything `load_prices` reads; future_timestamps and progress as in `sample_paths`."""
+        levels = check_levels(quantile_levels)
+        check_sampling(horizon, num_samples, seed, horizon_flag="horizon")
+        fc = self.sample_paths(df, horizon, num_samples, seed=seed, temperature=temperature, symbols=symbols,
+                               future_timestamps=future_timestamps, progress=progress)
+        return quantile_frame(fc, levels)
 
     # ------------------------------------------------------------------------------------ one folder
     def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -357,14 +448,35 @@ class _NoBar:
         pass
 
 
+def show_progress(progress: bool | None) -> bool:
+    """Whether to draw a progress bar: `progress` when given; None: in a terminal (stderr is a tty) and in a
+    notebook (a Jupyter kernel), not when stderr goes to a file or a CI log."""
+    if progress is not None:
+        return bool(progress)
+    with contextlib.suppress(AttributeError, ValueError):  # no, a replaced or a closed stderr
+        if sys.stderr.isatty():
+            return True
+    return in_notebook()
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel: IPython (imported by the kernel, never here) has a shell with a
+    kernel. A terminal IPython has none (its stderr is a tty anyway)."""
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if callable(get_ipython) else None
+    return getattr(shell, "kernel", None) is not None
+
+
 @contextlib.contextmanager
 def progress_bar(total: int, progress: bool | None, label: str, unit: str = "origin"):
-    """A tqdm bar on stderr while the block runs (progress None: only when stderr is a terminal), else an object
-    whose `update` does nothing. The bar disappears when done: the command line prints what was computed."""
-    if progress is False or (progress is None and not sys.stderr.isatty()):
+    """A tqdm.auto bar (a widget in a notebook, text on stderr elsewhere) while the block runs when
+    `show_progress(progress)`, else an object whose `update` does nothing. The bar disappears when done: the
+    command line prints what was computed."""
+    if not show_progress(progress):
         yield _NoBar()
         return
-    from tqdm.auto import tqdm  # imported only when a bar is shown
+    from tqdm.auto import tqdm  # imported only when a bar is shown (tqdm.auto pulls in IPython's machinery)
 
     with tqdm(total=total, desc=label, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr) as bar:
         yield bar
