@@ -36,6 +36,9 @@ MAX_ROPE_BASE = 1e9
 # the keys that define the network a saved config.json must hold; the others only shape a fresh initialisation
 ARCHITECTURE_KEYS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_ratio",
                      "rope_base", "logit_softcap")
+# rows of the calendar embeddings: data.calendar.TOD_SLOTS times of day + 7 weekdays (config sits below data, so
+# the number is repeated here; a test checks that GPT and GPTConfig count the same parameters)
+CALENDAR_ROWS = 48 + 7
 
 
 @dataclass
@@ -54,6 +57,9 @@ class GPTConfig:
     init_std: float | None = None  # std of the input-side matrices; None: 1/sqrt(fan_in) * min(1, sqrt(out/in))
     zero_init_proj: bool = True  # attention and MLP output projections start at zero (blocks start as identity)
     zero_init_head: bool = True  # lm_head starts at zero: the initial loss is exactly ln(vocab_size)
+    # learned time-of-day and weekday embeddings of each token's last bar, added to the token embedding; they start
+    # at zero, so a fresh calendar model computes what the same model without them does
+    calendar: bool = False
 
     def __post_init__(self):
         for name, hi in (("sequence_len", MAX_SEQUENCE_LEN), ("vocab_size", MAX_VOCAB), ("n_layer", MAX_LAYERS),
@@ -89,17 +95,19 @@ class GPTConfig:
                          hint="null picks 1/sqrt(fan_in) per matrix")
         check_bool(self.zero_init_proj, "model.zero_init_proj")
         check_bool(self.zero_init_head, "model.zero_init_head")
+        check_bool(self.calendar, "model.calendar")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
     def num_params(self) -> int:
-        """Parameters of the GPT this config builds (computed, nothing allocated): embedding, blocks, head."""
+        """Parameters of the GPT this config builds (computed, nothing allocated): embeddings, blocks, head."""
         E, D = self.n_embd, self.head_dim
         attention = E * (self.n_head + 2 * self.n_kv_head) * D + E * E
         mlp = 2 * self.mlp_ratio * E * E
-        return 2 * self.vocab_size * E + self.n_layer * (attention + mlp)
+        calendar = CALENDAR_ROWS * E if self.calendar else 0
+        return 2 * self.vocab_size * E + calendar + self.n_layer * (attention + mlp)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,6 +159,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     peak_flops: float = 0.0  # hardware peak FLOP/s for MFU; 0: a known GPU's bf16 peak, else MFU is left empty
     tensorboard: bool = False  # also log to RUN/tensorboard (needs `pip install 'pricegpt[tensorboard]'`)
+    # fraction of training windows whose calendar is hidden (model.calendar): the model then also forecasts well
+    # without timestamps (the seed's generate --seed-tokens)
+    calendar_dropout: float = 0.1
 
     def __post_init__(self):
         check_choice(self.optimizer, "train.optimizer", OPTIMIZERS)
@@ -177,6 +188,8 @@ class TrainConfig:
         check_int(self.num_threads, "train.num_threads", 0, MAX_THREADS,
                   f"0 uses torch's default; this machine has {os.cpu_count() or 1} cores")
         check_number(self.peak_flops, "train.peak_flops", 0, 1e18, hint="FLOP/s of one device, 0 when unknown")
+        check_number(self.calendar_dropout, "train.calendar_dropout", 0, 1, hi_open=True,
+                     hint="the fraction of training windows whose calendar is hidden; 0.1 is the default")
 
     def grad_accum_steps(self, world_size: int) -> int:
         """Micro-batches each process runs per optimizer step so that the step sees global_batch_size windows."""

@@ -17,6 +17,13 @@ about refill_len / (sequence_len - refill_len) = 3 token-forwards per generated 
 `use_cache=False` recomputes a full forward over the same window every step: it is the reference the caches are
 tested against, so both paths see exactly the same tokens at the same positions and draw the same random numbers.
 
+Calendar. A calendar model (model.calendar) may get `calendar` (B, T + max_new_tokens, 2): the [time of day, day
+of week] ids (data.calendar.calendar_ids of each token's last bar, -1 where unknown) of every context position and
+every position to be generated. Each row reads the calendar of its context at exactly the positions of its window,
+in the prefill, in every cached decode step and in every recomputed window alike. A token's calendar enters the
+model with the token, so the last generated position's is never read (it is asked for so that a caller passes one
+pair per token). None: no calendar input.
+
 Sampling draws one uniform number per row and step and inverts the row's cumulative distribution (see
 `sample_next_token`). Seeds: one generator for all rows, or one per context (a list of seeds): a context's
 paths then do not depend on the other contexts of the call, which is how many forecast origins share one call.
@@ -46,7 +53,7 @@ from ..config import (
     memory_budget_bytes,
 )
 from ..errors import DataError
-from .gpt import GPT, check_token_ids
+from .gpt import GPT, CalendarInputError, check_calendar, check_token_ids
 
 
 class KVCache:
@@ -284,6 +291,25 @@ def as_contexts(idx, device: torch.device | str = "cpu") -> torch.Tensor:
     return idx.to(device=device, dtype=torch.long)
 
 
+def as_calendar(calendar, batch: int, length: int, model: GPT,
+                device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """The (batch, length, 2) int64 calendar of a generate call from a tensor or array of that shape (or (length, 2)
+    for one context), checked against the model (CalendarInputError); None stays None."""
+    if calendar is None:
+        return None
+    if not isinstance(calendar, torch.Tensor):
+        try:
+            calendar = torch.as_tensor(calendar)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise CalendarInputError(f"calendar must be an integer array of [time of day, day of week] ids ({err})") \
+                from err
+    if calendar.dim() == 2 and batch == 1:
+        calendar = calendar[None]
+    check_calendar(calendar, (batch, length), model.config.calendar,
+                   "calendar (one [time of day, day of week] pair per context token and per generated token)")
+    return calendar.to(device=device, dtype=torch.long)
+
+
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator seeded with `seed`, or from OS entropy when seed is None (different paths every call)."""
     generator = torch.Generator(device=device)
@@ -339,6 +365,7 @@ class Engine:
         use_cache: bool = True,
         refill_len: int | None = None,
         autocast: torch.dtype | None = None,
+        calendar=None,
     ) -> torch.Tensor:
         """Sample `num_samples` continuations of each context: idx (B, T) -> (B, num_samples, max_new_tokens).
 
@@ -351,15 +378,17 @@ class Engine:
         faster on CPUs with bf16 matrix instructions, but the rounding changes which paths a seed gives, and
         bf16 matrix products are not reproducible row by row across batch sizes, so with several contexts a
         context's paths then also depend on the others.
+        `calendar` (B, T + max_new_tokens, 2) (or (T + max_new_tokens, 2) for one context): the calendar ids of
+        every context token and every generated token, for a calendar model (see the module docstring); the
+        samples of a context share its calendar. None: no calendar input.
         """
         with torch.inference_mode():
-            paths = self._generate(
-                idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache, refill_len, autocast
-            )
+            paths = self._generate(idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache,
+                                   refill_len, autocast, calendar)
         return paths.clone()  # cloned outside inference mode: callers get an ordinary, writable tensor
 
     def _generate(self, idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache, refill_len,
-                  autocast):
+                  autocast, calendar):
         model, L = self.model, self.model.config.sequence_len
         args = check_sampling_args(max_new_tokens, num_samples, temperature, top_k, top_p)
         max_new_tokens, num_samples = args["max_new_tokens"], args["num_samples"]
@@ -369,6 +398,9 @@ class Engine:
         device = model.wte.weight.device
         contexts = as_contexts(idx, device)
         check_token_ids(contexts, model.config.vocab_size, "context tokens")
+        calendar = as_calendar(calendar, contexts.size(0), contexts.size(1) + max_new_tokens, model, device)
+        if calendar is not None:
+            calendar = calendar[:, max(0, contexts.size(1) - L):]  # cropped with its context
         contexts = contexts[:, -L:]
         B, T = contexts.shape
         rows = B * num_samples
@@ -386,40 +418,51 @@ class Engine:
         model.eval()
         try:
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                self._decode(contexts, tokens, max_new_tokens, num_samples, use_cache, refill_len, sample, autocast)
+                self._decode(contexts, tokens, max_new_tokens, num_samples, use_cache, refill_len, sample, autocast,
+                             calendar)
         finally:
             model.train(was_training)
         return tokens[:, T:].reshape(B, num_samples, max_new_tokens)
 
-    def _decode(self, contexts, tokens, max_new_tokens, num_samples, use_cache, refill_len, sample, autocast):
-        """Fill tokens[:, T:] of the (rows, T + max_new_tokens) buffer in place, one token per step."""
+    def _decode(self, contexts, tokens, max_new_tokens, num_samples, use_cache, refill_len, sample, autocast,
+                calendar):
+        """Fill tokens[:, T:] of the (rows, T + max_new_tokens) buffer in place, one token per step. calendar:
+        (B, T + max_new_tokens, 2) per context, or None."""
         model, L = self.model, self.model.config.sequence_len
         (B, T), rows = contexts.shape, tokens.size(0)
+
+        def window_calendar(lo: int, hi: int) -> torch.Tensor | None:
+            """Every row's calendar at buffer positions [lo, hi): its context's."""
+            return None if calendar is None else calendar[:, lo:hi].repeat_interleave(num_samples, dim=0)
+
         start = 0
         if use_cache:
             prefix = KVCache.for_model(model, rows=B, max_len=T, dtype=autocast)
-            logits = model(contexts, kv_cache=prefix)[:, -1].repeat_interleave(num_samples, dim=0)
+            prefix_calendar = None if calendar is None else calendar[:, :T]
+            logits = model(contexts, kv_cache=prefix, calendar=prefix_calendar)[:, -1]
+            logits = logits.repeat_interleave(num_samples, dim=0)
             cache = PrefixKVCache(prefix, num_samples, max_new=min(max_new_tokens, L - T))
         else:
-            logits = model(tokens[:, :T])[:, -1]
+            logits = model(tokens[:, :T], calendar=window_calendar(0, T))[:, -1]
         tokens[:, T] = sample_next_token(logits, **sample)
         for n in range(T + 1, T + max_new_tokens):  # n tokens known, predict token n
             refill = n - start > L
             if refill:
                 start = n - refill_len
             if not use_cache:
-                logits = model(tokens[:, start:n])[:, -1]
+                logits = model(tokens[:, start:n], calendar=window_calendar(start, n))[:, -1]
             elif refill:  # the rows no longer share a prefix: one cache row per sample row from now on
                 if not isinstance(cache, KVCache):
                     cache = KVCache.for_model(model, rows=rows, max_len=L, dtype=autocast)
                 cache.reset()
-                logits = model(tokens[:, start:n], kv_cache=cache)[:, -1]
+                logits = model(tokens[:, start:n], kv_cache=cache, calendar=window_calendar(start, n))[:, -1]
             else:
-                logits = model(tokens[:, n - 1 : n], kv_cache=cache)[:, -1]
+                logits = model(tokens[:, n - 1 : n], kv_cache=cache, calendar=window_calendar(n - 1, n))[:, -1]
             tokens[:, n] = sample_next_token(logits, **sample)
 
 
 def generate(model: GPT, idx, max_new_tokens: int, **sampling) -> torch.Tensor:
     """Sample continuations of `model`: idx (B, T) (or a 1-D tensor / list of ints) -> (B, num_samples,
-    max_new_tokens). `sampling`: num_samples, temperature, top_k, top_p, seed, use_cache (Engine.generate)."""
+    max_new_tokens). `sampling`: num_samples, temperature, top_k, top_p, seed, use_cache, calendar (B, T +
+    max_new_tokens, 2) for a calendar model (Engine.generate)."""
     return Engine(model).generate(idx, max_new_tokens, **sampling)

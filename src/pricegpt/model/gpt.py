@@ -1,7 +1,9 @@
 """The GPT that reads market tokens: model, bookkeeping, save/load (GPTConfig and the presets live in config.py).
 
 A nanochat-style decoder-only transformer:
-- token embedding (no learned positions) followed by a parameter-free RMSNorm,
+- token embedding (no learned positions) followed by a parameter-free RMSNorm; with `calendar`, learned
+  time-of-day and weekday embeddings of each token's last bar are added to it (zero at initialisation, so a fresh
+  calendar model computes exactly what the model without them does),
 - rotary position embeddings (cos/sin tables precomputed once, non-persistent buffers),
 - pre-norm blocks of grouped-query attention with QK-norm and a ReLU^2 MLP, no biases and no norm weights,
 - a final RMSNorm, an untied lm_head and a tanh logit softcap computed in fp32.
@@ -10,7 +12,9 @@ Shapes: B batch, T time, V vocab, E n_embd, H query heads, Hkv key/value heads, 
 
 Token ids are checked against the vocabulary in user-facing paths (`generate`, the engine, and
 `check_token_ids` which the trainer calls once per dataset), not in `forward`: `idx.max()` is a host sync on
-an accelerator and training runs forward millions of times on data validated up front.
+an accelerator and training runs forward millions of times on data validated up front. Calendar inputs are
+checked in `forward` for shape always and for range on the CPU (no host sync there); on an accelerator their
+range is checked by the user-facing paths (`check_calendar`).
 
 Loading trusts nothing in the files: the config goes through GPTConfig's bounds, the weights must match it in
 names, shapes and dtype and be finite; each problem is a CheckpointError naming the damaged file.
@@ -29,19 +33,23 @@ import torch.nn.functional as F
 
 from ..config import ARCHITECTURE_KEYS, GPTConfig, check_memory, preset_model_config
 from ..config import MODEL_PRESETS as PRESETS
+from ..data.calendar import TOD_SLOTS
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import atomic_path, write_json
 
-__all__ = ["GPT", "GPTConfig", "PRESETS", "preset_model_config", "check_token_ids", "CONFIG_FILE", "WEIGHTS_FILE"]
+__all__ = ["GPT", "GPTConfig", "PRESETS", "preset_model_config", "check_token_ids", "check_calendar",
+           "CalendarInputError", "CALENDAR_SIZES", "CONFIG_FILE", "WEIGHTS_FILE"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+CALENDAR_SIZES = (TOD_SLOTS, 7)  # the calendar inputs [time of day, day of week] take values 0 .. size - 1, or -1
+INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 
 
 def check_token_ids(ids: torch.Tensor, vocab_size: int, what: str = "token ids", allow_ignore: bool = False):
     """Raise DataError unless every id is in [0, vocab_size) (or -1 when `allow_ignore`). One host sync."""
-    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+    if ids.dtype not in INTEGER_DTYPES:
         raise DataError(f"{what} must be an integer tensor, got dtype {ids.dtype}")
     if ids.numel() == 0:
         return
@@ -51,6 +59,34 @@ def check_token_ids(ids: torch.Tensor, vocab_size: int, what: str = "token ids",
             f"{what} must lie in [0, {vocab_size}) for this model (vocab_size={vocab_size}), "
             f"found values in [{lo}, {hi}]; the tokens and the model come from different tokenizers?"
         )
+
+
+class CalendarInputError(DataError, ValueError):
+    """Calendar inputs that do not fit the model: given to a model without calendar embeddings, of the wrong shape
+    or dtype, or out of range. A ValueError for library callers, a DataError (one `error:` line) for the CLI."""
+
+
+def check_calendar(calendar: torch.Tensor, shape: tuple[int, int], calendar_model: bool,
+                   what: str = "calendar", check_range: bool = True) -> None:
+    """Raise CalendarInputError unless `calendar` is an integer tensor of shape (*shape, 2) holding [time of day in
+    0..TOD_SLOTS-1, day of week in 0..6] or -1 (unknown) per position, for a model built with calendar=True.
+    With `check_range` (one host sync on an accelerator) the values are checked too."""
+    if not calendar_model:
+        raise CalendarInputError(f"{what} given to a model without calendar embeddings (model.calendar=false); "
+                                 "pass calendar=None, or train a model with --set model.calendar=true")
+    if not isinstance(calendar, torch.Tensor) or calendar.dtype not in INTEGER_DTYPES:
+        kind = calendar.dtype if isinstance(calendar, torch.Tensor) else type(calendar).__name__
+        raise CalendarInputError(f"{what} must be an integer tensor of [time of day, day of week] ids, got {kind}")
+    if tuple(calendar.shape) != (*shape, 2):
+        raise CalendarInputError(f"{what} must have shape {(*shape, 2)} ([time of day, day of week] for each of "
+                                 f"the {shape} token positions), got {tuple(calendar.shape)}")
+    if not check_range or calendar.numel() == 0:
+        return
+    for i, (name, size) in enumerate(zip(("time of day", "day of week"), CALENDAR_SIZES)):
+        lo, hi = int(calendar[..., i].min()), int(calendar[..., i].max())
+        if lo < -1 or hi >= size:
+            raise CalendarInputError(f"{what}: {name} ids must lie in [0, {size}) or be -1 (unknown), found values "
+                                     f"in [{lo}, {hi}]; compute them with pricegpt.data.calendar.calendar_ids")
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -183,6 +219,9 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.calendar:  # built from zeros, drawing no random numbers: the other weights are as without them
+            self.calendar_tod = nn.Embedding.from_pretrained(torch.zeros(CALENDAR_SIZES[0], config.n_embd), False)
+            self.calendar_dow = nn.Embedding.from_pretrained(torch.zeros(CALENDAR_SIZES[1], config.n_embd), False)
         # Not saved with the weights: they are a pure function of the config.
         cos, sin = rotary_tables(config.sequence_len, config.head_dim, config.rope_base)
         self.register_buffer("cos", cos, persistent=False)
@@ -193,6 +232,8 @@ class GPT(nn.Module):
     def init_weights(self):
         c = self.config
         nn.init.normal_(self.wte.weight, mean=0.0, std=c.embedding_init_std)
+        for table in self.calendar_tables():
+            nn.init.zeros_(table.weight)  # a fresh calendar model is the model without one, exactly
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 fan_out, fan_in = module.weight.shape
@@ -214,18 +255,40 @@ class GPT(nn.Module):
             self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
         return self.cos[:, start : start + length], self.sin[:, start : start + length]
 
+    def calendar_tables(self) -> list[nn.Embedding]:
+        """[time-of-day table, weekday table] of a calendar model, [] otherwise."""
+        return [self.calendar_tod, self.calendar_dow] if self.config.calendar else []
+
+    def calendar_embedding(self, calendar: torch.Tensor) -> torch.Tensor:
+        """calendar (B, T, 2) [time of day, day of week] ids, -1 for unknown -> (B, T, E): the sum of the two
+        embeddings, an unknown id contributing zero."""
+        out = 0
+        for i, table in enumerate(self.calendar_tables()):
+            ids = calendar[..., i].long()
+            known = (ids >= 0).unsqueeze(-1)
+            out = out + table(ids.clamp(min=0)) * known.to(table.weight.dtype)
+        return out
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache=None, reduction: str = "mean"
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache=None, reduction: str = "mean",
+        calendar: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx (B, T) int64 -> logits (B, T, V) fp32, or with targets (B, T) the cross-entropy loss.
 
         targets equal to -1 are ignored. `reduction` is F.cross_entropy's ("mean" -> scalar, "none" -> (B*T,)).
         kv_cache (see engine.KVCache) makes positions start at kv_cache.pos and appends this call's K/V to it.
+        calendar (B, T, 2): [time of day, day of week] ids (data.calendar.calendar_ids) of the last bar of each
+        token of idx, -1 where unknown; None is no calendar input (the same as all -1). Only for a model built
+        with calendar=True (CalendarInputError otherwise).
         """
         B, T = idx.shape
         start = 0 if kv_cache is None else kv_cache.pos
         cos, sin = self._rotary(start, T)
         x = norm(self.wte(idx))
+        if calendar is not None:
+            check_calendar(calendar, (B, T), self.config.calendar,
+                           check_range=calendar.device.type == "cpu" and not torch.compiler.is_compiling())
+            x = x + self.calendar_embedding(calendar).to(x.dtype)
         for block in self.blocks:
             x = block(x, cos, sin, kv_cache)
         if kv_cache is not None:
@@ -241,22 +304,26 @@ class GPT(nn.Module):
     # ---------------------------------------------------------------- bookkeeping
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """All parameters, or without the input token embedding (a lookup, no FLOPs) when `non_embedding`."""
+        """All parameters, or without the input embeddings (token and calendar: lookups, no FLOPs) when
+        `non_embedding`."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wte.weight.numel() if non_embedding else n
+        return n - sum(p.numel() for p in self.embedding_params()) if non_embedding else n
 
     def param_breakdown(self) -> dict[str, int]:
-        """Parameter counts: embedding + attention + mlp + head == total (attention/mlp summed over layers)."""
+        """Parameter counts: embedding + attention + mlp + head == total (attention/mlp summed over layers; the
+        embedding includes the calendar tables, which a calendar model also counts alone as "calendar")."""
         attention_per_layer = sum(p.numel() for p in self.blocks[0].attn.parameters())
         mlp_per_layer = sum(p.numel() for p in self.blocks[0].mlp.parameters())
         counts = {
-            "embedding": self.wte.weight.numel(),
+            "embedding": sum(p.numel() for p in self.embedding_params()),
             "attention": sum(p.numel() for b in self.blocks for p in b.attn.parameters()),
             "mlp": sum(p.numel() for b in self.blocks for p in b.mlp.parameters()),
             "head": self.lm_head.weight.numel(),
             "attention_per_layer": attention_per_layer,
             "mlp_per_layer": mlp_per_layer,
         }
+        if self.config.calendar:
+            counts["calendar"] = sum(t.weight.numel() for t in self.calendar_tables())
         counts["total"] = self.num_params()
         return counts
 
@@ -280,7 +347,8 @@ class GPT(nn.Module):
         return [p for p in self.blocks.parameters()]
 
     def embedding_params(self) -> list[nn.Parameter]:
-        return [self.wte.weight]
+        """The input lookups: the token embedding and, in a calendar model, the calendar tables."""
+        return [self.wte.weight] + [t.weight for t in self.calendar_tables()]
 
     def head_params(self) -> list[nn.Parameter]:
         return [self.lm_head.weight]

@@ -3,7 +3,8 @@
 A store directory (built atomically; an existing one is an OutputExistsError unless overwrite):
 
     index.json           kind/hash of the tokenizer, vocab_size, patch_len, train_end, val_end, the symbols in
-                         sorted order, and per symbol: file, n_tokens, patch_starts (ISO), splits, split counts
+                         sorted order, and per symbol: file, n_tokens, patch_starts and patch_ends (ISO: the
+                         times of each token's first and last bar), splits, split counts
     arrays/<name>.npy    one token array per symbol (uint8 when K <= 256, else uint16), memory-mappable
     all_tokens.txt       every id, space-separated, symbols in index order, all splits (the seed's format)
     tokenizer/           a copy of the tokenizer, so the store is self-contained
@@ -14,7 +15,8 @@ never leave the store.
 
 `TokenStore.open(path)` reads a store directory or a plain whitespace-separated token file (the seed's
 all_tokens.txt: one stream "all", split 80/20 by position into train/val, no test). Every defect of a token file
-is a DataError naming the file and the position.
+is a DataError naming the file and the position. Stores written before patch_ends existed still open; only
+`patch_ends` (what a calendar model trains on) asks for them to be re-created.
 """
 
 from __future__ import annotations
@@ -85,25 +87,27 @@ def write_token_store(tokenizer: Tokenizer, frame: pd.DataFrame, out_dir: str | 
     header = {"tokenizer_kind": tokenizer.kind, "tokenizer_hash": tokenizer.hash,
               "vocab_size": tokenizer.vocab_size, "patch_len": tokenizer.patch_len, **splits.to_dict(),
               "tokenizer_train_end": tokenizer.config.train_end}
-    series = {symbol: (tokens, p.starts, labels) for symbol, (tokens, p, labels) in encoded.items()}
+    series = {symbol: (tokens, p.starts, labels, p.ends) for symbol, (tokens, p, labels) in encoded.items()}
     return write_store(out_dir, series, header, tokenizer=tokenizer, skipped=skipped, overwrite=overwrite)
 
 
-def write_store(out_dir: str | Path, series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], header: dict,
+def write_store(out_dir: str | Path, series: dict[str, tuple[np.ndarray, ...]], header: dict,
                 *, tokenizer: Tokenizer | None = None, skipped: dict[str, str] | None = None,
                 overwrite: bool = False, all_tokens: bool = True) -> dict:
     """THE writer of the store format: `series` maps symbol -> (token ids (n,), patch start times (n,) as
-    datetime64 UTC, split labels (n,) as indices into SPLIT_NAMES); `header` holds tokenizer_kind,
+    datetime64 UTC, split labels (n,) as indices into SPLIT_NAMES[, patch end times (n,) as datetime64 UTC: the
+    time of each token's last bar, what a calendar model reads; without them the store has no patch_ends]);
+    `header` holds tokenizer_kind,
     tokenizer_hash, vocab_size, patch_len, train_end, val_end, tokenizer_train_end. Built atomically (an existing
     store is an OutputExistsError unless `overwrite`); with a `tokenizer`, a copy of it goes inside; with
     `all_tokens`, the seed's flat all_tokens.txt too. Returns the index."""
     dtype = token_dtype(int(header["vocab_size"]))
     files = safe_file_names(list(series))
     index = {"format": STORE_FORMAT, **{k: header[k] for k in STORE_HEADER_KEYS}, "dtype": dtype.name,
-             "symbols": list(series), "n_tokens": int(sum(len(t) for t, _, _ in series.values())),
+             "symbols": list(series), "n_tokens": int(sum(len(entry[0]) for entry in series.values())),
              "split_counts": {name: 0 for name in SPLIT_NAMES}, "per_symbol": {}, "skipped": dict(skipped or {})}
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        for symbol, (tokens, starts, labels) in series.items():
+        for symbol, (tokens, starts, labels, *ends) in series.items():
             file = f"{ARRAYS_DIR}/{files[symbol]}.npy"
             labels = np.asarray(labels)
             with atomic_path(tmp / file) as path, open(path, "wb") as fh:
@@ -113,11 +117,14 @@ def write_store(out_dir: str | Path, series: dict[str, tuple[np.ndarray, np.ndar
                 index["split_counts"][name] += count
             index["per_symbol"][symbol] = {
                 "file": file, "n_tokens": len(tokens), "split_counts": counts,
-                "patch_starts": [iso(ts) for ts in pd.DatetimeIndex(starts, tz="UTC")],
-                "splits": [SPLIT_NAMES[i] for i in labels]}
+                "patch_starts": _iso_times(starts)}
+            if ends:
+                assert len(ends) == 1 and len(ends[0]) == len(tokens), f"{symbol}: one end time per token"
+                index["per_symbol"][symbol]["patch_ends"] = _iso_times(ends[0])
+            index["per_symbol"][symbol]["splits"] = [SPLIT_NAMES[i] for i in labels]
         if all_tokens:
             write_text(tmp / ALL_TOKENS_FILE,
-                       " ".join(str(i) for t, _, _ in series.values() for i in np.asarray(t).tolist()) + "\n")
+                       " ".join(str(i) for entry in series.values() for i in np.asarray(entry[0]).tolist()) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
         # streamed into the file: joining the text of millions of list items first would take gigabytes
@@ -125,6 +132,10 @@ def write_store(out_dir: str | Path, series: dict[str, tuple[np.ndarray, np.ndar
             json.dump(index, fh, indent=2, allow_nan=False)
             fh.write("\n")
     return index
+
+
+def _iso_times(times: np.ndarray) -> list[str]:
+    return [iso(ts) for ts in pd.DatetimeIndex(times, tz="UTC")]
 
 
 class TokenStore:
@@ -178,14 +189,35 @@ class TokenStore:
 
     def patch_starts(self, symbol: str) -> pd.DatetimeIndex:
         """Start timestamp (UTC) of each token's first bar; store directories only."""
+        return self._times(symbol, "patch_starts")
+
+    def patch_ends(self, symbol: str) -> pd.DatetimeIndex:
+        """Timestamp (UTC) of each token's last bar (the bar a token's calendar is read from); store directories
+        written with end times only."""
+        return self._times(symbol, "patch_ends")
+
+    @property
+    def has_patch_ends(self) -> bool:
+        """Whether every symbol records its tokens' end times (stores written before they existed do not)."""
+        return self.index is not None and all("patch_ends" in self.index["per_symbol"][s] for s in self.symbols)
+
+    def _times(self, symbol: str, key: str) -> pd.DatetimeIndex:
         self._check_symbol(symbol)
         if self.index is None:
             raise DataError(f"{self.path} is a plain token file without timestamps; tokenize a price file into a "
                             "store directory with `pricegpt tokenize`")
+        entry = self.index["per_symbol"][symbol]
+        if key not in entry:
+            raise DataError(f"{self.path / INDEX_FILE} has no {key} (the store was written by an older pricegpt); "
+                            "re-create it with `pricegpt tokenize`")
         try:
-            return pd.DatetimeIndex(pd.to_datetime(self.index["per_symbol"][symbol]["patch_starts"], utc=True))
+            times = pd.DatetimeIndex(pd.to_datetime(entry[key], utc=True))
         except (ValueError, TypeError) as err:
-            raise DataError(f"{self.path / INDEX_FILE}: patch_starts of {symbol} are not ISO timestamps") from err
+            raise DataError(f"{self.path / INDEX_FILE}: {key} of {symbol} are not ISO timestamps") from err
+        if len(times) != len(self._arrays[symbol]):
+            raise DataError(f"{self.path / INDEX_FILE}: {key} of {symbol} hold {len(times)} times for "
+                            f"{len(self._arrays[symbol])} tokens; re-create the store with `pricegpt tokenize`")
+        return times
 
     @property
     def n_tokens(self) -> int:

@@ -5,9 +5,13 @@ A window is `sequence_len + 1` consecutive tokens of one symbol inside one split
 boundary, because each (symbol, split) piece is a separate segment and a window start is only drawn where the
 whole window fits in its segment.
 
-The batch of optimizer step `s` is a pure function of (seed, s): `WindowSet.sample_ids(seed, s, n)`. Nothing
-about the data order needs saving for an exact resume, and every process of a distributed run computes the same
-global batch and takes its own slice of it.
+The batch of optimizer step `s` is a pure function of (seed, s): `WindowSet.sample(seed, s, n, calendar_dropout)`
+(the window ids, and which windows hide their calendar). Nothing about the data order needs saving for an exact
+resume, and every process of a distributed run computes the same global batch and takes its own slice of it.
+
+Calendar. For a calendar model (model.calendar) every token also carries the [time of day, day of week] ids of its
+last bar (data.calendar.calendar_ids of the store's patch_ends), gathered next to the tokens
+(`WindowSet.gather_calendar`). Only a token store directory has timestamps; a plain .txt cannot train such a model.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from ..data.calendar import calendar_ids
 from ..errors import DataError
 from ..tokenizer import TokenStore
 
@@ -29,12 +35,13 @@ MIN_CONTEXT = 16  # a window shorter than this many context tokens is not worth 
 
 
 class WindowSet:
-    """All windows of `length` tokens lying entirely inside one of `segments` (1-D integer arrays).
+    """All windows of `length` tokens lying entirely inside one of `segments` (1-D integer arrays), with the
+    tokens' calendar ids when `calendars` gives one (n, 2) array per segment.
 
     Window ids 0 .. num_windows-1 enumerate them segment after segment; segments shorter than a window hold none.
     """
 
-    def __init__(self, segments: list[np.ndarray], length: int):
+    def __init__(self, segments: list[np.ndarray], length: int, calendars: list[np.ndarray] | None = None):
         assert length >= 2, f"a window needs an input and a target token, got length {length}"
         self.length = length
         lengths = np.array([len(s) for s in segments], dtype=np.int64)
@@ -45,6 +52,11 @@ class WindowSet:
         flat = np.concatenate(segments) if segments else np.zeros(0, dtype=np.int64)
         self.tokens = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.int32))
         self._positions = torch.arange(length, dtype=torch.int64)
+        self.calendar: torch.Tensor | None = None  # (n_tokens, 2) int8: [time of day, day of week]
+        if calendars is not None:
+            assert [len(c) for c in calendars] == lengths.tolist(), "one calendar row per token"
+            flat_calendar = np.concatenate(calendars) if calendars else np.zeros((0, 2), dtype=np.int8)
+            self.calendar = torch.from_numpy(np.ascontiguousarray(flat_calendar, dtype=np.int8).reshape(-1, 2))
 
     def window_starts(self, window_ids: np.ndarray) -> np.ndarray:
         """Positions in `self.tokens` where the windows with these ids start."""
@@ -60,9 +72,23 @@ class WindowSet:
         starts = torch.from_numpy(self.window_starts(window_ids))
         return self.tokens[starts.unsqueeze(1) + self._positions].long()
 
+    def gather_calendar(self, window_ids: np.ndarray) -> torch.Tensor:
+        """The windows' calendar ids as an int64 tensor of shape (len(window_ids), length, 2); calendar sets only."""
+        assert self.calendar is not None, "this window set has no calendar"
+        starts = torch.from_numpy(self.window_starts(window_ids))
+        return self.calendar[starts.unsqueeze(1) + self._positions].long()
+
+    def sample(self, seed: int, step: int, n: int, calendar_dropout: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """The batch of optimizer step `step`, a pure function of the arguments: n window ids drawn uniformly (with
+        replacement), and (n,) bool, True for the windows whose calendar is hidden (a `calendar_dropout` fraction
+        of them on average). The hiding draws come after the ids, so they never change which windows are drawn."""
+        rng = np.random.default_rng([seed, step])
+        ids = rng.integers(0, self.num_windows, size=n)
+        return ids, rng.random(n) < calendar_dropout
+
     def sample_ids(self, seed: int, step: int, n: int) -> np.ndarray:
         """n window ids drawn uniformly (with replacement) for optimizer step `step`: a pure function of its args."""
-        return np.random.default_rng([seed, step]).integers(0, self.num_windows, size=n)
+        return self.sample(seed, step, n)[0]
 
     def eval_ids(self, n: int) -> np.ndarray:
         """Up to n window ids spread evenly over the whole set (all of them when there are fewer)."""
@@ -80,36 +106,57 @@ class TokenData:
     source: dict = field(default_factory=dict)  # path, train_end, val_end, tokenizer_hash, vocab_size, ...
     tokenizer_dir: Path | None = None
 
+    @property
+    def has_calendar(self) -> bool:
+        return self.train.calendar is not None
+
     @classmethod
-    def from_series(cls, series: dict[str, tuple[np.ndarray, dict]], sequence_len: int, vocab_size: int,
-                    source: dict | None = None, tokenizer_dir: Path | None = None, where: str = "tokens"):
-        """series: symbol -> (tokens, {"train": (start, stop), "val": (start, stop), ...}) with index ranges."""
+    def from_series(cls, series: dict[str, tuple], sequence_len: int, vocab_size: int,
+                    source: dict | None = None, tokenizer_dir: Path | None = None, where: str = "tokens",
+                    calendar: bool = False):
+        """series: symbol -> (tokens, {"train": (start, stop), "val": (start, stop), ...}[, calendar ids (n, 2)])
+        with index ranges; with `calendar` every symbol has its calendar ids (read_token_source(calendar=True))
+        and the windows carry them."""
         check_vocab(series, vocab_size, where)
         windows = {}
         for split in ("train", "val"):
-            segments = []
-            for symbol, (tokens, bounds) in series.items():
+            segments, calendars = [], []
+            for symbol, (tokens, bounds, *ids) in series.items():
                 start, stop = bounds.get(split, (0, 0))
                 assert 0 <= start <= stop <= len(tokens), f"{symbol} {split} ({start}, {stop}) outside 0..{len(tokens)}"
                 segments.append(np.asarray(tokens[start:stop]))
+                if calendar:
+                    assert ids, f"{symbol}: no calendar ids; read the source with read_token_source(calendar=True)"
+                    calendars.append(ids[0][start:stop])
             length = window_length(segments, sequence_len + 1, split, where)
-            windows[split] = WindowSet(segments, length)
-        n_tokens = {split: int(sum(stop - start for _, b in series.values() for start, stop in [b.get(split, (0, 0))]))
+            windows[split] = WindowSet(segments, length, calendars if calendar else None)
+        n_tokens = {split: int(sum(stop - start for entry in series.values()
+                                   for start, stop in [entry[1].get(split, (0, 0))]))
                     for split in ("train", "val")}
         source = {**(source or {}), "symbols": list(series), "train_tokens": n_tokens["train"],
                   "val_tokens": n_tokens["val"]}
         return cls(train=windows["train"], val=windows["val"], source=source, tokenizer_dir=tokenizer_dir)
 
 
-def read_token_source(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarray, dict]], dict, Path | None]:
+def read_token_source(path: str | os.PathLike, calendar: bool = False) -> tuple[dict[str, tuple], dict, Path | None]:
     """Open a token store directory or a plain .txt token file: (series, source record, tokenizer dir or None).
 
-    series: symbol -> (tokens, split bounds); the source record is what checkpoints and RUN/model/meta.json keep.
+    series: symbol -> (tokens, split bounds), and with `calendar` (a calendar model) the tokens' calendar ids
+    (n, 2) int8 [time of day, day of week] of their last bars third; a source without timestamps is then a
+    DataError. The source record is what checkpoints and RUN/model/meta.json keep.
     """
     if not Path(path).exists():
         raise DataError(f"--tokens {path} does not exist; give a token store directory or a .txt file of token ids")
     store = TokenStore.open(path)
+    if calendar and not getattr(store, "has_patch_ends", False):
+        what = ("a plain token file without timestamps" if not getattr(store, "is_store", False)
+                else "a token store written before pricegpt recorded token end times")
+        raise DataError(f"model.calendar needs a token store with timestamps: --tokens {path} is {what}. Tokenize "
+                        "the prices into a store directory with `pricegpt tokenize` (or run `pricegpt pipeline`), "
+                        "or train without --set model.calendar=true")
     series = {symbol: (store.tokens(symbol), store.split_bounds(symbol)) for symbol in store.symbols}
+    if calendar:
+        series = {symbol: (*entry, token_calendar(store.patch_ends(symbol))) for symbol, entry in series.items()}
     tokenizer_dir = getattr(store, "tokenizer_dir", None)
     source = {
         "tokens": str(Path(path).resolve()),
@@ -123,9 +170,18 @@ def read_token_source(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarr
     return series, source, Path(tokenizer_dir) if tokenizer_dir else None
 
 
-def check_vocab(series: dict[str, tuple[np.ndarray, dict]], vocab_size: int, where: str) -> None:
+def token_calendar(ends) -> np.ndarray:
+    """(n, 2) int8 [time of day, day of week] model inputs (data.calendar.calendar_ids) of tokens whose last bars
+    end at `ends` (a DatetimeIndex)."""
+    ends = pd.DatetimeIndex(ends)
+    naive = (ends.tz_convert("UTC").tz_localize(None) if ends.tz is not None else ends).as_unit("ns").to_numpy()
+    time_of_day, day_of_week = calendar_ids(naive)
+    return np.stack([time_of_day, day_of_week], axis=1).astype(np.int8)
+
+
+def check_vocab(series: dict[str, tuple], vocab_size: int, where: str) -> None:
     """DataError unless every token id lies in [0, vocab_size): the only pass over all tokens."""
-    for symbol, (tokens, _) in series.items():
+    for symbol, (tokens, *_) in series.items():
         if len(tokens) == 0:
             continue
         if not np.issubdtype(np.asarray(tokens).dtype, np.integer):

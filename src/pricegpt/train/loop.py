@@ -1,8 +1,8 @@
 """The trainer: `Trainer(config, data, run_dir).train()` (`train_run` in run.py drives it for the CLI).
 
 One optimizer step of step index s:
-  window ids = WindowSet.sample_ids(seed, s, global_batch)   pure function of (seed, s): exact resume, and the same
-                                                             global batch whatever the number of processes
+  window ids, hidden calendars                               pure function of (seed, s): exact resume, and the same
+     = WindowSet.sample(seed, s, global_batch, dropout)      global batch whatever the number of processes
   dropout RNG = torch.manual_seed(f(seed, s, rank))          also a pure function of the step
   for each micro-batch (grad accumulation; DDP syncs gradients on the last one): forward, backward
   clip the global gradient norm, step AdamW (or Muon + AdamW) at lr = peak * lr_factor(s)
@@ -18,6 +18,10 @@ with finished=false and then raises: KeyboardInterrupt for SIGINT (the CLI exits
 SIGTERM (the conventional 128 + 15 a process manager expects), so no caller mistakes an interrupted run for a
 trained one. `--resume` continues exactly. A non-finite loss or weight stops training with TrainingDivergedError
 before anything of that step is saved; the last good checkpoint stays.
+
+Calendar (model.calendar): each window's calendar ids go to the model with its tokens, in training and in
+evaluation; in training a `train.calendar_dropout` fraction of the windows has its calendar hidden (-1), so the
+model also works without timestamps.
 
 Resuming: `Trainer.load_checkpoint` restores the weights, optimizer, RNG and step of a checkpoint; the checks on
 the run directory, its config and its data before that are run.py's. MFU uses device.py's per-device peak.
@@ -80,6 +84,10 @@ class Trainer:
         self.config, self.data, self.run_dir = config, data, Path(run_dir)
         self.dist = dist_info or dist.DistInfo()
         t = config.train
+        if config.model.calendar and not data.has_calendar:
+            raise ConfigError("model.calendar needs a token store with timestamps: the training data carries no "
+                              "calendar; read it with read_token_source(path, calendar=True) from a store written "
+                              "by `pricegpt tokenize`")
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.device = pick_device(t.device, self.dist)
@@ -232,27 +240,37 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def _batch(self, windows, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self, windows, ids: np.ndarray, hidden: np.ndarray | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """inputs (B, T), targets (B, T) and, for a calendar model, the inputs' calendar ids (B, T, 2), -1 in
+        the windows `hidden` marks."""
         batch = windows.gather(ids)
+        calendar = None
+        if self.config.model.calendar:
+            calendar = windows.gather_calendar(ids)[:, :-1]
+            if hidden is not None and hidden.any():
+                calendar[torch.from_numpy(hidden)] = -1
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        return batch[:, :-1], batch[:, 1:]
+            if calendar is not None:
+                calendar = calendar.pin_memory().to(self.device, non_blocking=True)
+        return batch[:, :-1], batch[:, 1:], calendar
 
     def train_step(self) -> None:
         """One optimizer step on the global batch of step `self.step`."""
         t, step, rank, world = self.config.train, self.step, self.dist.rank, self.dist.world_size
-        ids = self.data.train.sample_ids(t.seed, step, self.global_batch)
+        ids, hidden = self.data.train.sample(t.seed, step, self.global_batch, t.calendar_dropout)
         torch.manual_seed(_step_seed(t.seed, step, rank))  # dropout: a pure function of the step too
         set_lr(self.optimizers, self._lr_factor(step))
         B = t.batch_size
         for micro in range(self.accum_steps):
             lo = (micro * world + rank) * B
-            x, y = self._batch(self.data.train, ids[lo : lo + B])
+            x, y, calendar = self._batch(self.data.train, ids[lo : lo + B], hidden[lo : lo + B])
             last = micro == self.accum_steps - 1
             no_sync = self.forward_model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
             with no_sync:
                 with self._autocast():
-                    loss = self.forward_model(x, y)
+                    loss = self.forward_model(x, y, calendar=calendar)
                 (loss / self.accum_steps).backward()
             self._loss_sum += loss.detach()
             self._loss_count += 1
@@ -272,9 +290,9 @@ class Trainer:
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
         self.model.eval()
         for lo in range(0, len(ids), t.batch_size):
-            x, y = self._batch(self.data.val, ids[lo : lo + t.batch_size])
+            x, y, calendar = self._batch(self.data.val, ids[lo : lo + t.batch_size])
             with self._autocast():
-                loss = self.model(x, y)
+                loss = self.model(x, y, calendar=calendar)
             total[0] += loss.double() * len(x)
             total[1] += len(x)
         self.model.train()

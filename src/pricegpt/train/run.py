@@ -64,11 +64,12 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
             _check_fresh_out(out, allow_existing)
             config = resolve_config(preset, config_file, overrides, max_steps)
             explicit, checkpoint = explicit_keys(config_file, overrides), None
-        series, source, tokenizer_dir = read_token_source(tokens)
+        # a calendar model reads each token's timestamp: a source without them fails here, before any file
+        series, source, tokenizer_dir = read_token_source(tokens, calendar=config.model.calendar)
         if "model.vocab_size" not in explicit and source.get("vocab_size"):
             config.model = dataclasses.replace(config.model, vocab_size=int(source["vocab_size"]))
         data = TokenData.from_series(series, config.model.sequence_len, config.model.vocab_size, source=source,
-                                     tokenizer_dir=tokenizer_dir, where=str(tokens))
+                                     tokenizer_dir=tokenizer_dir, where=str(tokens), calendar=config.model.calendar)
         if checkpoint is not None:
             _check_same_data(checkpoint, data.source, out)
         trainer = Trainer(config, data, out, dist_info=info)
