@@ -13,6 +13,7 @@ import sys
 from ..config import check_num_generate, check_num_samples, check_seed, check_temperature, check_top_k, check_top_p
 from ..errors import ConfigError, PriceGPTError
 from . import commands
+from .corpus import add_corpus_parser
 
 log = logging.getLogger("pricegpt")
 
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "interrupted download of the same request is continued")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=commands.cmd_data_download)
+    add_corpus_parser(data_sub)
 
     tok = sub.add_parser("tokenizer", help="fit a tokenizer")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION", parser_class=_Parser)

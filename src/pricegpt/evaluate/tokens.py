@@ -21,26 +21,31 @@ import torch
 import torch.nn.functional as F
 
 from ..data import SPLIT_NAMES, Splits
+from ..data.calendar import calendar_ids
 
 ADD_K = 0.5
 TOP_K = 5
 EVAL_BATCH = 64
 
 
-def token_streams(tokenizer, frame: pd.DataFrame, splits: Splits) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per symbol: (token ids (n,) int64, split labels (n,) of each token's last bar)."""
+def token_streams(tokenizer, frame: pd.DataFrame, splits: Splits,
+                  with_ends: bool = False) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per symbol: (token ids (n,) int64, split labels (n,) of each token's last bar[, its end time])."""
     out = {}
     for symbol, patches in tokenizer.patchify(frame).items():
         if len(patches) == 0:
             continue
         ids = tokenizer.encode_patches(patches, symbol)
-        out[symbol] = (ids, splits.label(pd.to_datetime(patches.ends, utc=True)))
+        out[symbol] = (ids, splits.label(pd.to_datetime(patches.ends, utc=True))) + \
+            ((patches.ends,) if with_ends else ())
     return out
 
 
 @torch.inference_mode()
-def model_logits_at(model, stream: np.ndarray, positions: np.ndarray) -> torch.Tensor:
-    """Logits (len(positions), V) predicting stream[q] from up to sequence_len tokens before q, positions >= 1."""
+def model_logits_at(model, stream: np.ndarray, positions: np.ndarray, calendar: np.ndarray | None = None
+                    ) -> torch.Tensor:
+    """Logits (len(positions), V) predicting stream[q] from up to sequence_len tokens before q, positions >= 1.
+    calendar: (n, 2) [time of day, weekday] of every token of the stream, for a calendar model."""
     T = model.config.sequence_len
     group = max(1, T // 2)
     device = next(model.parameters()).device
@@ -53,6 +58,7 @@ def model_logits_at(model, stream: np.ndarray, positions: np.ndarray) -> torch.T
         windows.append((start, stop))
         picks.append(chunk - 1 - start)
     stream_t = torch.as_tensor(stream, dtype=torch.long)
+    calendar_t = None if calendar is None else torch.as_tensor(np.asarray(calendar), dtype=torch.long)
     out = [None] * len(windows)
     by_len: dict[int, list[int]] = {}
     for w, (start, stop) in enumerate(windows):
@@ -61,7 +67,9 @@ def model_logits_at(model, stream: np.ndarray, positions: np.ndarray) -> torch.T
         for b in range(0, len(members), EVAL_BATCH):
             batch = members[b:b + EVAL_BATCH]
             idx = torch.stack([stream_t[windows[w][0]:windows[w][1]] for w in batch]).to(device)
-            logits = model(idx).float().cpu()
+            extra = {} if calendar_t is None else \
+                {"calendar": torch.stack([calendar_t[windows[w][0]:windows[w][1]] for w in batch]).to(device)}
+            logits = model(idx, **extra).float().cpu()
             for j, w in enumerate(batch):
                 out[w] = logits[j, torch.as_tensor(picks[w])]
     return torch.cat(out) if out else torch.zeros(0, model.config.vocab_size)
@@ -94,16 +102,18 @@ def token_metrics(model, tokenizer, frame: pd.DataFrame, splits: Splits, split: 
     """{"n_tokens", "model", "unigram", "bigram" (each {loss, perplexity, top1, top5}), "smoothing", "usage",
     "size"}."""
     code = SPLIT_NAMES.index(split)
-    streams = token_streams(tokenizer, frame, splits)
+    uses_calendar = bool(getattr(model.config, "calendar", False))
+    streams = token_streams(tokenizer, frame, splits, with_ends=uses_calendar)
     V = model.config.vocab_size
-    unigram, bigram = ngram_log_probs(streams, V)
+    unigram, bigram = ngram_log_probs({s: v[:2] for s, v in streams.items()}, V)
     model_lp, uni_lp, bi_lp, targets = [], [], [], []
-    for ids, labels in streams.values():
+    for ids, labels, *ends in streams.values():
+        calendar = np.stack(calendar_ids(ends[0]), axis=-1) if ends else None
         positions = np.flatnonzero(labels == code)
         positions = positions[positions >= 1]
         if len(positions) == 0:
             continue
-        model_lp.append(torch.log_softmax(model_logits_at(model, ids, positions), dim=-1))
+        model_lp.append(torch.log_softmax(model_logits_at(model, ids, positions, calendar), dim=-1))
         uni_lp.append(torch.as_tensor(np.broadcast_to(unigram, (len(positions), V)).copy()))
         bi_lp.append(torch.as_tensor(bigram[ids[positions - 1]]))
         targets.append(torch.as_tensor(ids[positions]))
