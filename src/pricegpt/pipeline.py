@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -40,13 +41,19 @@ from .forecast import calibrate_temperature
 from .rundir import RunDir
 from .runs import load_run
 from .tokenizer import fit_to_dir, load_tokenizer, write_token_store
-from .train import latest_checkpoint, train_run
+from .train import dist, latest_checkpoint, train_run
+from .train.device import pick_device
 
 log = logging.getLogger("pricegpt")
 
 FORMAT_VERSION = 1
 DEFAULT_HORIZON = 4  # bars: a week of daily bars, half a trading day of hourly FX
 TOKENIZER_KINDS = ("vqvae", "quantile", "uniform")
+# Under torchrun the processes wait at a barrier while rank 0 alone fits the tokenizer and tokenizes: generous.
+PIPELINE_TIMEOUT = timedelta(hours=2)
+# Stages every process of a torchrun launch runs together (training's batches, the forecasts' origins are shared);
+# the others (tokenizer, tokenize) run on rank 0 while the rest wait.
+COLLECTIVE_STAGES = ("train", "calibrate", "evaluate", "backtest")
 
 
 @dataclass
@@ -90,7 +97,7 @@ def _source_id(source) -> str:
     return source if str(source).startswith("sample:") else str(Path(source).resolve())
 
 
-def run_pipeline(data, out, settings: PipelineSettings | None = None, **overrides) -> PipelineResult:
+def run_pipeline(data, out, settings: PipelineSettings | None = None, **overrides) -> PipelineResult | None:
     """Run (or finish) every stage for the prices `data` (a path, folder, sample:NAME or DataFrame) into the run
     directory `out`. `settings` (or keyword overrides of its fields) as in PipelineSettings."""
     settings = PipelineSettings(**{**(asdict(settings) if settings else {}), **overrides})
@@ -100,7 +107,7 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
     frame = load_prices(data, date_format=settings.date_format)
     splits = time_splits(frame, train_end=settings.train_end, val_end=settings.val_end)
     # a bad --config/--set fails here, not after the tokenizer has been fitted into a new run directory
-    resolve_config(settings.preset, settings.config, list(settings.overrides), settings.max_steps)
+    config = resolve_config(settings.preset, settings.config, list(settings.overrides), settings.max_steps)
     _check_splits_hold_the_horizon(frame, splits, settings)
     tokenizer_options.update({k: v for k, v in (("patch_len", settings.patch_len),
                                                  ("codebook_size", settings.codebook_size),
@@ -117,16 +124,30 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
               "set": list(settings.overrides), "seed": settings.seed, "ablation": bool(settings.ablation)}
     if settings.date_format is not None:  # only when given, so that runs made before the flag existed still match
         record["date_format"] = settings.date_format
+    info = dist.dist_env()
+    owns_process_group = info.enabled and not dist.is_initialized()
+    if owns_process_group:  # under torchrun: one group for training, the sharded forecasts and the stage barriers
+        dist.init(info, pick_device(config.train.device, info), timeout=PIPELINE_TIMEOUT)
     created = not out.root.exists()
+    dist.barrier(info)  # every process has looked at `out` before rank 0 writes to it
     try:
-        _prepare_run_dir(out, record, force=settings.force)
-        timings = _run_stages(settings, data, out, frame, splits, record)
+        if info.is_main:
+            _prepare_run_dir(out, record, force=settings.force)
+        dist.barrier(info)
+        timings = _run_stages(settings, data, out, frame, splits, record, info)
     except BaseException:
         # a run directory this call created and no stage completed in holds at most run.json: remove it, so that
         # the user's next attempt (with other settings) does not trip over it
-        if created and out.root.is_dir() and {p.name for p in out.root.iterdir()} <= {"run.json", OUTPUT_MARKER}:
+        if info.is_main and created and out.root.is_dir() \
+                and {p.name for p in out.root.iterdir()} <= {"run.json", OUTPUT_MARKER}:
             shutil.rmtree(out.root, ignore_errors=True)
+        if owns_process_group:
+            dist.leave()
         raise
+    if owns_process_group:
+        dist.shutdown()
+    if not info.is_main:  # rank 0 wrote the run and reports it
+        return None
     return PipelineResult(run=out.root, evaluation=json.loads(out.eval_metrics.read_text()),
                           backtest=json.loads(out.backtest_metrics.read_text()), timings=timings)
 
@@ -192,7 +213,8 @@ def _read_json_dict(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, record: dict) -> dict[str, float]:
+def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, record: dict,
+                info: dist.DistInfo) -> dict[str, float]:
     timings: dict[str, float] = {}
     recorded = _read_json_dict(out.stages)
 
@@ -211,11 +233,14 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
             log.info(f"[{name}] its inputs changed (or it did not finish): redoing it")
         log.info(f"[{name}] ...")
         start = time.perf_counter()
-        work()
+        if kind in COLLECTIVE_STAGES or info.is_main:
+            work()
+        dist.barrier(info)  # the stage's files are in place before any process looks at the next stage
         timings[name] = time.perf_counter() - start
         log.info(f"[{name}] done in {timings[name]:.1f}s")
         recorded[key] = before  # the inputs as they were when the stage ran
-        write_json(out.stages, recorded)
+        if info.is_main:
+            write_json(out.stages, recorded)
 
     def model_stages(run: RunDir, kind: str, prefix: str = "") -> None:
         tokenizer_options = record["tokenizer"]
@@ -241,8 +266,9 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
     if settings.ablation:
         # The same pipeline with the quantile tokenizer, scored on the same origins in the report.
         ablation = out.ablation("quantile")
-        make_dirs(ablation.root)
-        mark_output(ablation.root)
+        if info.is_main:
+            make_dirs(ablation.root)
+            mark_output(ablation.root)
         model_stages(ablation, "quantile", prefix="ablation ")
         ablation_runs = {"quantile": ablation.root}
         extra = (out.relative(ablation.model_weights),)
@@ -256,10 +282,11 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
     stage("backtest", out, out.backtest_metrics.is_file,
           lambda: run_backtest(out.root, data=source, cost_bps=settings.cost_bps, horizon=horizon,
                                seed=settings.seed, num_samples=num_samples))
-    if {"evaluate", "backtest"} & set(timings) or not out.report_html.is_file():
+    if info.is_main and ({"evaluate", "backtest"} & set(timings) or not out.report_html.is_file()):
         refresh_report(out.root)  # the report shows the backtest, which runs after the evaluation
-    if timings:
+    if info.is_main and timings:
         write_json(out.timings, {**_read_json_dict(out.timings), **{k: round(v, 2) for k, v in timings.items()}})
+    dist.barrier(info)
     return timings
 
 

@@ -12,6 +12,10 @@ what machine it was made, and with which settings, so that a table quoted in a R
 
 Everything a user can get wrong (an unknown suite or preset, a missing file, an output folder that pricegpt did not
 write) is refused before the first pipeline starts.
+
+Under `torchrun --nproc-per-node=N -m pricegpt -- skill ...` every process runs every dataset's pipeline (which
+shares training's batches and the forecast origins of calibration, evaluation and backtest over the processes) and
+rank 0 alone writes OUT's own files and returns the table; the other processes return None.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .evaluate.report import markdown_text
 from .fileio import OUTPUT_MARKER, make_dirs, mark_output, safe_file_names, write_json, write_text
 from .pipeline import DEFAULT_HORIZON, PipelineSettings, run_pipeline
 from .rundir import RunDir
+from .train.dist import dist_env
 
 log = logging.getLogger("pricegpt")
 
@@ -174,10 +179,13 @@ def _check_out(out: Path) -> None:
                                 "choose another --out")
 
 
-def run_skill(out, suite: str | None = None, data=(), settings: PipelineSettings | None = None) -> SkillResult:
+def run_skill(out, suite: str | None = None, data=(), settings: PipelineSettings | None = None
+              ) -> SkillResult | None:
     """Run the pipeline with `settings` on every dataset of `suite` and `data` (skill_datasets) into OUT/<name>/,
-    and write OUT/skill.json and OUT/skill.md. Returns the table. A rerun resumes: complete stages are skipped."""
+    and write OUT/skill.json and OUT/skill.md. Returns the table (None on the processes of a torchrun launch other
+    than rank 0, which writes). A rerun resumes: complete stages are skipped."""
     settings = settings or PipelineSettings()
+    writes = dist_env().is_main
     out = Path(out)
     datasets = skill_datasets(suite, data)
     preset_tokenizer_options(settings.preset)  # an unknown preset, a missing file, a foreign --out: refused first
@@ -186,8 +194,9 @@ def run_skill(out, suite: str | None = None, data=(), settings: PipelineSettings
     for name, source in datasets.items():
         frame = load_prices(source, date_format=settings.date_format)
         sizes[name] = (len(frame), int(frame["symbol"].nunique()))
-    make_dirs(out)
-    mark_output(out)
+    if writes:
+        make_dirs(out)
+        mark_output(out)
     result = SkillResult(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=machine_info(),
                          settings={"preset": settings.preset, "tokenizer_kind": settings.tokenizer_kind,
                                    "max_steps": settings.max_steps, "num_samples": settings.num_samples,
@@ -197,7 +206,10 @@ def run_skill(out, suite: str | None = None, data=(), settings: PipelineSettings
     for k, (name, source) in enumerate(datasets.items(), 1):
         log.info(f"skill: [{k}/{len(datasets)}] {name} ({source}) -> {out / name}")
         run = run_pipeline(source, out / name, settings)
-        result.rows.append(skill_row(name, source, run.run, run.evaluation, run.backtest, *sizes[name]))
+        if writes:
+            result.rows.append(skill_row(name, source, run.run, run.evaluation, run.backtest, *sizes[name]))
+    if not writes:
+        return None
     write_json(out / "skill.json", result.to_dict())
     write_text(out / "skill.md", result.to_markdown())
     return result

@@ -19,7 +19,9 @@ Conventions
   (forecast.origin_seed), so a decision's random stream depends neither on the other symbols nor on how many bars
   come later: truncating or changing data after a date leaves every earlier decision bit-identical. So the
   decisions are forecast together, in as few forecaster calls as the paths' memory allows (DECISION_PATHS_BYTES),
-  not one call per decision time.
+  not one call per decision time. For the same reason the processes of `torchrun --nproc-per-node=N -m pricegpt --
+  backtest ...` sample each call's decisions together, each its share (forecast/shard.py), and rank 0 gathers the
+  paths, decides and writes the same files as one process; the other processes return None.
 - Values. Every setting is checked before any work (BacktestConfig: costs in [0, 10000] bps, seeds in
   [0, 2**63 - 1], ...), and the test split must hold at least two decisions whose whole H-bar target is in the
   data (else a DataError saying how many bars it has), so no Sharpe comes from a single decision.
@@ -68,6 +70,7 @@ from ..data.windows import (
 from ..errors import ConfigError, OutputExistsError
 from ..fileio import OUTPUT_MARKER, atomic_dir, atomic_path, csv_safe_cell, json_ready, write_json
 from ..forecast import MAX_HORIZON_BARS, Forecaster, check_paths_memory, paths_bytes
+from ..forecast.shard import sharding
 from ..rundir import RunDir
 from ..runs import load_run
 from .stats import bars_per_year, performance, sharpe_ci, simulate
@@ -135,12 +138,13 @@ class WalkForward:
     config: BacktestConfig
 
 
-def walk_forward(frame: pd.DataFrame, forecaster, cutoffs, config: BacktestConfig) -> WalkForward:
+def walk_forward(frame: pd.DataFrame, forecaster, cutoffs, config: BacktestConfig) -> WalkForward | None:
     """Decisions over the test bars of every symbol of the canonical price `frame` (module docstring).
 
     cutoffs: a data.windows.Cutoffs of the "backtest" stage (run_backtest's), or a val_end (then the test bars
     are those after it, with no run to guard). Refuses a test split with fewer than MIN_DECISIONS decisions
-    whose whole horizon is in the data, and origins the leakage rule forbids, before forecasting anything."""
+    whose whole horizon is in the data, and origins the leakage rule forbids, before forecasting anything.
+    None on the processes of a torchrun launch other than rank 0 (they only sample their share)."""
     if not isinstance(cutoffs, Cutoffs):
         cutoffs = resolve_cutoffs(frame, "backtest", val_end=cutoffs)
     features = forecaster.features(frame) if hasattr(forecaster, "features") else return_features(frame)
@@ -156,30 +160,23 @@ def walk_forward(frame: pd.DataFrame, forecaster, cutoffs, config: BacktestConfi
     rows = []
     # Every decision has its own seed, so deciding them all in a few large forecaster calls gives the same
     # paths as one call per decision time (and lets the forecaster batch its engine calls).
-    for start in range(0, len(order), per_call):
-        batch = order[start:start + per_call]
-        symbols = [str(origins.symbols[k]) for k in batch]
-        contexts = [series[s].features[:origins.index[k]] for s, k in zip(symbols, batch)]
-        times = {"context_times": [series[s].timestamps[:origins.index[k]] for s, k in zip(symbols, batch)]} \
-            if getattr(forecaster, "uses_times", False) else {}
-        cum = forecaster.sample_cumulative(contexts, symbols, H, config.num_samples, seed=config.seed,
+    with sharding(forecaster) as shards:
+        for start in range(0, len(order), per_call):
+            batch = order[start:start + per_call]
+            symbols = [str(origins.symbols[k]) for k in batch]
+            contexts = [series[s].features[:origins.index[k]] for s, k in zip(symbols, batch)]
+            times = {"context_times": [series[s].timestamps[:origins.index[k]] for s, k in zip(symbols, batch)]} \
+                if getattr(forecaster, "uses_times", False) else {}
+            cum = shards.sample_cumulative(forecaster, contexts, symbols, H, config.num_samples, seed=config.seed,
                                            context_ends=decided_at[batch], **times)
-        cum = np.asarray(cum, dtype=np.float64)
-        assert cum.shape == (len(batch), config.num_samples, H), f"forecaster returned {cum.shape}"
-        summary = forecast_summary(cum)
-        for j, (symbol, k) in enumerate(zip(symbols, batch)):
-            lr, i = series[symbol].returns, int(origins.index[k])
-            # the outcome of the forecast, for the risk report only (never used for positions)
-            realised = math.expm1(lr[i:i + H].sum()) if i + H <= len(lr) else float("nan")
-            row = {"timestamp": pd.Timestamp(decided_at[k]).tz_localize("UTC"), "symbol": symbol,
-                   "trailing_return": float(lr[max(0, i - N):i].sum()), "realised_return": realised}
-            for key, value in summary.items():
-                if isinstance(value, dict):
-                    row.update({f"{key}_{level}": float(v[j]) for level, v in value.items()})
-                else:
-                    row[key] = float(value[j])
-            rows.append(row)
-        log.info(f"backtest: forecast {min(start + per_call, len(order))}/{len(order)} decisions")
+            if cum is None:  # another process gathers and decides
+                continue
+            cum = np.asarray(cum, dtype=np.float64)
+            assert cum.shape == (len(batch), config.num_samples, H), f"forecaster returned {cum.shape}"
+            rows += _decision_rows(series, origins, batch, decided_at, forecast_summary(cum), H, N)
+            log.info(f"backtest: forecast {min(start + per_call, len(order))}/{len(order)} decisions")
+    if not shards.is_main:
+        return None
     decisions = pd.DataFrame(rows).sort_values(["symbol", "timestamp"], ignore_index=True)
     if config.strategy == "sign":
         decisions["target"] = sign_positions(decisions["p_up"], config.long_above, config.short_below,
@@ -191,6 +188,26 @@ def walk_forward(frame: pd.DataFrame, forecaster, cutoffs, config: BacktestConfi
     bars = [_held_positions(series[symbol], origins.index[origins.symbols == symbol],
                             decisions[decisions["symbol"] == symbol]) for symbol in sorted(set(origins.symbols))]
     return WalkForward(decisions, pd.concat(bars, ignore_index=True), config)
+
+
+def _decision_rows(series, origins, batch, decided_at, summary: dict, H: int, N: int) -> list[dict]:
+    """One row per decision of `batch` (positions among `origins`): its time, symbol, trailing N-bar return, the
+    realised H-bar return and the forecast summary (strategies.forecast_summary of its paths)."""
+    rows = []
+    for j, k in enumerate(batch):
+        symbol = str(origins.symbols[k])
+        lr, i = series[symbol].returns, int(origins.index[k])
+        # the outcome of the forecast, for the risk report only (never used for positions)
+        realised = math.expm1(lr[i:i + H].sum()) if i + H <= len(lr) else float("nan")
+        row = {"timestamp": pd.Timestamp(decided_at[k]).tz_localize("UTC"), "symbol": symbol,
+               "trailing_return": float(lr[max(0, i - N):i].sum()), "realised_return": realised}
+        for key, value in summary.items():
+            if isinstance(value, dict):
+                row.update({f"{key}_{level}": float(v[j]) for level, v in value.items()})
+            else:
+                row[key] = float(value[j])
+        rows.append(row)
+    return rows
 
 
 def _held_positions(series, starts, decisions) -> pd.DataFrame:
@@ -302,7 +319,7 @@ def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float
     earlier than the run's (LeakageError). horizon: default the run's horizon, else one token (patch_len bars),
     else 1. options: further BacktestConfig fields (long_above, short_below, long_only, kelly_fraction, kelly_cap,
     momentum_lookback, n_boot). Every value, the output folder and the leakage rule are checked before anything
-    is forecast. Returns the metrics.json dict."""
+    is forecast. Returns the metrics.json dict (None on the processes of a torchrun launch other than rank 0)."""
     if run is not None and not hasattr(run, "meta"):
         run = load_run(run, need_tokenizer=forecaster is None)
     if forecaster is None:
@@ -328,6 +345,8 @@ def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float
     log.info(f"backtest: {config.strategy}, horizon {config.horizon}, rebalance {config.rebalance}, test after "
              f"{_iso(cutoffs.splits.val_end)}, {config.num_samples} samples")
     walk = walk_forward(frame, forecaster, cutoffs, config)
+    if walk is None:  # a process of a torchrun launch other than rank 0: it sampled its share
+        return None
     metrics = backtest_metrics(walk, frame)
     train_end = run_cutoffs(run)[0]
     metrics["settings"].update({"train_end": None if train_end is None else _iso(train_end),

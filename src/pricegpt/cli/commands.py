@@ -145,13 +145,30 @@ def cmd_evaluate(args) -> int:
 
     metrics = evaluate_run(args.run, data=_data_arg(args), split=args.split, allow_overlap=args.allow_overlap,
                            num_samples=args.num_samples, horizon=args.horizon, horizons=args.horizons,
-                           max_origins=args.max_origins, seed=args.seed)
-    if RunDir(args.run).backtest_metrics.is_file():  # keep the run's backtest in its refreshed report
+                           max_origins=args.max_origins, seed=args.seed, out=args.out)
+    if metrics is None:  # a process of a torchrun launch other than rank 0: rank 0 wrote and reports
+        return 0
+    if args.out is None and RunDir(args.run).backtest_metrics.is_file():  # keep the run's backtest in its report
         from ..evaluate.report import refresh_report
 
         refresh_report(args.run)
     print(headline_table(metrics))
-    print(f"report: {RunDir(args.run).report_html}")
+    print(f"report: {Path(args.out) / 'report.html' if args.out else RunDir(args.run).report_html}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from ..forecast.calibrate import calibrate_run
+    from ..rundir import RunDir
+
+    result = calibrate_run(args.run, data=_data_arg(args), horizon=args.horizon, num_samples=args.num_samples,
+                           max_origins=args.max_origins, seed=args.seed)
+    if result is None:  # a process of a torchrun launch other than rank 0
+        return 0
+    crps = ", ".join(f"T={t}: {value:.6f}" for t, value in result["crps"].items())
+    print(f"temperature {result['temperature']:g} (validation CRPS of the {result['horizon_bars']}-bar return over "
+          f"{result['n_origins']} origins: {crps})")
+    print(f"wrote {RunDir(args.run).calibration}")
     return 0
 
 
@@ -185,6 +202,8 @@ def cmd_backtest(args) -> int:
                            seed=args.seed, out=args.out, rebalance=args.rebalance, long_above=args.long_above,
                            short_below=args.short_below, long_only=args.long_only,
                            kelly_fraction=args.kelly_fraction, momentum_lookback=args.momentum_lookback)
+    if metrics is None:  # a process of a torchrun launch other than rank 0: rank 0 wrote and reports
+        return 0
     if args.out is None:  # the run's report shows its own backtest
         from ..evaluate.report import refresh_report
 
@@ -207,6 +226,8 @@ def cmd_pipeline(args) -> int:
         num_samples=args.num_samples, cost_bps=args.cost_bps, seed=args.seed, ablation=args.ablation,
         force=args.force, date_format=args.date_format)
     result = run_pipeline(args.data, args.out, settings)
+    if result is None:  # a process of a torchrun launch other than rank 0
+        return 0
     print(pipeline_headline(result.evaluation, result.backtest, result.run / "eval" / "report.html"))
     return 0
 
@@ -218,8 +239,22 @@ def cmd_skill(args) -> int:
     settings = PipelineSettings(preset=args.preset, overrides=list(args.set or []), max_steps=args.max_steps,
                                 num_samples=args.num_samples, horizon=args.horizon, seed=args.seed, force=args.force)
     result = run_skill(args.out, suite=args.suite, data=args.data or (), settings=settings)
+    if result is None:  # a process of a torchrun launch other than rank 0
+        return 0
     print(result.to_markdown())
     print(f"wrote {Path(args.out) / 'skill.md'} and skill.json")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from ..pretrain import pretrain
+
+    sources = [x.strip() for x in args.sources.split(",") if x.strip()] if args.sources else None
+    record = pretrain(args.corpus, args.out, preset=args.preset, train_end=args.train_end, val_end=args.val_end,
+                      max_steps=args.max_steps, overrides=list(args.set or []), seed=args.seed, sources=sources)
+    print(f"pretrained on {record['n_symbols']} series, {record['n_bars']:,} bars ({record['first'][:10]} .. "
+          f"{record['last'][:10]}; train to {record['train_end'][:10]}, data cutoff {record['data_cutoff'][:10]})")
+    print(f"forecaster folder: {Path(args.out) / 'forecaster'}")
     return 0
 
 

@@ -28,6 +28,12 @@ every level, coverage by volatility regime, VaR tests, P(up)). With fewer than s
 dates the comparisons and the headline verdict are None, with the reason in `notes`.
 Every value (horizons, num_samples, max_origins, seed) is checked, and the memory of the paths estimated, before
 the model scores anything.
+
+Across processes (`torchrun --nproc-per-node=N -m pricegpt -- evaluate ...`): every process runs the set-up and
+its checks, the processes sample the origins of every horizon (and of the ablation runs) together, each its share
+(forecast/shard.py), and rank 0 gathers the paths and does everything else alone: token metrics, baselines,
+significance, the files, which are byte for byte those of one process (one seed per origin). The other processes
+return None.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import check_int
+from ..config import check_int, check_memory
 from ..data import iso, load_prices
 from ..data.windows import (
     Origins,
@@ -55,7 +61,8 @@ from ..data.windows import (
 )
 from ..errors import ConfigError
 from ..fileio import atomic_dir, json_ready, write_json
-from ..forecast import Forecaster, check_paths_memory, check_sampling, risk
+from ..forecast import Forecaster, check_paths_memory, check_sampling, paths_bytes, risk
+from ..forecast.shard import sharding
 from ..rundir import RunDir
 from ..runs import load_run
 from . import calibration, report, significance, tokens
@@ -81,6 +88,15 @@ class _Horizon:
 
 
 @dataclass
+class _Paths:
+    """What the model sampled: cumulative paths (origins, S, H) of each sampled horizon, and each ablation run's
+    H-bar returns (origins, S) on the main horizon's origins."""
+
+    cumulative: dict[int, np.ndarray]
+    ablations: dict[str, np.ndarray]
+
+
+@dataclass
 class _Setup:
     """Everything resolved before the model scores anything."""
 
@@ -100,9 +116,10 @@ class _Setup:
 # ---------------------------------------------------------------------------------------------------- public
 def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = False, num_samples: int | None = None,
                  horizon: int | None = None, max_origins: int | None = None, seed: int = 0, out=None,
-                 ablation_runs: dict | None = None, horizons=None) -> dict:
+                 ablation_runs: dict | None = None, horizons=None) -> dict | None:
     """Evaluate `run` (a directory, a loaded Run or a Forecaster) and write `out` (default RUN/eval/) as a whole:
-    the previous results stay untouched if anything fails. Returns the metrics.json dict.
+    the previous results stay untouched if anything fails. Returns the metrics.json dict (None on the processes of
+    a torchrun launch other than rank 0, which writes).
 
     data: price source, anything `load_prices` reads (a path, sample:NAME, a DataFrame; default: the run's
     meta["data"]); horizons: bars, a list (default: the run's meta horizon, else one token = patch_len bars, then
@@ -111,11 +128,14 @@ def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = Fals
     (forecast.ablations[name] = {crps, coverage_90}).
     """
     setup = _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_origins, seed)
+    paths = _sample(setup, ablation_runs)
+    if paths is None:
+        return None
     run, series = setup.run, setup.series
     token_metrics = tokens.token_metrics(run.model, run.tokenizer, setup.frame, setup.splits, split)
 
     blocks, tables, main = {}, [], None
-    for scored in _score(setup):
+    for scored in _score(setup, paths):
         table, h = scored["table"], scored["horizon"]
         tables.append(table)
         blocks[str(h.horizon)] = _forecast_block(setup, h, table, scored["cum"], scored["realised"],
@@ -124,7 +144,7 @@ def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = Fals
             main = scored
     forecast = blocks[str(setup.horizons[0].horizon)]
     if ablation_runs:
-        forecast["ablations"] = _ablations(ablation_runs, setup, main["horizon"], main["realised"][:, -1])
+        forecast["ablations"] = _ablations(ablation_runs, paths, main["realised"][:, -1])
 
     run_train_end, run_val_end = run_cutoffs(run)
     metrics = {"split": split, "train_end": iso(setup.splits.train_end), "val_end": iso(setup.splits.val_end),
@@ -150,13 +170,14 @@ def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = Fals
 
 def origins_frame(run, data=None, split: str = "test", *, horizons=None, horizon: int | None = None,
                   num_samples: int | None = None, max_origins: int | None = None, seed: int = 0,
-                  allow_overlap: bool = False) -> pd.DataFrame:
+                  allow_overlap: bool = False) -> pd.DataFrame | None:
     """The per-origin table evaluate_run writes as origins.csv (columns: see evaluate/origins.py), as a DataFrame
     with time stamps as UTC Timestamps, for a run directory, a loaded Run or a Forecaster (e.g.
     `Forecaster.from_pretrained(DIR)`): the same origins, seeds and scores, without token metrics, significance
-    or any file written. Arguments as in `evaluate_run`."""
+    or any file written. Arguments as in `evaluate_run` (under torchrun too: None on all processes but rank 0)."""
     setup = _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_origins, seed)
-    return combine([scored["table"] for scored in _score(setup)])
+    paths = _sample(setup)
+    return None if paths is None else combine([scored["table"] for scored in _score(setup, paths)])
 
 
 def resolve_horizons(horizon, horizons, default: int) -> list[int]:
@@ -219,9 +240,14 @@ def _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_
             require_origins(h.origins, series, cutoffs, h.horizon, flag=flag)
         bad = check_leakage(h.origins, series, cutoffs, h.horizon, allow_overlap)
         overlapping = bad if h.horizon == main else overlapping
-    for h in planned:
-        if h.sampled:
-            check_paths_memory(h.origins.n, num_samples, h.horizon)
+    sampled = [h for h in planned if h.sampled]
+    if len(sampled) == 1:
+        check_paths_memory(sampled[0].origins.n, num_samples, sampled[0].horizon)
+    else:  # every horizon is sampled before any is scored: their paths are alive together
+        check_memory(sum(paths_bytes(h.origins.n, num_samples, h.horizon) for h in sampled),
+                     " + ".join(f"{h.origins.n:,} origin(s) x {h.horizon:,} bars" for h in sampled)
+                     + f", {num_samples:,} sample paths each",
+                     "use a smaller --num-samples (or fewer origins: --max-origins; fewer --horizons)")
     log.info(f"evaluate: {split} split, horizons {', '.join(str(h.horizon) for h in planned)} bars "
              f"({', '.join(str(h.origins.n) for h in planned)} origins), {num_samples} samples")
     return _Setup(run, forecaster, source, frame, cutoffs.splits, series, planned, overlapping, cutoffs.own,
@@ -245,10 +271,35 @@ def _ohlc(frame: pd.DataFrame, series: dict[str, SymbolSeries]) -> dict[str, np.
     return out
 
 
+# ------------------------------------------------------------------------------------------------ sampling
+def _sample(setup: _Setup, ablation_runs: dict | None = None) -> _Paths | None:
+    """The model's paths of every sampled horizon and each ablation run's on the main horizon's origins, all
+    sampled before anything is scored so that the processes of a torchrun launch sample them together and rank 0
+    alone scores them (forecast/shard.py); None on the other processes."""
+    series, main = setup.series, setup.horizons[0]
+    # loaded first: a damaged ablation run fails every process alike, before the process group
+    others = {name: Forecaster.from_run(run_dir) for name, run_dir in (ablation_runs or {}).items()}
+    cumulative, ablations = {}, {}
+    with sharding(setup.forecaster) as shards:
+        for h in setup.horizons:
+            if h.sampled:
+                cumulative[h.horizon] = shards.sample_cumulative(
+                    setup.forecaster, h.origins.contexts(series), h.origins.symbols, h.horizon, setup.num_samples,
+                    seed=setup.seed, context_ends=h.origins.context_end(series),
+                    context_times=h.origins.context_times(series))
+        for name, other in others.items():
+            cum = shards.sample_cumulative(other, main.origins.contexts(series, other.features(setup.frame)),
+                                           main.origins.symbols, main.horizon, setup.num_samples, seed=setup.seed,
+                                           context_ends=main.origins.context_end(series),
+                                           context_times=main.origins.context_times(series))
+            ablations[name] = None if cum is None else cum[..., -1]
+    return _Paths(cumulative, ablations) if shards.is_main else None
+
+
 # ------------------------------------------------------------------------------------------------- scoring
-def _score(setup: _Setup):
+def _score(setup: _Setup, paths: _Paths):
     """Per horizon (main first): {"horizon", "table", "cum" (n, S, H) model paths, "realised" (n, H), "notes"}."""
-    series, forecaster = setup.series, setup.forecaster
+    series = setup.series
     returns = {s: series[s].returns for s in series}
     train_len = {s: series[s].train_len for s in series}
     times = {s: series[s].timestamps for s in series}
@@ -256,12 +307,7 @@ def _score(setup: _Setup):
     main_cum = None
     for h in setup.horizons:
         origins, H = h.origins, h.horizon
-        if h.sampled:
-            cum = forecaster.sample_cumulative(origins.contexts(series), origins.symbols, H, setup.num_samples,
-                                               seed=setup.seed, context_ends=origins.context_end(series),
-                                               context_times=origins.context_times(series))
-        else:
-            cum = main_cum[..., :H]
+        cum = paths.cumulative[H] if h.sampled else main_cum[..., :H]
         main_cum = cum if main_cum is None else main_cum
         realised = origins.realised(series, H)
         predictives, notes = baseline_forecasts(returns, train_len, origins.symbols, origins.index, H,
@@ -341,16 +387,11 @@ def _risk_by_symbol(origins: Origins, cum: np.ndarray) -> dict:
     return out
 
 
-def _ablations(ablation_runs: dict, setup: _Setup, h: _Horizon, y: np.ndarray) -> dict:
+def _ablations(ablation_runs: dict, paths: _Paths, y: np.ndarray) -> dict:
+    """forecast.ablations: each ablation run's CRPS and 90% coverage on the main horizon's origins."""
     out = {}
-    origins, series = h.origins, setup.series
     for name, run_dir in ablation_runs.items():
-        forecaster = Forecaster.from_run(run_dir)
-        contexts = origins.contexts(series, forecaster.features(setup.frame))
-        cum = forecaster.sample_cumulative(contexts, origins.symbols, h.horizon, setup.num_samples, seed=setup.seed,
-                                           context_ends=origins.context_end(series),
-                                           context_times=origins.context_times(series))
-        pred = SamplePredictive(cum[..., -1])
+        pred = SamplePredictive(paths.ablations[name])
         out[name] = {"run": str(run_dir), "crps": float(np.mean(pred.crps(y))),
                      "coverage_90": coverage_and_width(pred, y, 0.9)[0]}
     return out

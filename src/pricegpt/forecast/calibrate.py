@@ -5,11 +5,16 @@ CRPS from samples is the energy form E|X - y| - 0.5 E|X - X'|, with the pair ter
 the sorted samples (sum_{i,j} |x_i - x_j| = 2 sum_i (2i - S - 1) x_(i), i = 1..S). The *fair* estimator (pairs
 i != j, divisor S(S - 1)) is unbiased for the CRPS of the distribution the samples come from, so a sampled
 forecast is not penalised against a closed-form one for having finitely many samples.
+
+Across processes (`torchrun --nproc-per-node=N -m pricegpt -- calibrate ...`): the processes sample each temperature's
+origins together, each its share (shard.py), and rank 0 scores them and writes calibration.json, the same bytes as
+one process (one seed per origin); the other processes return None.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 
@@ -17,7 +22,9 @@ from ..config import check_int, check_temperature
 from ..data import load_prices
 from ..data.windows import check_leakage, require_origins, resolve_cutoffs, select_origins, symbol_series
 from ..errors import ConfigError
+from ..runs import load_run
 from .forecaster import Forecaster, check_paths_memory, check_sampling
+from .shard import sharding
 
 log = logging.getLogger("pricegpt")
 
@@ -42,9 +49,10 @@ def crps_samples(samples: np.ndarray, y: np.ndarray, fair: bool = True) -> np.nd
 
 def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 256,
                           grid=TEMPERATURE_GRID, max_origins: int | None = 50, seed: int = 0,
-                          progress: bool | None = None) -> dict:
+                          progress: bool | None = None) -> dict | None:
     """Pick the sampling temperature with the lowest mean CRPS of the H-bar return on the VALIDATION split
     (origins chosen as in evaluation, at most `max_origins` per symbol) and store it in RUN/calibration.json.
+    Returns what it stored (None on the processes of a torchrun launch other than rank 0, which writes).
 
     frame: prices (anything `load_prices` reads); splits: the cutoffs, or None for the run's. The origins are those
     of data.windows' "calibrate" stage: targets after the run's train_end and at or before its val_end, else a
@@ -69,13 +77,17 @@ def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 2
     contexts, ends, times = origins.contexts(series), origins.context_end(series), origins.context_times(series)
     realised = origins.realised(series, horizon)[:, -1]
     crps = {}
-    for temperature in grid:
-        cum = forecaster.sample_cumulative(contexts, origins.symbols, horizon, num_samples, seed=seed,
+    with sharding(forecaster) as shards:
+        for temperature in grid:
+            cum = shards.sample_cumulative(forecaster, contexts, origins.symbols, horizon, num_samples, seed=seed,
                                            temperature=temperature, context_ends=ends, context_times=times,
-                                           progress=progress,
-                                           label=f"calibrate T={temperature:g}")
-        crps[f"{temperature:g}"] = float(np.mean(crps_samples(cum[..., -1], realised)))
-        log.info(f"calibration: temperature {temperature:g} -> val CRPS {crps[f'{temperature:g}']:.6f}")
+                                           progress=progress, label=f"calibrate T={temperature:g}")
+            if cum is None:  # another process gathers and scores
+                continue
+            crps[f"{temperature:g}"] = float(np.mean(crps_samples(cum[..., -1], realised)))
+            log.info(f"calibration: temperature {temperature:g} -> val CRPS {crps[f'{temperature:g}']:.6f}")
+    if not shards.is_main:
+        return None
     best = min(grid, key=lambda t: crps[f"{t:g}"])
     at_edge = len(grid) > 1 and best in (min(grid), max(grid))
     if at_edge:
@@ -85,3 +97,22 @@ def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 2
                    "horizon_bars": horizon, "num_samples": num_samples, "seed": seed, "at_grid_edge": at_edge}
     run.save_calibration(calibration)
     return calibration
+
+
+def calibrate_run(run, data=None, *, horizon: int | None = None, num_samples: int = 256,
+                  grid=TEMPERATURE_GRID, max_origins: int | None = 50, seed: int = 0,
+                  progress: bool | None = None) -> dict | None:
+    """`calibrate_temperature` of a run directory (or a loaded Run) with the defaults evaluation uses, what
+    `pricegpt calibrate` calls: data: anything `load_prices` reads (default: the run's meta["data"], read with its
+    --date-format); the cutoffs are the run's; horizon: default the run's, else one token (patch_len bars).
+    Writes RUN/calibration.json and returns it (None on the processes of a torchrun launch other than rank 0)."""
+    check_sampling(1 if horizon is None else horizon, num_samples, seed)  # bad values: before the run is loaded
+    if isinstance(run, (str, os.PathLike)):
+        run = load_run(run, need_tokenizer=True)
+    source = data if data is not None else run.meta.get("data")
+    if source is None:
+        raise ConfigError(f"{run.dir} does not record the data it was built from; pass --data PATH")
+    frame = load_prices(source, date_format=run.meta.get("date_format") if data is None else None)
+    horizon = horizon if horizon is not None else (run.meta.get("horizon") or Forecaster(run).patch_len)
+    return calibrate_temperature(run, frame, None, horizon, num_samples=num_samples, grid=grid,
+                                 max_origins=max_origins, seed=seed, progress=progress)

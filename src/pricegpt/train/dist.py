@@ -1,4 +1,5 @@
-"""Distributed data parallel helpers for `torchrun --nproc-per-node=N -m pricegpt train ...`.
+"""Distributed helpers for `torchrun --nproc-per-node=N -m pricegpt train ...` (data parallel training) and for the
+forecast origins that evaluate, calibrate and backtest spread over processes (forecast/shard.py).
 
 torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for every process; the process group is
 initialised from them (env://), so multi-node runs work exactly as torchrun's own documentation describes.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as torch_dist
@@ -38,15 +40,16 @@ def dist_env() -> DistInfo:
                     world_size=world_size)
 
 
-def init(info: DistInfo, device: torch.device) -> None:
-    """Join the process group (once) when this is one process of several."""
+def init(info: DistInfo, device: torch.device, timeout: timedelta | None = None) -> None:
+    """Join the process group (once) when this is one process of several. timeout: how long joining and every
+    collective wait for the other processes before failing (None: torch's default for the backend)."""
     if not info.enabled or is_initialized():
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch_dist.init_process_group(backend="nccl", init_method="env://", device_id=device)
+        torch_dist.init_process_group(backend="nccl", init_method="env://", device_id=device, timeout=timeout)
     else:
-        torch_dist.init_process_group(backend="gloo", init_method="env://")
+        torch_dist.init_process_group(backend="gloo", init_method="env://", timeout=timeout)
 
 
 def is_initialized() -> bool:
@@ -58,6 +61,13 @@ def shutdown() -> None:
         # Every rank reaches this point before any tears its sockets down: a rank whose peer already closed
         # the group can abort in gloo's destructor ("terminate called without an active exception").
         torch_dist.barrier()
+        torch_dist.destroy_process_group()
+
+
+def leave() -> None:
+    """Leave the process group without waiting for the others: after an error, when a peer may be inside a
+    collective this process will never join (a barrier would wait out the timeout; torchrun stops the rest)."""
+    if is_initialized():
         torch_dist.destroy_process_group()
 
 
@@ -81,3 +91,13 @@ def max_over_processes(value: int, info: DistInfo, device: torch.device) -> int:
     t = torch.tensor([value], device=device, dtype=torch.int32)
     torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def gather_to_main(value, info: DistInfo) -> list | None:
+    """Every process's picklable `value` in rank order on the main process, None on the others ([value] on a
+    world of one). Collective: every process calls it, at the same point."""
+    if not info.enabled:
+        return [value]
+    gathered = [None] * info.world_size if info.is_main else None
+    torch_dist.gather_object(value, gathered, dst=0)
+    return gathered
