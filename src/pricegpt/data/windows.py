@@ -204,6 +204,19 @@ def resolve_cutoffs(frame: pd.DataFrame, stage: str, run=None, *, train_end=None
     run_train_end, run_val_end = run_cutoffs(run)
     split = _STAGE_SPLIT[stage]
     explicit = train_end is not None or val_end is not None
+    seen_until = run_val_end if run_val_end is not None else run_train_end
+    if seen_until is not None and pd.Timestamp(frame["timestamp"].min()) > seen_until:
+        # zero-shot: the model never saw a bar of this data (a pretrained model on a later series), so the data's
+        # own cutoffs (or the caller's) split it for the baselines, the temperature and the test, as for a run
+        # trained on it; nothing of it can have leaked into the model
+        splits = _splits(frame, None if train_end is None else parse_time(train_end, "train_end"),
+                         None if val_end is None else parse_time(val_end, "val_end")) if explicit \
+            else time_splits(frame)
+        if split == "test":
+            return Cutoffs(stage, splits, not explicit, (splits.val_end, None), ("val_end", ""),
+                           pd.Timestamp(frame["timestamp"].max()))
+        return Cutoffs(stage, splits, not explicit, (splits.train_end, splits.val_end), ("train_end", "val_end"),
+                       pd.Timestamp(frame["timestamp"].max()))
     if explicit:  # the caller's cutoffs are never replaced: a split without bars is refused later
         splits = _splits(frame, None if train_end is None else parse_time(train_end, "train_end"),
                          None if val_end is None else parse_time(val_end, "val_end"))

@@ -74,6 +74,10 @@ KIND = "pricegpt.forecaster"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 MODEL_DIR, TOKENIZER_DIR = "model", "tokenizer"
+# pretrained forecasters shipped in the package (scripts/pretrain.sh rebuilds them; MODEL_README, "Pretrained")
+PRETRAINED_ROOT = Path(__file__).resolve().parents[1] / "pretrained"
+BUILTIN_MODELS = ("pricegpt-small",)
+DEFAULT_MODEL = "pricegpt-small"
 
 
 @dataclass
@@ -177,9 +181,12 @@ class Forecaster:
         check_paths_memory(len(contexts), num_samples, horizon)
         n_new = math.ceil(horizon / self.patch_len)
         ctx_times, tgt_times = self._times(contexts, symbols, context_times, target_times, n_new * self.patch_len)
-        tokens = self._context_tokens(contexts, symbols, horizon, ctx_times)
-        states = [self.tokenizer.origin_state(np.asarray(c, dtype=np.float64), s, times=t)
-                  for c, s, t in zip(contexts, symbols, ctx_times)]
+        # each origin's seasonal profile: the symbol's own, or for a symbol the tokenizer never saw, one fit on
+        # its context alone (a pretrained model on a new intraday series)
+        profiles = [self.tokenizer.profile_for(s, c, t) for c, s, t in zip(contexts, symbols, ctx_times)]
+        tokens = self._context_tokens(contexts, symbols, horizon, ctx_times, profiles)
+        states = [self.tokenizer.origin_state(np.asarray(c, dtype=np.float64), s, times=t, profile=p)
+                  for c, s, t, p in zip(contexts, symbols, ctx_times, profiles)]
         out = np.empty((len(contexts), num_samples, horizon))
         with progress_bar(len(contexts), progress, label) as bar:
             for jobs in self._engine_calls(tokens, symbols, keys, num_samples, seed):
@@ -197,7 +204,7 @@ class Forecaster:
                     # within-code draws come from the job's own seed, so batching never changes them
                     out[i, samples] = self.tokenizer.decode_paths(
                         paths, symbols[i], states[i], rng=np.random.default_rng(job_seed),
-                        times=tgt_times[i])[:, :horizon]
+                        times=tgt_times[i], profile=profiles[i])[:, :horizon]
                 bar.update(sum(samples.stop == num_samples for _, _, samples in jobs))
         return out
 
@@ -250,12 +257,14 @@ class Forecaster:
         tod, dow = calendar_ids(ends)
         return np.stack([tod, dow], axis=-1)
 
-    def _context_tokens(self, contexts, symbols, horizon: int, context_times=None) -> list[np.ndarray]:
+    def _context_tokens(self, contexts, symbols, horizon: int, context_times=None, profiles=None
+                        ) -> list[np.ndarray]:
         """Each context's last whole patches, ending at the origin, as token ids (module docstring, steps 1-2)."""
         P, max_patches = self.patch_len, self.context_patches(horizon)
         tokens = []
         context_times = [None] * len(contexts) if context_times is None else context_times
-        for context, symbol, times in zip(contexts, symbols, context_times):
+        profiles = [None] * len(contexts) if profiles is None else profiles
+        for context, symbol, times, profile in zip(contexts, symbols, context_times, profiles):
             x = np.asarray(context, dtype=np.float64)
             x = x[:, None] if x.ndim == 1 else x
             k = min(max_patches, len(x) // P)
@@ -263,7 +272,8 @@ class Forecaster:
                 raise DataError(f"{symbol}: a forecast needs at least {P} bars of history before the origin "
                                 f"(one patch), got {len(x)}")
             # each patch scaled by the (causal) scale at its first bar, from the whole history before it
-            tokens.append(np.asarray(self.tokenizer.encode_history(x, symbol, n_patches=k, times=times)))
+            tokens.append(np.asarray(self.tokenizer.encode_history(x, symbol, n_patches=k, times=times,
+                                                                   profile=profile)))
         return tokens
 
     def _engine_calls(self, tokens, symbols, keys, num_samples: int, seed: int):
@@ -366,8 +376,9 @@ class Forecaster:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str = "cpu") -> Forecaster:
-        """Load a folder written by `save_pretrained`; a missing or damaged file is a PriceGPTError naming it."""
-        directory = Path(directory)
+        """Load a folder written by `save_pretrained`, or a built-in pretrained model by name (BUILTIN_MODELS:
+        "pricegpt-small", shipped inside the package); a missing or damaged file is a PriceGPTError naming it."""
+        directory = resolve_model(directory)
         if not directory.is_dir():
             raise CheckpointError(f"forecaster folder {directory} not found; write one with "
                                   "Forecaster.save_pretrained(DIR)")
@@ -386,6 +397,15 @@ class Forecaster:
                 if config.get(key) is not None}
         calibration = {**config.get("calibration", {}), "temperature": config["temperature"]}
         return cls(Run(dir=directory, model=model, tokenizer=tokenizer, meta=meta, calibration=calibration))
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """The folder of a forecaster given as a path, or as the name of a built-in pretrained model (a path that
+    exists wins over a name)."""
+    path = Path(name_or_path)
+    if not path.exists() and str(name_or_path) in BUILTIN_MODELS:
+        return PRETRAINED_ROOT / str(name_or_path)
+    return path
 
 
 def _read_config(path: Path) -> dict:

@@ -304,20 +304,31 @@ class Tokenizer:
         return self.scales(self._deseasonalised(returns, times, symbol), symbol) * \
             self.seasonal_factors(times, symbol)
 
-    def origin_state(self, history, symbol: str | None = None, times=None) -> float:
+    def origin_state(self, history, symbol: str | None = None, times=None, profile=None) -> float:
         """The volatility state s at the bar after `history` (the symbol's log returns (n,) or features
         (n, n_features) from its first return up to a forecast origin): the `s0` of `decode_paths`. Under static
         scaling, the symbol's scale. (Before the floor: the scale used is max(s0, floor).) `times`: the bars'
         end times, needed when the symbol has a seasonal profile (`needs_times`)."""
         if self.config.scaling == "static":
             return float(self.scale(symbol)[0])
-        history = self._deseasonalised(np.asarray(history, dtype=np.float64), times, symbol)
+        history = self._deseasonalised(np.asarray(history, dtype=np.float64), times, symbol, profile)
         return float(np.sqrt(self._recursion(symbol).variances(_close(history))[-1]))
 
     # -- seasonal scaling (seasonal.py)
     def needs_times(self, symbol: str | None) -> bool:
         """Whether `symbol`'s bars are deseasonalised, so encoding and decoding need their times."""
         return symbol in self.seasonal
+
+    def profile_for(self, symbol: str | None, history, times) -> SeasonalProfile | None:
+        """The seasonal profile a forecast from `history` (log returns (n,) or features (n, F), bar end times
+        `times`) uses: the symbol's own from fit; for a symbol unseen in fit (a pretrained model forecasting a new
+        series), one fit on this history alone (every bar before the origin, none after), if it is intraday and
+        long enough; else None (no seasonal factor)."""
+        if symbol in self.seasonal:
+            return self.seasonal[symbol]
+        if not self.config.seasonal or times is None:
+            return None
+        return fit_profile(np.asarray(times), _close(np.asarray(history, dtype=np.float64)))
 
     def seasonal_factors(self, times, symbol: str | None) -> np.ndarray:
         """(n,) what the close returns of bars ending at `times` are divided by before scaling (1 without a
@@ -326,9 +337,11 @@ class Tokenizer:
         n = len(np.asarray(times)) if times is not None else 0
         return np.ones(n) if profile is None else profile.factors(times)
 
-    def _deseasonalised(self, values: np.ndarray, times, symbol: str | None) -> np.ndarray:
-        """`values` (n,) or (n, n_features) with the price features divided by the bars' seasonal factors."""
-        if symbol not in self.seasonal:
+    def _deseasonalised(self, values: np.ndarray, times, symbol: str | None, profile=None) -> np.ndarray:
+        """`values` (n,) or (n, n_features) with the price features divided by the bars' seasonal factors (of
+        `profile` when given, else of the symbol's fitted profile)."""
+        profile = self.seasonal.get(symbol) if profile is None and symbol is not None else profile
+        if profile is None:
             return values
         if times is None:
             raise TokenizerError(f"symbol {show(symbol)} is seasonally scaled: pass the bar times (times=) of its "
@@ -336,7 +349,7 @@ class Tokenizer:
         values = np.asarray(values, dtype=np.float64)
         if len(np.asarray(times)) != len(values):
             raise TokenizerError(f"{len(np.asarray(times))} bar times for {len(values)} bars of {show(symbol)}")
-        f = self.seasonal[symbol].factors(times)
+        f = profile.factors(times)
         if values.ndim == 1:
             return values / f
         out = values / f[:, None]
@@ -426,14 +439,14 @@ class Tokenizer:
         return ids
 
     def encode_history(self, values, symbol: str | None = None, n_patches: int | None = None,
-                       times=None) -> np.ndarray:
+                       times=None, profile=None) -> np.ndarray:
         """The tokens of the last `n_patches` (default: all) complete patches of a history, aligned to its end:
         `values` (n,) log returns or (n, n_features) features of `symbol` from its first return up to a forecast
         origin (`times`: their end times, needed when `needs_times(symbol)`). Each patch is scaled by the scale at
         its first bar, computed from the whole history before it."""
         x = np.asarray(values, dtype=np.float64)
         x = x[:, None] if x.ndim == 1 else x
-        x = self._deseasonalised(x, times, symbol)
+        x = self._deseasonalised(x, times, symbol, profile)
         k = len(x) // self.patch_len if n_patches is None else min(int(n_patches), len(x) // self.patch_len)
         start = len(x) - k * self.patch_len
         scales = self.bar_scales(x, symbol)[start::self.patch_len][:k]
@@ -462,7 +475,7 @@ class Tokenizer:
         return returns.reshape(*ids.shape[:-1], -1) if ids.ndim else returns
 
     def decode_paths(self, codes, symbol: str | None = None, s0: float | None = None, *, decode: str | None = None,
-                     rng=None, times=None) -> np.ndarray:
+                     rng=None, times=None, profile=None) -> np.ndarray:
         """Sampled token paths (n_paths, n_tokens) -> log returns (n_paths, n_tokens * patch_len).
 
         Each token's shock patch (`decode`: "centroid" or "within", default the config's `decode`; within draws
@@ -477,12 +490,13 @@ class Tokenizer:
         shocks = self._shocks(ids, self.config.decode if decode is None else decode, rng)
         n_paths, n_tokens = ids.shape
         factors = None
-        if symbol in self.seasonal:
+        profile = self.seasonal.get(symbol) if profile is None and symbol is not None else profile
+        if profile is not None:
             n_bars = n_tokens * self.patch_len
             if times is None or len(np.asarray(times)) < n_bars:
                 raise TokenizerError(f"symbol {show(symbol)} is seasonally scaled: pass the end times of the "
                                      f"{n_bars} decoded bars (times=)")
-            factors = self.seasonal[symbol].factors(np.asarray(times)[:n_bars])
+            factors = profile.factors(np.asarray(times)[:n_bars])
         if self.config.scaling == "static":
             out = (shocks * self.scale(symbol)[0]).reshape(n_paths, -1)
             return out if factors is None else out * factors

@@ -1,0 +1,104 @@
+"""Pretraining on the price corpus: one tokenizer and one model for every series of `pricegpt data corpus build`,
+pooled, so that a new series can be forecast with no training (`Forecaster.from_pretrained("pricegpt-small")`).
+
+    pretrain(corpus="data/corpus", out="runs/pretrain", preset="small")   # pricegpt pretrain --corpus ... --out ...
+
+Stages, each skipped when its output is complete (rerunning the same call finishes an interrupted one):
+1. the corpus's dated series (undated ones have no calendar and no real time order against the others: left out),
+   split by time for every series alike: train up to `train_end` (default 2011-12-31), validation up to
+   `val_end` (default: the corpus cutoff, 2015-12-31). There is no test split: the test data of a pretrained model
+   is everything after its cutoff, in files it never saw.
+2. the tokenizer fit on the train split of all series pooled (the preset's options: EWMA-standardised shocks, so a
+   token means the same move relative to the running volatility for every asset; unseen symbols start their
+   running scale from the median scale, see tokenizer/scaling.py);
+3. the token store and the model trained on all symbols pooled, checkpoint chosen by validation loss;
+4. the sampling temperature calibrated on the validation split (`calibrate_max_origins` origins per symbol);
+5. the forecaster folder `OUT/forecaster` (Forecaster.save_pretrained, weights in bf16 when `bf16`), with
+   `pretrain.json`: the corpus manifest's digest and sources, the cutoffs and the data cutoff every later
+   evaluation must stay after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .config import preset_tokenizer_options
+from .data import iso, parse_time
+from .data.corpus import load_corpus, read_manifest
+from .data.frame import Splits
+from .errors import ConfigError, DataError
+from .fileio import write_json
+from .forecast import Forecaster, calibrate_temperature
+from .runs import load_run
+from .tokenizer import fit_to_dir, load_tokenizer, write_token_store
+from .train import train_run
+
+log = logging.getLogger("pricegpt")
+
+DEFAULT_TRAIN_END = "2011-12-31"
+PRETRAIN_FILE = "pretrain.json"
+CALIBRATION_HORIZON = 4
+
+
+def pretrain(corpus, out, preset: str = "small", *, train_end=None, val_end=None, max_steps: int | None = None,
+             overrides: list[str] | None = None, seed: int = 0, calibrate_max_origins: int = 4,
+             num_samples: int = 128, sources=None) -> dict:
+    """Run (or finish) the stages of the module docstring; returns the pretrain.json content."""
+    out = Path(out)
+    manifest = read_manifest(corpus)
+    cutoff = manifest.get("cutoff")
+    t_end = parse_time(train_end or DEFAULT_TRAIN_END, "--train-end")
+    v_end = parse_time(val_end or cutoff, "--val-end")
+    if not t_end < v_end:
+        raise ConfigError(f"--train-end {iso(t_end)} must be before --val-end {iso(v_end)} (the corpus cutoff "
+                          f"is {cutoff})")
+    tokenizer_options = preset_tokenizer_options(preset)  # an unknown preset fails before any work
+    frame = load_corpus(corpus, sources=sources)
+    if frame.empty:
+        raise DataError(f"the corpus {corpus} holds no dated series; build it with `pricegpt data corpus build`")
+    frame = frame[frame["timestamp"] <= v_end]
+    splits = Splits(t_end, v_end)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, done: bool, work) -> None:
+        if done:
+            log.info(f"[{name}] already complete, skipped")
+            return
+        log.info(f"[{name}] ...")
+        start = time.perf_counter()
+        work()
+        timings[name] = round(time.perf_counter() - start, 2)
+        log.info(f"[{name}] done in {timings[name]:.1f}s")
+
+    stage("tokenizer", (out / "tokenizer" / "report.json").is_file(),
+          lambda: fit_to_dir(frame, out / "tokenizer", kind="vqvae", train_end=t_end, val_end=v_end, seed=seed,
+                             overwrite=(out / "tokenizer").exists(), **tokenizer_options))
+    stage("tokenize", (out / "tokens" / "index.json").is_file(),
+          lambda: write_token_store(load_tokenizer(out / "tokenizer"), frame, out / "tokens", splits,
+                                    overwrite=(out / "tokens").exists()))
+    meta = out / "model" / "meta.json"
+    finished = meta.is_file() and json.loads(meta.read_text()).get("finished", True)
+    stage("train", finished,
+          lambda: train_run(tokens=out / "tokens", out=out, preset=preset, max_steps=max_steps,
+                            overrides=list(overrides or []), allow_existing=True,
+                            resume=(out / "checkpoints").exists()))
+    stage("calibrate", (out / "calibration.json").is_file(),
+          lambda: calibrate_temperature(load_run(out), frame, splits, horizon=CALIBRATION_HORIZON,
+                                        num_samples=num_samples, max_origins=calibrate_max_origins, seed=seed))
+    record = {"kind": "pricegpt.pretrain", "corpus": str(corpus), "corpus_cutoff": cutoff,
+              "manifest_sha256": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(),
+              "sources": sorted({e.get("package", "?") for e in manifest.get("files", [])}),
+              "train_end": iso(t_end), "val_end": iso(v_end), "data_cutoff": iso(v_end), "preset": preset,
+              "n_symbols": int(frame["symbol"].nunique()), "n_bars": int(len(frame)),
+              "first": iso(pd.Timestamp(frame["timestamp"].min())), "last": iso(pd.Timestamp(frame["timestamp"].max())),
+              "timings": timings}
+    stage("forecaster", (out / "forecaster" / "config.json").is_file(),
+          lambda: Forecaster.from_run(out).save_pretrained(out / "forecaster", overwrite=True))
+    write_json(out / PRETRAIN_FILE, record)
+    return record
