@@ -135,7 +135,7 @@ def _main(capsys, *args) -> subprocess.CompletedProcess:
     (["--set", "train.max_steps=many"], ["train.max_steps", "whole number", "many"]),
     (["--set", "train.optimizer=sgd"], ["train.optimizer", "adamw, muon"]),
     (["--set", "optim.lr=1"], ["unknown config section", "optim", "train"]),
-    (["--preset", "huge"], ["unknown preset 'huge'", "tiny, seed, large"]),
+    (["--preset", "huge"], ["unknown preset 'huge'", "tiny, small, seed, large"]),
 ])
 def test_bad_configs_are_clear_user_errors(markov_file, tmp_path, capsys, flags, fragments):
     result = _main(capsys, "train", "--tokens", markov_file, "--out", tmp_path / "run", *flags)

@@ -6,6 +6,11 @@ exists AND the fingerprint of its inputs matches the one recorded in RUN/stages.
 or interrupted stage is redone, and a stage whose inputs changed (a resumed model) is redone with everything
 after it. `RUN/run.json` records the settings; rerunning into the same RUN with other settings is an error unless
 `force`, which only ever replaces a folder pricegpt wrote.
+
+Fine-tuning (`init`: a forecaster folder, a built-in pretrained model's name or a run directory): the tokenizer
+stage copies the init's tokenizer into RUN/tokenizer (its report.json measured on this data) instead of fitting
+one, and training starts from the init's weights (train_run's `init`); the other stages are the same. The init is
+part of the record, so another init is another run.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import pandas as pd
 
 from .backtest import MIN_DECISIONS, BacktestConfig, run_backtest
 from .config import check_choice, preset_tokenizer_options, resolve_config
-from .data import load_prices, time_splits
+from .data import iso, load_prices, time_splits
 from .data.windows import (
     decision_origins,
     require_origins,
@@ -36,12 +41,13 @@ from .data.windows import (
 from .errors import ConfigError, OutputExistsError
 from .evaluate import evaluate_run
 from .evaluate.report import refresh_report
-from .fileio import OUTPUT_MARKER, make_dirs, mark_output, remove_output, write_json
+from .fileio import OUTPUT_MARKER, atomic_dir, make_dirs, mark_output, remove_output, write_json
 from .forecast import calibrate_temperature
 from .rundir import RunDir
 from .runs import load_run
-from .tokenizer import fit_to_dir, load_tokenizer, write_token_store
+from .tokenizer import fit_to_dir, load_tokenizer, tokenizer_report, write_token_store
 from .train import dist, latest_checkpoint, train_run
+from .train.checkpoint import InitModel, load_init
 from .train.device import pick_device
 
 log = logging.getLogger("pricegpt")
@@ -80,6 +86,7 @@ class PipelineSettings:
     ablation: bool = False               # also train with the quantile tokenizer and compare in the report
     force: bool = False                  # replace `out` if it was made with other settings
     date_format: str | None = None       # strptime format of the data's timestamps (default: inferred)
+    init: str | None = None              # fine-tune this model (forecaster folder, built-in name or run directory)
 
 
 @dataclass
@@ -124,6 +131,12 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
               "set": list(settings.overrides), "seed": settings.seed, "ablation": bool(settings.ablation)}
     if settings.date_format is not None:  # only when given, so that runs made before the flag existed still match
         record["date_format"] = settings.date_format
+    init = _check_init(settings, splits) if settings.init is not None else None
+    if init is not None:  # the tokenizer is the init's, whatever the preset's options
+        c = init.tokenizer.config
+        record.update(init=init.record(), tokenizer_kind=init.tokenizer.kind,
+                      tokenizer={"patch_len": c.patch_len, "codebook_size": init.tokenizer.vocab_size,
+                                 "scaling": c.scaling})
     info = dist.dist_env()
     owns_process_group = info.enabled and not dist.is_initialized()
     if owns_process_group:  # under torchrun: one group for training, the sharded forecasts and the stage barriers
@@ -134,7 +147,7 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
         if info.is_main:
             _prepare_run_dir(out, record, force=settings.force)
         dist.barrier(info)
-        timings = _run_stages(settings, data, out, frame, splits, record, info)
+        timings = _run_stages(settings, data, out, frame, splits, record, info, init)
     except BaseException:
         # a run directory this call created and no stage completed in holds at most run.json: remove it, so that
         # the user's next attempt (with other settings) does not trip over it
@@ -164,6 +177,41 @@ def _check_splits_hold_the_horizon(frame, splits, settings: PipelineSettings) ->
         require_origins(select_origins(series, split, horizon), series, cutoffs, horizon)
     cutoffs = resolve_cutoffs(frame, "backtest", train_end=splits.train_end, val_end=splits.val_end)
     require_origins(decision_origins(series, horizon), series, cutoffs, horizon, minimum=MIN_DECISIONS)
+
+
+# the settings that shape the tokenizer a pipeline fits; with an init its tokenizer is used as it is
+_TOKENIZER_FLAGS = (("patch_len", "--patch-len"), ("codebook_size", "--codebook-size"), ("scaling", "--scaling"),
+                    ("halflife", "--halflife"), ("decode", "--decode"), ("seasonal", "--seasonal"))
+
+
+def _check_init(settings: PipelineSettings, splits) -> InitModel:
+    """The init model, loaded (a missing or damaged folder fails here, before the run directory exists), and the
+    settings that cannot go with it refused."""
+    given = [flag for name, flag in _TOKENIZER_FLAGS if getattr(settings, name) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} shape a tokenizer fitted on this data; with --init the tokenizer is "
+                          "the pretrained model's own: drop them")
+    if settings.ablation:
+        raise ConfigError("--ablation compares tokenizers fitted on this data; with --init the tokenizer is the "
+                          "pretrained model's own: drop one of the two")
+    init = load_init(settings.init)
+    fitted_to = init.tokenizer.train_end
+    if fitted_to is not None and splits.train_end < fitted_to:
+        raise ConfigError(f"the tokenizer of --init {init.path} was fitted on data up to {iso(fitted_to)}, after "
+                          f"this run's train_end {iso(splits.train_end)} (its tokens would count those bars as "
+                          f"unseen); pass --train-end {iso(fitted_to)} or later")
+    return init
+
+
+def _copy_init_tokenizer(init: InitModel, target: Path, frame, splits) -> None:
+    """RUN/tokenizer of a fine-tune: the init's tokenizer as it is (the same hash, so its codes mean what the
+    model learned) with a report.json measured on this data."""
+    report, _ = tokenizer_report(init.tokenizer, frame, splits)
+    with atomic_dir(target, overwrite=target.exists()) as tmp:
+        init.tokenizer.save_pretrained(tmp)
+        write_json(tmp / "report.json", {**report, "init": init.record()})
+    log.info(f"tokenizer of {init.path} copied to {target} ({report['codes_used']}/{report['codebook_size']} "
+             "codes used on this data's train split)")
 
 
 # ------------------------------------------------------------------------------------------------------ stages
@@ -214,7 +262,7 @@ def _read_json_dict(path: Path) -> dict:
 
 
 def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, record: dict,
-                info: dist.DistInfo) -> dict[str, float]:
+                info: dist.DistInfo, init: InitModel | None) -> dict[str, float]:
     timings: dict[str, float] = {}
     recorded = _read_json_dict(out.stages)
 
@@ -244,10 +292,15 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
 
     def model_stages(run: RunDir, kind: str, prefix: str = "") -> None:
         tokenizer_options = record["tokenizer"]
-        stage(f"{prefix}tokenizer", run, lambda: (run.tokenizer / "report.json").is_file(),
-              lambda: fit_to_dir(frame, run.tokenizer, kind=kind, train_end=splits.train_end,
-                                 val_end=splits.val_end, seed=settings.seed, overwrite=run.tokenizer.exists(),
-                                 **tokenizer_options))
+
+        def tokenizer() -> None:
+            if init is not None:  # a fine-tune reads tokens of the pretrained tokenizer
+                _copy_init_tokenizer(init, run.tokenizer, frame, splits)
+                return
+            fit_to_dir(frame, run.tokenizer, kind=kind, train_end=splits.train_end, val_end=splits.val_end,
+                       seed=settings.seed, overwrite=run.tokenizer.exists(), **tokenizer_options)
+
+        stage(f"{prefix}tokenizer", run, lambda: (run.tokenizer / "report.json").is_file(), tokenizer)
         stage(f"{prefix}tokenize", run, lambda: (run.tokens / "index.json").is_file(),
               lambda: write_token_store(load_tokenizer(run.tokenizer), frame, run.tokens, splits,
                                         overwrite=run.tokens.exists()))
@@ -255,7 +308,7 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
               lambda: train_run(tokens=run.tokens, out=run.root, preset=settings.preset,
                                 config_file=settings.config, overrides=list(settings.overrides),
                                 max_steps=settings.max_steps, resume=latest_checkpoint(run.root) is not None,
-                                allow_existing=True))
+                                allow_existing=True, init=None if init is None else init.path))
 
     model_stages(out, settings.tokenizer_kind)
     horizon = record["horizon"]

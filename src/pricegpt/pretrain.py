@@ -4,10 +4,11 @@ pooled, so that a new series can be forecast with no training (`Forecaster.from_
     pretrain(corpus="data/corpus", out="runs/pretrain", preset="small")   # pricegpt pretrain --corpus ... --out ...
 
 Stages, each skipped when its output is complete (rerunning the same call finishes an interrupted one):
-1. the corpus's dated series (undated ones have no calendar and no real time order against the others: left out),
-   split by time for every series alike: train up to `train_end` (default 2011-12-31), validation up to
-   `val_end` (default: the corpus cutoff, 2015-12-31). There is no test split: the test data of a pretrained model
-   is everything after its cutoff, in files it never saw.
+1. the corpus's series split by time for every series alike: train up to `train_end` (default 2011-12-31),
+   validation up to `val_end` (default: the corpus cutoff, 2015-12-31). There is no test split: the test data of a
+   pretrained model is everything after its cutoff, in files it never saw. The undated sets (price relatives whose
+   documented periods all end before 2011) carry placeholder business days from 1970, so all of their bars are
+   train bars: they add return sequences, never a calendar (the model has no calendar input by default).
 2. the tokenizer fit on the train split of all series pooled (the preset's options: EWMA-standardised shocks, so a
    token means the same move relative to the running volatility for every asset; unseen symbols start their
    running scale from the median scale, see tokenizer/scaling.py);
@@ -46,9 +47,9 @@ PRETRAIN_FILE = "pretrain.json"
 CALIBRATION_HORIZON = 4
 
 
-def pretrain(corpus, out, preset: str = "small", *, train_end=None, val_end=None, max_steps: int | None = None,
+def pretrain(corpus, out, preset: str = "tiny", *, train_end=None, val_end=None, max_steps: int | None = None,
              overrides: list[str] | None = None, seed: int = 0, calibrate_max_origins: int = 4,
-             num_samples: int = 128, sources=None) -> dict:
+             num_samples: int = 128, sources=None, include_undated: bool = True) -> dict:
     """Run (or finish) the stages of the module docstring; returns the pretrain.json content."""
     out = Path(out)
     manifest = read_manifest(corpus)
@@ -59,7 +60,7 @@ def pretrain(corpus, out, preset: str = "small", *, train_end=None, val_end=None
         raise ConfigError(f"--train-end {iso(t_end)} must be before --val-end {iso(v_end)} (the corpus cutoff "
                           f"is {cutoff})")
     tokenizer_options = preset_tokenizer_options(preset)  # an unknown preset fails before any work
-    frame = load_corpus(corpus, sources=sources)
+    frame = load_corpus(corpus, sources=sources, include_undated=include_undated)
     if frame.empty:
         raise DataError(f"the corpus {corpus} holds no dated series; build it with `pricegpt data corpus build`")
     frame = frame[frame["timestamp"] <= v_end]
@@ -96,9 +97,14 @@ def pretrain(corpus, out, preset: str = "small", *, train_end=None, val_end=None
               "sources": sorted({e.get("package", "?") for e in manifest.get("files", [])}),
               "train_end": iso(t_end), "val_end": iso(v_end), "data_cutoff": iso(v_end), "preset": preset,
               "n_symbols": int(frame["symbol"].nunique()), "n_bars": int(len(frame)),
+              "undated_symbols": len(frame.attrs.get("undated_symbols", [])),
               "first": iso(pd.Timestamp(frame["timestamp"].min())), "last": iso(pd.Timestamp(frame["timestamp"].max())),
               "timings": timings}
-    stage("forecaster", (out / "forecaster" / "config.json").is_file(),
-          lambda: Forecaster.from_run(out).save_pretrained(out / "forecaster", overwrite=True))
+    def save_forecaster() -> None:
+        forecaster = Forecaster.from_run(out)
+        forecaster.run.meta["horizon"] = CALIBRATION_HORIZON  # the default horizon of zero-shot evaluations
+        forecaster.save_pretrained(out / "forecaster", overwrite=True)
+
+    stage("forecaster", (out / "forecaster" / "config.json").is_file(), save_forecaster)
     write_json(out / PRETRAIN_FILE, record)
     return record

@@ -30,6 +30,7 @@ class Run:
     tokenizer: object | None
     meta: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    pretrained: bool = False  # loaded from a forecaster folder (not a run directory: nothing is written into it)
 
     def save_calibration(self, calibration: dict) -> None:
         write_json(self.dir / "calibration.json", calibration)

@@ -93,7 +93,7 @@ def cmd_train(args) -> int:
     from ..train import train_run
 
     result = train_run(tokens=args.tokens, out=args.out, preset=args.preset, config_file=args.config,
-                       overrides=args.set or [], max_steps=args.max_steps, resume=args.resume)
+                       overrides=args.set or [], max_steps=args.max_steps, resume=args.resume, init=args.init)
     if result is not None:
         print(f"best model (val loss {result['best_val_loss']:.4f} at step {result['best_step']}) in "
               f"{Path(args.out) / 'model'}")
@@ -143,6 +143,12 @@ def cmd_evaluate(args) -> int:
     from ..rundir import RunDir
     from .text import headline_table
 
+    if args.model is not None:
+        return _evaluate_model(args)
+    for flag, value in (("--train-end", args.train_end), ("--val-end", args.val_end),
+                        ("--no-calibrate", args.no_calibrate or None)):
+        if value is not None:
+            raise ConfigError(f"{flag} goes with --model (a run is evaluated with its own cutoffs and temperature)")
     metrics = evaluate_run(args.run, data=_data_arg(args), split=args.split, allow_overlap=args.allow_overlap,
                            num_samples=args.num_samples, horizon=args.horizon, horizons=args.horizons,
                            max_origins=args.max_origins, seed=args.seed, out=args.out)
@@ -154,6 +160,29 @@ def cmd_evaluate(args) -> int:
         refresh_report(args.run)
     print(headline_table(metrics))
     print(f"report: {Path(args.out) / 'report.html' if args.out else RunDir(args.run).report_html}")
+    return 0
+
+
+def _evaluate_model(args) -> int:
+    from ..data import load_prices
+    from ..evaluate import evaluate_model
+    from .text import headline_table
+
+    if args.data is None or args.out is None:
+        raise ConfigError("evaluate --model needs --data PATH (the series to forecast) and --out DIR")
+    if args.split != "test":
+        raise ConfigError("evaluate --model scores the test split only (the validation split chooses the "
+                          "temperature)")
+    data = load_prices(args.data, date_format=args.date_format)
+    metrics = evaluate_model(args.model, data, args.out, train_end=args.train_end, val_end=args.val_end,
+                             calibrate=not args.no_calibrate, allow_overlap=args.allow_overlap,
+                             num_samples=args.num_samples, horizon=args.horizon, horizons=args.horizons,
+                             max_origins=args.max_origins, seed=args.seed)
+    zero = metrics["zero_shot"]
+    print(f"zero-shot: {zero['model']} (data cutoff {str(zero['data_cutoff'])[:10]}), temperature "
+          f"{zero['temperature']:g} from {zero['temperature_from']}")
+    print(headline_table(metrics))
+    print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
 
@@ -176,7 +205,15 @@ def cmd_forecast(args) -> int:
     from ..forecast import forecast_symbol
     from .text import format_forecast
 
-    result = forecast_symbol(args.run, args.data, args.symbol, args.horizon, args.num_samples, args.seed,
+    if args.run is not None:
+        source = args.run
+    else:
+        from ..forecast import Forecaster, check_sampling
+        from ..forecast.forecaster import DEFAULT_MODEL
+
+        check_sampling(args.horizon, args.num_samples, args.seed)  # before the model is loaded
+        source = Forecaster.from_pretrained(args.model or DEFAULT_MODEL)
+    result = forecast_symbol(source, args.data, args.symbol, args.horizon, args.num_samples, args.seed,
                              chart_path=args.out, date_format=args.date_format)
     print(format_forecast(result))
     return 0
@@ -224,7 +261,7 @@ def cmd_pipeline(args) -> int:
         patch_len=args.patch_len, codebook_size=args.codebook_size, scaling=args.scaling,
         halflife=args.halflife, decode=args.decode, seasonal=_on_off(args.seasonal), horizon=args.horizon,
         num_samples=args.num_samples, cost_bps=args.cost_bps, seed=args.seed, ablation=args.ablation,
-        force=args.force, date_format=args.date_format)
+        force=args.force, date_format=args.date_format, init=args.init)
     result = run_pipeline(args.data, args.out, settings)
     if result is None:  # a process of a torchrun launch other than rank 0
         return 0

@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive_int)
     p.add_argument("--resume", action="store_true",
                    help="continue from the run's latest checkpoint (RUN/checkpoints/LATEST); none: restart at step 0")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune this model: a forecaster folder, a built-in name (pricegpt-small) or a run "
+                        "directory; --tokens must come from its tokenizer")
     p.set_defaults(func=commands.cmd_train)
 
     p = sub.add_parser("generate", help="sample token continuations from a trained run")
@@ -249,8 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_generate)
 
     p = sub.add_parser("evaluate", help="token and forecast metrics vs baselines; writes RUN/eval/")
-    p.add_argument("--run", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a trained run directory")
+    which.add_argument("--model", help="a pretrained forecaster (pricegpt-small or a folder), zero-shot: needs "
+                                       "--data and --out")
     p.add_argument("--data", help="price data (default: the data the run was built from)")
+    p.add_argument("--train-end", help="with --model: last train bar of the data (baselines fit on it)")
+    p.add_argument("--val-end", help="with --model: last validation bar (the temperature is chosen on it)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="with --model: keep the model's own temperature instead of choosing one on the data's "
+                        "validation split")
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: the run's)")
     p.add_argument("--horizons", type=_horizons,
@@ -275,13 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_calibrate)
 
     p = sub.add_parser("forecast", help="quantiles and risk for the next H bars of one symbol")
-    p.add_argument("--run", required=True)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--run", help="a trained run directory")
+    which.add_argument("--model", help="a pretrained forecaster: a folder or a built-in name (default without "
+                                       "--run: pricegpt-small, shipped with the package)")
     p.add_argument("--data", required=True)
     p.add_argument("--symbol", required=True)
     p.add_argument("--horizon", type=_positive_int, required=True)
     p.add_argument("--num-samples", type=_num_samples, default=512)
     p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--out", help="fan chart PNG (default: RUN/forecast/SYMBOL.png)")
+    p.add_argument("--out", help="fan chart PNG (default: RUN/forecast/SYMBOL.png; with a pretrained model: none)")
     _add_date_format(p)
     p.set_defaults(func=commands.cmd_forecast)
 
@@ -330,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", action="store_true",
                    help="also train the same pipeline with the quantile tokenizer and compare in the report")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune this model (forecaster folder, built-in name or run directory): its tokenizer "
+                        "is used instead of fitting one")
     _add_date_format(p)
     p.set_defaults(func=commands.cmd_pipeline)
 
@@ -351,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pretrain one model on a price corpus (pricegpt data corpus build)")
     p.add_argument("--corpus", required=True, help="corpus directory written by `pricegpt data corpus build`")
     p.add_argument("--out", required=True, help="run directory (tokenizer, tokens, model, forecaster/)")
-    p.add_argument("--preset", default="small")
+    p.add_argument("--preset", default="tiny", help="model shape (default tiny: it reached the lowest validation "
+                                                    "loss per second here; MODEL_README, 'Pretrained')")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--max-steps", type=_positive_int)
     p.add_argument("--train-end", help="last train date (default 2011-12-31)")

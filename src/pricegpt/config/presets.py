@@ -43,8 +43,8 @@ PRESETS: dict[str, Preset] = {
         tokenizer={"patch_len": 1, **RUNNING_SCALE}),
     "small": Preset(
         model=GPTConfig(sequence_len=128, n_layer=4, n_head=4, n_kv_head=2, n_embd=192), dropout=0.1,
-        train=TrainConfig(lr=1e-3, warmup_steps=100, max_steps=3000, batch_size=32, weight_decay=0.1,
-                          eval_every=100, eval_batches=16, save_every=250, early_stopping_patience=6),
+        train=TrainConfig(lr=3e-4, warmup_steps=100, max_steps=3000, batch_size=32, weight_decay=0.2,
+                          eval_every=50, eval_batches=16, save_every=250, early_stopping_patience=6),
         tokenizer={"patch_len": 1, **RUNNING_SCALE}),
     "seed": Preset(
         model=GPTConfig(), dropout=0.1,

@@ -4,7 +4,7 @@ baselines (baselines.py) on the same origins, kept per origin (origins.py: RUN/e
 and the report (report.py)."""
 
 from ..data.windows import Origins, SymbolSeries, select_origins, source_name, symbol_series
-from .run import DEFAULT_NUM_SAMPLES, evaluate_run, origins_frame
+from .run import DEFAULT_NUM_SAMPLES, evaluate_model, evaluate_run, origins_frame
 
-__all__ = ["DEFAULT_NUM_SAMPLES", "Origins", "SymbolSeries", "evaluate_run", "origins_frame", "select_origins",
-           "source_name", "symbol_series"]
+__all__ = ["DEFAULT_NUM_SAMPLES", "Origins", "SymbolSeries", "evaluate_model", "evaluate_run", "origins_frame",
+           "select_origins", "source_name", "symbol_series"]

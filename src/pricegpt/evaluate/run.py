@@ -116,7 +116,8 @@ class _Setup:
 # ---------------------------------------------------------------------------------------------------- public
 def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = False, num_samples: int | None = None,
                  horizon: int | None = None, max_origins: int | None = None, seed: int = 0, out=None,
-                 ablation_runs: dict | None = None, horizons=None) -> dict | None:
+                 ablation_runs: dict | None = None, horizons=None, train_end=None, val_end=None,
+                 extra: dict | None = None) -> dict | None:
     """Evaluate `run` (a directory, a loaded Run or a Forecaster) and write `out` (default RUN/eval/) as a whole:
     the previous results stay untouched if anything fails. Returns the metrics.json dict (None on the processes of
     a torchrun launch other than rank 0, which writes).
@@ -125,9 +126,11 @@ def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = Fals
     meta["data"]); horizons: bars, a list (default: the run's meta horizon, else one token = patch_len bars, then
     1); horizon: one horizon instead of a list; num_samples: paths per origin (default 256); max_origins: cap per
     symbol; ablation_runs: {name: run_dir} scored on the same origins of the main horizon
-    (forecast.ablations[name] = {crps, coverage_90}).
+    (forecast.ablations[name] = {crps, coverage_90}); train_end / val_end: the data's cutoffs instead of the run's
+    (a pretrained model on a new series; see `evaluate_model`); extra: more top-level keys for metrics.json.
     """
-    setup = _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_origins, seed)
+    setup = _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_origins, seed,
+                   train_end, val_end)
     paths = _sample(setup, ablation_runs)
     if paths is None:
         return None
@@ -154,10 +157,12 @@ def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = Fals
                "n_tokens": token_metrics.pop("n_tokens"), "tokens": token_metrics, "forecast": forecast,
                "horizons": [h.horizon for h in setup.horizons], "forecasts_by_horizon": blocks,
                "own_cutoffs": setup.own_cutoffs, "overlap_allowed": bool(allow_overlap),
-               "overlapping_origins": setup.overlapping}
+               "overlapping_origins": setup.overlapping, **(extra or {})}
     metrics = json_ready(metrics)
 
     table = combine(tables)
+    if out is None and getattr(run, "pretrained", False):
+        raise ConfigError("a pretrained model's folder is not a run directory: give the evaluation an --out DIR")
     out = Path(out) if out is not None else RunDir(run.dir).eval
     with atomic_dir(out, overwrite=True) as tmp:
         write_json(tmp / "metrics.json", metrics)
@@ -166,6 +171,45 @@ def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = Fals
                             realised=main["realised"], origins_table=table)
     log.info(f"evaluate: wrote {out}")
     return metrics
+
+
+def evaluate_model(model, data, out, *, train_end=None, val_end=None, calibrate: bool = True,
+                   allow_overlap: bool = False, num_samples: int | None = None, horizon: int | None = None,
+                   horizons=None, max_origins: int | None = None, seed: int = 0) -> dict:
+    """Zero-shot evaluation of a pretrained forecaster (a folder or a built-in name such as "pricegpt-small") on
+    any price data, written to `out` like `evaluate_run`.
+
+    The data's own cutoffs split it (train_end / val_end, default 70% / 85% of its time span) when the model never
+    saw a bar of it (else the model's, see data.windows.resolve_cutoffs): the baselines fit on its train split,
+    and with `calibrate` the sampling temperature is chosen on its VALIDATION split (the model's weights are not
+    touched and its folder is not written); test origins must lie after both the data's val_end and the model's
+    data cutoff (LeakageError otherwise, unless allow_overlap, which the report flags). metrics.json gains
+    "zero_shot": {model, folder, data_cutoff, temperature, temperature_from}. One process (not under torchrun)."""
+    from ..forecast.calibrate import calibrate_temperature
+    from ..forecast.forecaster import resolve_model
+
+    if out is None:
+        raise ConfigError("a zero-shot evaluation needs an output directory (--out DIR)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("evaluate --model runs in one process; launch it without torchrun")
+    check_sampling(1, DEFAULT_NUM_SAMPLES if num_samples is None else num_samples, seed)
+    forecaster = Forecaster.from_pretrained(model)
+    frame = load_prices(data)
+    main = resolve_horizons(horizon, horizons, forecaster.run.meta.get("horizon") or forecaster.patch_len)[0]
+    temperature_from = "the model's own calibration (its corpus' validation split)"
+    if calibrate:
+        cutoffs = resolve_cutoffs(frame, "calibrate", forecaster.run, train_end=train_end, val_end=val_end)
+        calibrate_temperature(forecaster.run, frame, cutoffs.splits, main,
+                              num_samples=DEFAULT_NUM_SAMPLES if num_samples is None else num_samples,
+                              seed=seed, save=False)
+        temperature_from = "this data's validation split"
+    _, cutoff = run_cutoffs(forecaster.run)
+    extra = {"zero_shot": {"model": str(model), "folder": str(resolve_model(model)),
+                           "data_cutoff": None if cutoff is None else iso(cutoff),
+                           "temperature": forecaster.temperature, "temperature_from": temperature_from}}
+    return evaluate_run(forecaster, data=frame, split="test", allow_overlap=allow_overlap, num_samples=num_samples,
+                        horizon=horizon, horizons=horizons, max_origins=max_origins, seed=seed, out=out,
+                        train_end=train_end, val_end=val_end, extra=extra)
 
 
 def origins_frame(run, data=None, split: str = "test", *, horizons=None, horizon: int | None = None,
@@ -202,7 +246,8 @@ def _forecaster(run) -> Forecaster:
     return Forecaster(load_run(run, need_tokenizer=True) if isinstance(run, (str, os.PathLike)) else run)
 
 
-def _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_origins, seed) -> _Setup:
+def _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_origins, seed, train_end=None,
+           val_end=None) -> _Setup:
     if split not in ("val", "test"):
         raise ConfigError(f"--split must be val or test, got {split!r}")
     num_samples = DEFAULT_NUM_SAMPLES if num_samples is None else num_samples
@@ -219,7 +264,7 @@ def _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_
         raise ConfigError(f"{run.dir} does not record the data it was built from; pass --data PATH")
     # the run's own data is read as the pipeline read it (its --date-format, if one was given)
     frame = load_prices(source, date_format=run.meta.get("date_format") if data is None else None)
-    cutoffs = resolve_cutoffs(frame, split, run)
+    cutoffs = resolve_cutoffs(frame, split, run, train_end=train_end, val_end=val_end)
     series = symbol_series(forecaster.features(frame), cutoffs.splits)
     flag = "--horizons" if horizons is not None else "--horizon"
     main = wanted[0]
@@ -397,4 +442,5 @@ def _ablations(ablation_runs: dict, paths: _Paths, y: np.ndarray) -> dict:
     return out
 
 
-__all__ = ["DEFAULT_NUM_SAMPLES", "FORECASTERS", "evaluate_run", "origins_frame", "resolve_horizons"]
+__all__ = ["DEFAULT_NUM_SAMPLES", "FORECASTERS", "evaluate_model", "evaluate_run", "origins_frame",
+           "resolve_horizons"]

@@ -49,7 +49,7 @@ def crps_samples(samples: np.ndarray, y: np.ndarray, fair: bool = True) -> np.nd
 
 def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 256,
                           grid=TEMPERATURE_GRID, max_origins: int | None = 50, seed: int = 0,
-                          progress: bool | None = None) -> dict | None:
+                          progress: bool | None = None, save: bool = True) -> dict | None:
     """Pick the sampling temperature with the lowest mean CRPS of the H-bar return on the VALIDATION split
     (origins chosen as in evaluation, at most `max_origins` per symbol) and store it in RUN/calibration.json.
     Returns what it stored (None on the processes of a torchrun launch other than rank 0, which writes).
@@ -95,7 +95,10 @@ def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 2
                     "a wider grid may find a better one")
     calibration = {"temperature": float(best), "crps": crps, "split": "val", "n_origins": origins.n,
                    "horizon_bars": horizon, "num_samples": num_samples, "seed": seed, "at_grid_edge": at_edge}
-    run.save_calibration(calibration)
+    if save:
+        run.save_calibration(calibration)
+    else:  # used in memory only (a pretrained model calibrated on a new series: its folder stays as shipped)
+        run.calibration = dict(calibration)
     return calibration
 
 

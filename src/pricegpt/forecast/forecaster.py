@@ -63,6 +63,7 @@ from ..fileio import atomic_dir, json_ready, write_json
 from ..model import GPT, generate
 from ..runs import Run, load_run
 from ..tokenizer import bar_features, load_tokenizer
+from ..train.checkpoint import resolve_init as resolve_model
 from .frames import DF_QUANTILE_LEVELS, check_levels, paths_frame, paths_html, quantile_frame, target_times, utc_index
 from .risk import QUANTILE_LEVELS, quantile_table
 
@@ -74,10 +75,7 @@ KIND = "pricegpt.forecaster"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 MODEL_DIR, TOKENIZER_DIR = "model", "tokenizer"
-# pretrained forecasters shipped in the package (scripts/pretrain.sh rebuilds them; MODEL_README, "Pretrained")
-PRETRAINED_ROOT = Path(__file__).resolve().parents[1] / "pretrained"
-BUILTIN_MODELS = ("pricegpt-small",)
-DEFAULT_MODEL = "pricegpt-small"
+DEFAULT_MODEL = "pricegpt-small"  # the pretrained forecaster of `forecast` without --run
 
 
 @dataclass
@@ -396,16 +394,8 @@ class Forecaster:
         meta = {key: config[key] for key in ("train_end", "val_end", "horizon", "tokenizer_hash")
                 if config.get(key) is not None}
         calibration = {**config.get("calibration", {}), "temperature": config["temperature"]}
-        return cls(Run(dir=directory, model=model, tokenizer=tokenizer, meta=meta, calibration=calibration))
-
-
-def resolve_model(name_or_path: str | os.PathLike) -> Path:
-    """The folder of a forecaster given as a path, or as the name of a built-in pretrained model (a path that
-    exists wins over a name)."""
-    path = Path(name_or_path)
-    if not path.exists() and str(name_or_path) in BUILTIN_MODELS:
-        return PRETRAINED_ROOT / str(name_or_path)
-    return path
+        return cls(Run(dir=directory, model=model, tokenizer=tokenizer, meta=meta, calibration=calibration,
+                       pretrained=True))
 
 
 def _read_config(path: Path) -> dict:

@@ -47,21 +47,30 @@ def forecast_symbol(source, data, symbol: str, horizon: int, num_samples: int = 
     """Quantiles and risk of the next `horizon` bars of `symbol` after the last bar of `data` (anything
     `load_prices` reads, with `date_format` if given), and a fan chart of the price paths.
 
-    source: a run directory (loaded after the checks) or a Forecaster. Checked first, in this order: horizon,
-    num_samples and seed; the chart path (`check_chart_path`); then the forecaster is loaded, the data read and
-    the symbol looked up (DataError naming the symbols the data has)."""
+    source: a run directory (loaded after the checks) or a Forecaster. A pretrained forecaster (from a folder or a
+    built-in name, no run directory) writes a chart only to a given `chart_path`, and never over an existing file.
+    Checked first, in this order: horizon, num_samples and seed; the chart path (`check_chart_path`); then the
+    forecaster is loaded, the data read and the symbol looked up (DataError naming the symbols the data has)."""
     horizon, num_samples, seed = check_sampling(horizon, num_samples, seed)
-    forecast_dir = RunDir(source.run.dir if isinstance(source, Forecaster) else source).forecast
-    out = Path(chart_path) if chart_path is not None else forecast_dir / f"{symbol_file_name(symbol)}.png"
-    check_chart_path(out, forecast_dir, flag="--out" if chart_path is not None else "the default chart path")
+    pretrained = isinstance(source, Forecaster) and source.run.pretrained
+    out = None
+    if pretrained:
+        if chart_path is not None:
+            out = Path(chart_path)
+            check_chart_path(out, None, flag="--out")
+    else:
+        forecast_dir = RunDir(source.run.dir if isinstance(source, Forecaster) else source).forecast
+        out = Path(chart_path) if chart_path is not None else forecast_dir / f"{symbol_file_name(symbol)}.png"
+        check_chart_path(out, forecast_dir, flag="--out" if chart_path is not None else "the default chart path")
     forecaster = source if isinstance(source, Forecaster) else Forecaster.from_run(source)
     frame = load_prices(data, date_format=date_format)
     check_symbols([symbol], frame["symbol"].unique().tolist())
     frame = frame[frame["symbol"] == symbol]
     fc = forecaster.sample_paths(frame, horizon, num_samples, seed=seed, symbols=[symbol])
     history = frame["close"].to_numpy(dtype=np.float64)[-max(4 * horizon, HISTORY_BARS):]
-    plots.fan_chart(out, history, fc.last_close[0] * np.exp(fc.cumulative[0]), ylabel="price",
-                    title=f"{symbol}: next {horizon} bars ({num_samples} paths)")
+    if out is not None:
+        plots.fan_chart(out, history, fc.last_close[0] * np.exp(fc.cumulative[0]), ylabel="price",
+                        title=f"{symbol}: next {horizon} bars ({num_samples} paths)")
     return SymbolForecast(symbol=symbol, horizon=horizon, num_samples=num_samples, seed=seed,
                           temperature=forecaster.temperature, table=quantile_table(fc), risk=risk(fc.paths[0]),
                           paths=fc, chart_path=out)
@@ -73,14 +82,14 @@ def symbol_file_name(symbol: str) -> str:
     return safe_file_names([str(symbol)])[str(symbol)]
 
 
-def check_chart_path(out: Path, forecast_dir: Path, flag: str = "--out") -> None:
+def check_chart_path(out: Path, forecast_dir: Path | None, flag: str = "--out") -> None:
     """Refuse a chart path that is not a .png name, or that exists and is not a chart in the run's forecast folder
     (`forecast_dir`, RUN/forecast/, where pricegpt writes them): a user's file is never replaced."""
     if out.suffix.lower() != ".png":
         raise ConfigError(f"{flag} {out}: the fan chart is a PNG image; give a file name ending in .png")
     if not (out.exists() or out.is_symlink()):
         return
-    ours = (out.is_file() and not out.is_symlink() and _is_png(out)
+    ours = (forecast_dir is not None and out.is_file() and not out.is_symlink() and _is_png(out)
             and out.parent.resolve() == forecast_dir.resolve())
     if not ours:
         raise OutputExistsError(f"{flag} {out} already exists and is not one of pricegpt's charts in "

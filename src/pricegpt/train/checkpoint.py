@@ -18,6 +18,11 @@ one complete as RUN/.model.old: `best_model_dir` finds it and `restore_best_mode
 a loadable best model or (before the first evaluation) none, never a half-written one. meta.json records the
 step, losses and the data source (path, train_end, val_end, tokenizer hash).
 
+RUN/init.json (fine-tuning only): the model the run started from, {path, tokenizer_hash, model_hash,
+data_cutoff}, written with config.yaml before step 0 so that a run resumed (or restarted before its first
+checkpoint) knows it. `load_init` reads such a model: a forecaster folder (Forecaster.save_pretrained), a built-in
+pretrained model by name, or a run directory (its best model).
+
 A full disk while writing any of these is the usual "no space left" PriceGPTError (safetensors reports it as its
 own exception, turned back into the OSError here); the previous checkpoint and model stay as they were.
 """
@@ -25,6 +30,7 @@ own exception, turned back into the OSError here); the previous checkpoint and m
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -33,13 +39,17 @@ import pickle
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..fileio import OUTPUT_MARKER, atomic_dir, mark_output, write_json, write_text
+from ..model.gpt import GPT
+from ..tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger("pricegpt")
 
@@ -51,6 +61,11 @@ TOKENIZER_DIR = "tokenizer"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
 META_FILE = "meta.json"
+INIT_FILE = "init.json"
+# pretrained forecasters shipped in the package: the same names and folder as forecast.resolve_model's (the
+# forecast layer sits above training, so the rule is repeated here)
+PRETRAINED_ROOT = Path(__file__).resolve().parents[1] / "pretrained"
+BUILTIN_MODELS = ("pricegpt-small",)
 CHECKPOINT_FILES = (WEIGHTS_FILE, STATE_FILE, META_FILE)
 STATE_KEYS = ("step", "optimizers", "best_val_loss", "best_step", "evals_since_best", "global_batch_size", "rng")
 # step-000120, or step-000120-1 when a checkpoint of that step already exists (a save at the same step again)
@@ -348,3 +363,87 @@ def _copy_folder(source: Path, target: Path) -> None:
             _copy_folder(entry, target / entry.name)
         else:
             shutil.copy2(entry, target / entry.name)
+
+
+# ------------------------------------------------------------------------------------------------ init (fine-tuning)
+@dataclass
+class InitModel:
+    """A trained model a fine-tune starts from, with the tokenizer its tokens must come from."""
+
+    path: Path                  # the folder, resolved
+    model: GPT                  # its weights in fp32, whatever dtype they were stored in
+    tokenizer: Tokenizer
+    tokenizer_dir: Path
+    model_hash: str             # sha256 of its model.safetensors
+    data_cutoff: str | None     # the last time its training data reached (its val_end), when it records one
+
+    def record(self) -> dict:
+        """What RUN/init.json, the checkpoints' and the best model's meta.json and a pipeline's run.json keep."""
+        return {"path": str(self.path), "tokenizer_hash": self.tokenizer.hash, "model_hash": self.model_hash,
+                "data_cutoff": self.data_cutoff}
+
+
+def resolve_init(name_or_path: str | os.PathLike) -> Path:
+    """The absolute folder of `--init`: a path, or the name of a built-in pretrained model (a path that exists
+    wins over a name)."""
+    path = Path(name_or_path)
+    if not path.exists() and str(name_or_path) in BUILTIN_MODELS:
+        path = PRETRAINED_ROOT / str(name_or_path)
+    return path.resolve()
+
+
+def load_init(name_or_path: str | os.PathLike) -> InitModel:
+    """The model and tokenizer of a forecaster folder, a built-in pretrained model, a run directory (its best
+    model) or a run's model folder; a missing folder is a ConfigError, a damaged one a CheckpointError (or
+    TokenizerError) naming the file."""
+    path = resolve_init(name_or_path)
+    if not path.is_dir():
+        raise ConfigError(f"--init {name_or_path}: no such folder ({path}); give a forecaster folder "
+                          f"(Forecaster.save_pretrained), a run directory or a built-in model "
+                          f"({', '.join(BUILTIN_MODELS)})")
+    # a model folder itself (RUN/model), a run directory's best model (also one an interrupted save left as
+    # .model.old), else a forecaster folder's
+    model_dir = path if (path / WEIGHTS_FILE).is_file() else best_model_dir(path) or path / MODEL_DIR
+    tokenizer_dir = next((d for d in (model_dir / TOKENIZER_DIR, path / TOKENIZER_DIR) if d.is_dir()), None)
+    if tokenizer_dir is None:
+        raise ConfigError(f"--init {path} has no tokenizer ({path / TOKENIZER_DIR}): a fine-tune reads tokens of the "
+                          "pretrained tokenizer; give a forecaster folder or a run trained on a token store")
+    model = GPT.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise CheckpointError(f"{tokenizer_dir} has {tokenizer.vocab_size} codes but the model in {model_dir} has a "
+                              f"vocabulary of {model.config.vocab_size}; --init {path} mixes two models")
+    digest = hashlib.sha256()
+    with open(model_dir / WEIGHTS_FILE, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return InitModel(path=path, model=model, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
+                     model_hash=digest.hexdigest(), data_cutoff=_data_cutoff(path, model_dir))
+
+
+def _data_cutoff(path: Path, model_dir: Path) -> str | None:
+    """The latest val_end of the model (RUN/model/meta.json, or a forecaster's config.json) and of the model it
+    was itself fine-tuned from: the bars after it are unseen."""
+    times = []
+    for file in (model_dir / META_FILE, path / "config.json"):
+        with contextlib.suppress(CheckpointError):
+            meta = read_meta(file, "")
+            init = meta.get("init")
+            times += [meta.get("val_end"), init.get("data_cutoff") if isinstance(init, dict) else None]
+    times = [t for t in times if isinstance(t, str)]
+    try:
+        return max(times, key=pd.Timestamp) if times else None
+    except (ValueError, TypeError):  # an unreadable time: the cutoff is unknown
+        return None
+
+
+def read_init_record(run_dir: Path) -> dict | None:
+    """RUN/init.json (None: the run did not start from a trained model); damaged: a CheckpointError."""
+    path = Path(run_dir) / INIT_FILE
+    if not path.exists():
+        return None
+    record = read_meta(path, "restore it, or start the run again with --init (and another --out)")
+    if not isinstance(record.get("path"), str) or not isinstance(record.get("tokenizer_hash"), str):
+        raise CheckpointError(f"{path} lacks the init model's path or tokenizer_hash; restore it, or start the run "
+                              "again with --init (and another --out)")
+    return record

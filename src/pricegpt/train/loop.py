@@ -23,6 +23,9 @@ Calendar (model.calendar): each window's calendar ids go to the model with its t
 evaluation; in training a `train.calendar_dropout` fraction of the windows has its calendar hidden (-1), so the
 model also works without timestamps.
 
+Fine-tuning: `Trainer(..., init_model=GPT)` starts step 0 from a trained model's weights instead of a fresh
+initialisation (run.py checks the architecture and the tokenizer); after that the run is like any other.
+
 Resuming: `Trainer.load_checkpoint` restores the weights, optimizer, RNG and step of a checkpoint; the checks on
 the run directory, its config and its data before that are run.py's. MFU uses device.py's per-device peak.
 """
@@ -43,7 +46,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import RunConfig
+from ..config import ARCHITECTURE_KEYS, RunConfig
 from ..errors import CheckpointError, ConfigError, PriceGPTError
 from ..fileio import write_json
 from ..model.gpt import GPT
@@ -80,7 +83,9 @@ class Trainer:
     """Trains a GPT on `data` into `run_dir`. `Trainer(config, data, run_dir).train()` -> result dict."""
 
     def __init__(self, config: RunConfig, data: TokenData, run_dir: str | os.PathLike, *,
-                 dist_info: dist.DistInfo | None = None):
+                 dist_info: dist.DistInfo | None = None, init_model: GPT | None = None):
+        """init_model: a trained model of the config's architecture whose weights step 0 starts from (a
+        fine-tune); None: a fresh initialisation from train.seed."""
         self.config, self.data, self.run_dir = config, data, Path(run_dir)
         self.dist = dist_info or dist.DistInfo()
         t = config.train
@@ -98,6 +103,8 @@ class Trainer:
 
         torch.manual_seed(t.seed)  # the same initial weights on every process
         self.model = GPT(config.model).to(self.device)
+        if init_model is not None:
+            self._load_init(init_model)
         self.optimizers = build_optimizers(self.model, t)
         self.forward_model = torch.compile(self.model) if t.compile else self.model
         if self.dist.enabled:
@@ -120,6 +127,14 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir, vocab_size=config.model.vocab_size,
                                   tensorboard=t.tensorboard) if self.dist.is_main else None
         self.peak_flops = peak_flops(t, self.device, self.dist.world_size)
+
+    def _load_init(self, init_model: GPT) -> None:
+        """Copy a trained model's weights in (cast to the training weights' fp32 and moved to the device), before
+        the optimizer, torch.compile and DDP see the model."""
+        mine, theirs = self.config.model.to_dict(), init_model.config.to_dict()
+        differ = [key for key in (*ARCHITECTURE_KEYS, "calendar") if mine[key] != theirs[key]]
+        assert not differ, f"the init model's architecture differs from model config in {differ}"
+        self.model.load_state_dict(init_model.state_dict())
 
     # --------------------------------------------------------------------------------------------- resume
     def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:

@@ -4,27 +4,52 @@ and the data, writes RUN/config.yaml and the tokenizer, then runs the `Trainer` 
 Resuming. Every check (config, data, the checkpoint's files, --max-steps not below the run's step) happens before
 any file is written. A run already at max_steps, or stopped early (saved in the trainer state), has nothing left
 to train and says so. A run killed before its first checkpoint restarts from step 0 with its config.yaml.
+
+Fine-tuning (`init`: a forecaster folder, a built-in pretrained model's name or a run directory). The model takes
+the init model's architecture (the preset's / config's model section is ignored, except model.dropout when given
+explicitly) and its weights before step 0. The tokens must come from the init's tokenizer: a token store whose
+tokenizer_hash differs (or a .txt without one) is refused before any file is written. RUN/init.json and every
+meta.json record the init (checkpoint.InitModel.record); a resumed run continues from its checkpoint whatever the
+init (only step 0 reads it), and one restarted before its first checkpoint starts from the recorded init again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 from pathlib import Path
 
-from ..config import RunConfig, apply_overrides, explicit_keys, load_config, resolve_config, save_config
+import pandas as pd
+
+from ..config import (
+    ARCHITECTURE_KEYS,
+    GPTConfig,
+    RunConfig,
+    apply_overrides,
+    explicit_keys,
+    load_config,
+    parse_override,
+    resolve_config,
+    save_config,
+)
 from ..errors import CheckpointError, ConfigError, OutputExistsError
-from ..fileio import make_dirs
+from ..fileio import make_dirs, write_json
 from . import dist
 from .checkpoint import (
     CHECKPOINTS_DIR,
+    INIT_FILE,
     META_FILE,
     MODEL_DIR,
+    InitModel,
     best_model_dir,
     copy_tokenizer,
     latest_checkpoint,
+    load_init,
+    read_init_record,
     read_meta,
+    resolve_init,
     restart_hint,
     restore_best_model,
 )
@@ -41,7 +66,8 @@ RESUME_KEYS = ("tokenizer_hash", "train_end", "val_end", "train_tokens", "val_to
 
 def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | None = None,
               config_file: str | os.PathLike | None = None, overrides: list[str] | None = None,
-              max_steps: int | None = None, resume: bool = False, allow_existing: bool = False) -> dict:
+              max_steps: int | None = None, resume: bool = False, allow_existing: bool = False,
+              init: str | os.PathLike | None = None) -> dict:
     """Train on a token store directory or .txt token file into run directory `out`; see the module docstring.
 
     A fresh run refuses an existing non-empty `out` (OutputExistsError) unless `allow_existing` (the pipeline's
@@ -50,6 +76,9 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
     `resume` continues the latest checkpoint with RUN/config.yaml (plus `overrides` / `max_steps`; the model
     section cannot change; `preset` / `config_file` are ignored) and reproduces the uninterrupted run exactly; a
     run with a config.yaml but no checkpoint yet restarts from step 0 with a warning.
+    `init` (a forecaster folder, a built-in model name or a run directory) fine-tunes that model: its
+    architecture and weights, tokens of its tokenizer only. With `resume` it may be left out (RUN/init.json
+    knows it) or must name the same model.
     Every check happens before the first file is written.
     Returns {"best_val_loss", "best_step", "steps", "out", "model_dir", "stopped_early", ...}.
     """
@@ -58,21 +87,35 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
     owns_process_group = not dist.is_initialized()
     try:
         if resume:
+            record = read_init_record(out)
+            if record is not None:  # as at its start, the init fixes the network: only model.dropout is the run's
+                overrides = [o for o in overrides or [] if not _sets_network(o)]
             config, checkpoint = _resume_config(out, preset, config_file, overrides, max_steps)
             explicit = {"model.vocab_size"}
+            _check_resume_init(out, init, record)
+            init = record["path"] if record else None
         else:
             _check_fresh_out(out, allow_existing)
             config = resolve_config(preset, config_file, overrides, max_steps)
-            explicit, checkpoint = explicit_keys(config_file, overrides), None
+            explicit, checkpoint, record = explicit_keys(config_file, overrides), None, None
+        # only step 0 reads the init model: a resumed checkpoint has its own weights
+        start = load_init(init) if init is not None and checkpoint is None else None
+        if start is not None:
+            config.model = _init_model_config(start, config.model, explicit, restarted=resume)
+            record = start.record()
         # a calendar model reads each token's timestamp: a source without them fails here, before any file
         series, source, tokenizer_dir = read_token_source(tokens, calendar=config.model.calendar)
-        if "model.vocab_size" not in explicit and source.get("vocab_size"):
+        if start is not None:
+            _check_init_tokens(start, source, tokens)
+        elif "model.vocab_size" not in explicit and source.get("vocab_size"):
             config.model = dataclasses.replace(config.model, vocab_size=int(source["vocab_size"]))
+        if record is not None:
+            source["init"] = record
         data = TokenData.from_series(series, config.model.sequence_len, config.model.vocab_size, source=source,
                                      tokenizer_dir=tokenizer_dir, where=str(tokens), calendar=config.model.calendar)
         if checkpoint is not None:
             _check_same_data(checkpoint, data.source, out)
-        trainer = Trainer(config, data, out, dist_info=info)
+        trainer = Trainer(config, data, out, dist_info=info, init_model=start.model if start else None)
         if checkpoint is not None:
             trainer.load_checkpoint(checkpoint)
         dist.barrier(info)  # every process has checked `out` before rank 0 writes to it
@@ -80,12 +123,70 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
             if not trainer.nothing_to_train:
                 make_dirs(out)
                 save_config(config, out / CONFIG_FILE)
+                if record is not None:
+                    write_json(out / INIT_FILE, record)
                 copy_tokenizer(out, data.tokenizer_dir)
             restore_best_model(out)
         return trainer.train()
     finally:
         if owns_process_group:
             dist.shutdown()
+
+
+def _init_model_config(start: InitModel, model: GPTConfig, explicit: set[str], restarted: bool) -> GPTConfig:
+    """The init model's config, with model.dropout from the run's config when set explicitly (a restarted run's
+    config.yaml already holds the choice: it must describe the init model's network)."""
+    theirs = start.model.config
+    if restarted:
+        differ = [key for key in (*ARCHITECTURE_KEYS, "calendar") if getattr(model, key) != getattr(theirs, key)]
+        if differ:
+            raise CheckpointError(f"the init model {start.path} is no longer the network this run was started "
+                                  f"with ({', '.join(f'model.{k}' for k in differ)} differ): restore it, or start "
+                                  "a new run")
+        return model
+    ignored = sorted(key for key in explicit if key.startswith("model.") and key != "model.dropout")
+    log.info(f"fine-tuning {start.path}: its network is kept ({theirs.n_layer} layers, n_embd {theirs.n_embd}, "
+             f"vocabulary {theirs.vocab_size}, sequence_len {theirs.sequence_len}); the preset's model section is "
+             "not used (model.dropout is, when set with --set or --config)")
+    if ignored:
+        log.warning(f"--init fixes the network: {', '.join(ignored)} ignored")
+    dropout = model.dropout if "model.dropout" in explicit else theirs.dropout
+    return dataclasses.replace(theirs, dropout=dropout)
+
+
+def _check_init_tokens(start: InitModel, source: dict, tokens) -> None:
+    """The tokens were made with the init's tokenizer (else its embeddings would read other codes)."""
+    made_with = source.get("tokenizer_hash")
+    if made_with != start.tokenizer.hash:
+        what = (f"were made with another tokenizer (hash {made_with[:12]}, the init's is "
+                f"{start.tokenizer.hash[:12]})" if made_with else "do not record their tokenizer (a .txt file)")
+        raise ConfigError(f"--tokens {tokens} {what}: a fine-tune of --init {start.path} reads tokens of its "
+                          f"tokenizer. Tokenize the prices with it (pricegpt tokenize --tokenizer "
+                          f"{start.tokenizer_dir} --data PRICES --out TOKENS), or use pricegpt pipeline --init, "
+                          "which does")
+    cutoff, val_end = start.data_cutoff, source.get("val_end")
+    with contextlib.suppress(ValueError, TypeError):
+        if cutoff and val_end and pd.Timestamp(val_end) < pd.Timestamp(cutoff):
+            log.warning(f"--init {start.path} was trained on data up to {cutoff}, after these tokens' val_end "
+                        f"{val_end}: bars of the validation and test splits may be ones it has seen")
+
+
+def _sets_network(override: str) -> bool:
+    section, key, _ = parse_override(override)
+    return section == "model" and key != "dropout"
+
+
+def _check_resume_init(out: Path, init, record: dict | None) -> None:
+    """A resumed run's `init`, when given, is the one it started from (RUN/init.json)."""
+    if init is None:
+        return
+    if record is None:
+        raise ConfigError(f"{out} was not started from a trained model: resume it without --init, or start a new "
+                          "run with --init (and another --out)")
+    wanted = str(resolve_init(init))
+    if record["path"] != wanted:
+        raise ConfigError(f"{out} was started from {record['path']}, not {wanted}: resume it without --init (the "
+                          "checkpoint holds the weights), or start a new run with --init (and another --out)")
 
 
 def _check_fresh_out(out: Path, allow_existing: bool) -> None:

@@ -1,0 +1,79 @@
+"""The shipped pretrained model (issue 18): it loads by name, forecasts a price file it never saw from the command
+line with no run and no network, and evaluates zero-shot with the data's own cutoffs, a temperature chosen on the
+data's validation split and the leakage floor of its data cutoff."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pricegpt.errors import LeakageError
+from pricegpt.evaluate import evaluate_model
+from pricegpt.forecast import Forecaster
+from pricegpt.train.checkpoint import BUILTIN_MODELS
+from pricegpt.train.checkpoint import resolve_init as resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, "-m", "pricegpt", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def test_the_builtin_model_is_shipped_small_and_loads_by_name():
+    for name in BUILTIN_MODELS:
+        folder = resolve_model(name)
+        assert (folder / "config.json").is_file(), f"{name} is not shipped in {folder}"
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        assert size <= 25 * 2**20, f"{name} weighs {size / 2**20:.1f} MB"
+        fc = Forecaster.from_pretrained(name)
+        assert fc.run.pretrained and fc.run.meta["val_end"].startswith("2015-12-31")
+        manifest = json.loads((folder / "pretrain.json").read_text())
+        assert manifest["data_cutoff"].startswith("2015-12-31") and manifest["n_symbols"] > 100
+
+
+def test_forecast_any_csv_with_no_run(tmp_path):
+    frame = pd.read_csv(ROOT / "src/pricegpt/data/samples/stocks-daily.csv.gz")
+    one = frame[frame["symbol"] == frame["symbol"].iloc[0]].rename(columns={"timestamp": "Date", "close": "Close"})
+    one[["Date", "Close"]].to_csv(tmp_path / "any.csv", index=False)
+    done = cli("forecast", "--data", "any.csv", "--symbol", "any", "--horizon", "5", "--num-samples", "200",
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "q05" in done.stdout or "5%" in done.stdout, done.stdout
+    assert list(tmp_path.iterdir()) == [tmp_path / "any.csv"]  # nothing written without --out
+
+
+def test_zero_shot_evaluation_uses_the_datas_cutoffs_and_its_validation_temperature(tmp_path):
+    metrics = evaluate_model("pricegpt-small", "sample:eurusd-hourly", tmp_path / "eval", num_samples=64,
+                             max_origins=40)
+    zero = metrics["zero_shot"]
+    assert zero["temperature_from"] == "this data's validation split" and zero["data_cutoff"].startswith("2015")
+    assert metrics["train_end"] > "2017" and metrics["run_val_end"].startswith("2015-12-31")
+    fc = metrics["forecast"]
+    assert fc["verdict"]["verdict"] in ("better", "no significant difference", "worse")
+    assert {"comparison", "by_regime", "reliability", "var_tests", "p_up"} <= set(fc)
+    # the shipped folder was not written
+    assert not (resolve_model("pricegpt-small") / "calibration.json").exists()
+
+
+def test_zero_shot_refuses_test_origins_the_model_has_seen(tmp_path):
+    frame = pd.read_csv(ROOT / "src/pricegpt/data/samples/stocks-daily.csv.gz")  # 2000-2013: before the cutoff
+    with pytest.raises(LeakageError):
+        evaluate_model("pricegpt-small", frame, tmp_path / "eval", num_samples=16, max_origins=5)
+
+
+def test_zero_shot_needs_an_output_folder_and_data_on_the_command_line(tmp_path):
+    done = cli("evaluate", "--model", "pricegpt-small", "--data", "sample:eurusd-hourly", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("error:") and "--out" in done.stderr
+    done = cli("evaluate", "--run", "x", "--train-end", "2017-06-01", cwd=tmp_path)
+    assert done.returncode == 2 and "--model" in done.stderr
+    assert np.all([p.name for p in tmp_path.iterdir()] == [])
