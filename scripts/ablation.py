@@ -38,6 +38,8 @@ CONFIGS = {
     "ewma30-within": {"scaling": "ewma", "halflife": 30.0, "decode": "within"},
     "garch-within": {"scaling": "garch", "decode": "within"},
     "ewma-seasonal": {"scaling": "ewma", "seasonal": True},
+    # the bar's range, gap and volume inside each token (features "ohlcv": the VQ-VAE encodes all five per bar)
+    "ewma-seasonal-ohlcv": {"scaling": "ewma", "seasonal": True, "features": "ohlcv"},
     # model options ("set": --set overrides of the training config) on top of the tokenizer's
     "ewma-calendar": {"scaling": "ewma", "set": ["model.calendar=true"]},
     "ewma-seasonal-calendar": {"scaling": "ewma", "seasonal": True, "set": ["model.calendar=true"]},

@@ -308,3 +308,50 @@ def test_data_before_the_runs_train_end_is_refused(stocks_frame, tiny_run):
     early = stocks_frame[stocks_frame["timestamp"] < "2008-01-01"]
     with pytest.raises(PriceGPTError, match="val_end 2011-03-19.*chosen on those bars"):
         run_backtest(run, early, forecaster=BootstrapForecaster(), write=False)
+
+
+# ------------------------------------------------------------------------------------------------ zero-shot
+def _folder_state(folder):
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_zero_shot_backtest_of_the_pretrained_model_writes_its_files_and_not_the_models(tmp_path):
+    from pricegpt.backtest import backtest_model
+    from pricegpt.data import load_prices
+    from pricegpt.forecast.forecaster import resolve_model
+
+    shipped = resolve_model("pricegpt-small")
+    before = _folder_state(shipped)
+    eurusd = load_prices("sample:eurusd-hourly").head(1600)  # 2017: after the model's 2015-12-31 data cutoff
+    out = tmp_path / "zero"
+    metrics = backtest_model("pricegpt-small", eurusd, out, num_samples=16, n_boot=50)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "decisions.csv", "equity.png", "metrics.json", "positions.csv"]
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    zero, settings = metrics["zero_shot"], metrics["settings"]
+    assert zero["data_cutoff"].startswith("2015-12-31") and zero["temperature_from"] == "this data's validation split"
+    assert zero["temperature"] in (0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)  # forecast.calibrate's grid
+    # the data's own cutoffs split it (85% of its span), not the model's: every decision trades bars after both
+    assert settings["train_end"] == zero["train_end"] > "2017" and settings["val_end"] == zero["val_end"]
+    assert settings["run_val_end"].startswith("2015-12-31") and settings["horizon"] == 4
+    held = pd.to_datetime(pd.read_csv(out / "positions.csv")["timestamp"])
+    assert len(held) > 0 and (held > pd.Timestamp(zero["val_end"])).all()
+    assert settings["overlap_allowed"] is False and settings["overlapping_decisions"] == 0
+    assert _folder_state(shipped) == before  # the temperature was chosen in memory only
+
+
+def test_zero_shot_backtest_refuses_bars_before_the_models_cutoff_and_needs_an_out(stocks_frame, tmp_path):
+    from conftest import assert_user_error, run_cli
+    from pricegpt.backtest import backtest_model
+    from pricegpt.errors import LeakageError
+
+    # the embedded daily stocks end in 2013: the pretrained model trained on such bars
+    with pytest.raises(LeakageError, match=r"2015-12-31.*--allow-overlap"):
+        backtest_model("pricegpt-small", stocks_frame, tmp_path / "bt", num_samples=16)
+    assert not (tmp_path / "bt").exists()
+    result = run_cli("backtest", "--model", "pricegpt-small", "--data", "sample:eurusd-hourly", cwd=tmp_path,
+                     timeout=120)
+    assert_user_error(result, "--out")
+    result = run_cli("backtest", "--run", tmp_path, "--val-end", "2017-06-01", cwd=tmp_path, timeout=120)
+    assert_user_error(result, "--val-end", "--model")
+    assert [p.name for p in tmp_path.iterdir()] == []

@@ -2,6 +2,8 @@
 
 Two small real datasets (slices of the embedded daily stocks and hourly EUR/USD) and a one-layer model keep the
 suite to well under a minute; the command line's flag errors are checked in subprocesses that stop before any work.
+Zero-shot (`skill --model`): the shipped pretrained model on the embedded hourly EUR/USD (2017, after its data
+cutoff) and daily stocks (2000-2013, before it: not run), through the real command line.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from conftest import assert_user_error, run_cli
 SETTINGS = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_kv_head=1", "model.sequence_len=32",
             "train.batch_size=8", "train.eval_every=10", "train.eval_batches=2", "train.save_every=1000",
             "train.warmup_steps=5", "train.num_threads=1", "train.early_stopping_patience=0"]
-COLUMNS = ["dataset", "bars", "symbols", "horizon", "origins", "best baseline", "CRPS ratio [95% CI]", "verdict",
-           "cov 50%", "cov 90%", "VaR 5% exceedances"]
+COLUMNS = ["dataset", "mode", "bars", "symbols", "horizon", "origins", "best baseline", "CRPS ratio [95% CI]",
+           "verdict", "cov 50%", "cov 90%", "VaR 5% exceedances"]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,7 @@ def suite(tmp_path_factory, datasets):
 def test_skill_runs_the_pipeline_per_dataset_and_writes_one_table(suite):
     out, _, result, _ = suite
     assert [row.dataset for row in result.rows] == ["stocks", "eurusd"]
+    assert {row.mode for row in result.rows} == {"from scratch"} and result.settings["mode"] == "from scratch"
     for row in result.rows:
         assert (out / row.dataset / "eval" / "report.html").is_file()
         assert (out / row.dataset / "backtest" / "metrics.json").is_file()
@@ -110,9 +113,52 @@ def test_skill_refuses_a_folder_it_did_not_write(tmp_path, datasets):
     (["--preset", "huge"], "huge"),
     (["--max-steps", "0"], "--max-steps"),
     (["--num-samples", "x"], "--num-samples"),
+    (["--model", "pricegpt-small", "--max-steps", "5"], "--max-steps"),  # zero-shot trains nothing
 ])
 def test_bad_flags_fail_with_one_error_line_before_any_work(tmp_path, args, fragment):
     out = tmp_path / "suite"
     result = run_cli("skill", "--out", out, *args, timeout=120)
     assert_user_error(result, fragment)
     assert not (out / "skill.md").exists() and not any(out.glob("*/run.json"))
+
+
+def test_skill_zero_shot_with_the_pretrained_model_writes_the_table_without_training(tmp_path):
+    from pricegpt.pipeline import PipelineSettings
+    from pricegpt.skill import run_skill
+
+    out = tmp_path / "zero"
+    result = run_cli("skill", "--model", "pricegpt-small", "--data", "sample:stocks-daily", "sample:eurusd-hourly",
+                     "--num-samples", "8", "--no-calibrate", "--out", out, timeout=300)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "skill.json").read_text())
+    assert saved["settings"]["mode"] == "zero-shot" and saved["settings"]["data_cutoff"].startswith("2015-12-31")
+    stocks, eurusd = saved["rows"]
+    # before the model's data cutoff: no score, and nothing run
+    assert stocks["mode"] == "zero-shot" and stocks["verdict"] is None and "data cutoff 2015-12-31" in stocks["note"]
+    assert not (out / "stocks-daily").exists()
+    assert eurusd["mode"] == "zero-shot" and eurusd["horizon"] == 4 and eurusd["n_origins"] > 0
+    assert eurusd["verdict"] in ("better", "no significant difference", "worse") and eurusd["sharpe"] is not None
+    evaluation = json.loads((out / "eurusd-hourly" / "eval" / "metrics.json").read_text())
+    backtest = json.loads((out / "eurusd-hourly" / "backtest" / "metrics.json").read_text())
+    assert eurusd["crps_ratio"] == evaluation["forecast"]["verdict"]["crps_ratio"]
+    assert evaluation["zero_shot"]["model"] == "pricegpt-small" and evaluation["forecast"]["num_samples"] == 8
+    assert backtest["zero_shot"]["temperature"] == evaluation["zero_shot"]["temperature"]
+    assert not (out / "eurusd-hourly" / "model").exists() and not (out / "eurusd-hourly" / "tokens").exists()
+    markdown = (out / "skill.md").read_text()
+    assert markdown in result.stdout and "Zero-shot: pricegpt-small (data cutoff 2015-12-31), no training" in markdown
+    header = next(line for line in markdown.splitlines() if line.startswith("| dataset"))
+    assert [c.strip() for c in header.strip("|").split("|")] == COLUMNS
+    assert "| eurusd-hourly | zero-shot | 6,225 | 1 | 4 |" in markdown
+
+    # a rerun with the same settings runs nothing again; other settings are refused without --force
+    from pricegpt.errors import OutputExistsError
+
+    outputs = [out / "eurusd-hourly" / name for name in ("eval/metrics.json", "backtest/metrics.json")]
+    written = [path.stat().st_mtime_ns for path in outputs]
+    again = run_skill(out, data=["sample:stocks-daily", "sample:eurusd-hourly"],
+                      settings=PipelineSettings(num_samples=8), model="pricegpt-small", calibrate=False)
+    assert again.rows[1].crps_ratio == eurusd["crps_ratio"] and again.rows[1].note is None
+    assert [path.stat().st_mtime_ns for path in outputs] == written
+    with pytest.raises(OutputExistsError, match="other settings.*--force"):
+        run_skill(out, data=["sample:eurusd-hourly"], settings=PipelineSettings(num_samples=16),
+                  model="pricegpt-small", calibrate=False)

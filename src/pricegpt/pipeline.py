@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from .backtest import MIN_DECISIONS, BacktestConfig, run_backtest
-from .config import check_choice, preset_tokenizer_options, resolve_config
+from .config import check_choice, load_config, preset_tokenizer_options, resolve_config
 from .data import iso, load_prices, time_splits
 from .data.windows import (
     decision_origins,
@@ -46,7 +46,7 @@ from .forecast import calibrate_temperature
 from .rundir import RunDir
 from .runs import load_run
 from .tokenizer import fit_to_dir, load_tokenizer, tokenizer_report, write_token_store
-from .train import dist, latest_checkpoint, train_run
+from .train import dist, latest_checkpoint, log_evaluation, train_run
 from .train.checkpoint import InitModel, load_init
 from .train.device import pick_device
 
@@ -337,6 +337,8 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
                                seed=settings.seed, num_samples=num_samples))
     if info.is_main and ({"evaluate", "backtest"} & set(timings) or not out.report_html.is_file()):
         refresh_report(out.root)  # the report shows the backtest, which runs after the evaluation
+        if "evaluate" in timings and load_config(out.config).train.mlflow:
+            log_evaluation(out.root)  # the verdicts and the report on the training's MLflow run
     if info.is_main and timings:
         write_json(out.timings, {**_read_json_dict(out.timings), **{k: round(v, 2) for k, v in timings.items()}})
     dist.barrier(info)

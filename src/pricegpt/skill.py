@@ -10,12 +10,24 @@ of the date-block bootstrap and the verdict (evaluate/significance.py), the cove
 intervals, and how often the realised H-bar return fell below the model's 5% VaR. Its header says when and on
 what machine it was made, and with which settings, so that a table quoted in a README can be reproduced.
 
+Three modes, one table (its `mode` column says which):
+- from scratch (the default): the pipeline fits a tokenizer and trains a model on each dataset's train split;
+- fine-tuned (`settings.init`, `pricegpt skill --init NAME`): the same pipeline starting from a pretrained model's
+  weights and tokenizer (pipeline.py, "Fine-tuning");
+- zero-shot (`model=`, `pricegpt skill --model NAME`): no training; per dataset `evaluate.evaluate_model` into
+  OUT/<name>/eval/ and `backtest.backtest_model` into OUT/<name>/backtest/ (the backtest reuses the temperature
+  the evaluation chose on the dataset's validation split), recorded in OUT/<name>/zero_shot.json so that a rerun
+  with the same settings skips what is done.
+With a pretrained model (fine-tuned or zero-shot), a dataset whose test split would score bars at or before the
+model's data cutoff (bars it trained on) is not run: its row says so and carries no verdict.
+
 Everything a user can get wrong (an unknown suite or preset, a missing file, an output folder that pricegpt did not
 write) is refused before the first pipeline starts.
 
-Under `torchrun --nproc-per-node=N -m pricegpt -- skill ...` every process runs every dataset's pipeline (which
-shares training's batches and the forecast origins of calibration, evaluation and backtest over the processes) and
-rank 0 alone writes OUT's own files and returns the table; the other processes return None.
+Under `torchrun --nproc-per-node=N -m pricegpt -- skill ...` (not zero-shot, which runs in one process) every
+process runs every dataset's pipeline (which shares training's batches and the forecast origins of calibration,
+evaluation and backtest over the processes) and rank 0 alone writes OUT's own files and returns the table; the
+other processes return None.
 """
 
 from __future__ import annotations
@@ -26,22 +38,34 @@ import logging
 import os
 import platform
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
+
+from .backtest import BacktestConfig, backtest_model, plan_decisions
 from .config import preset_tokenizer_options
-from .data import load_prices
-from .errors import ConfigError, OutputExistsError
+from .data import iso, load_prices, time_splits
+from .data.windows import resolve_cutoffs, run_cutoffs
+from .errors import ConfigError, LeakageError, OutputExistsError
+from .evaluate import evaluate_model
 from .evaluate.report import markdown_text
-from .fileio import OUTPUT_MARKER, make_dirs, mark_output, safe_file_names, write_json, write_text
+from .fileio import OUTPUT_MARKER, make_dirs, mark_output, remove_output, safe_file_names, write_json, write_text
+from .forecast import Forecaster
+from .forecast.forecaster import resolve_model
 from .pipeline import DEFAULT_HORIZON, PipelineSettings, run_pipeline
+from .pipeline import _source_id as source_id  # how a run records its data source; zero_shot.json alike
 from .rundir import RunDir
+from .train.checkpoint import load_init
 from .train.dist import dist_env
 
 log = logging.getLogger("pricegpt")
 
 SUITES: dict[str, tuple[str, ...]] = {"embedded": ("sample:stocks-daily", "sample:eurusd-hourly")}
+MODES = ("from scratch", "fine-tuned", "zero-shot")
+ZERO_SHOT_FILE = "zero_shot.json"  # OUT/<name>/zero_shot.json: what a zero-shot dataset was run with
 VAR_LEVEL = "5%"  # the model's VaR whose exceedance rate the table shows (calibrated: 5%)
 LEGEND = ("CRPS ratio: the model's mean CRPS of the H-bar return over the best baseline's on the same test origins "
           "(below 1 favours the model), with the 95% interval of a block bootstrap over dates; verdict: better / "
@@ -71,6 +95,7 @@ class SkillRow:
     sharpe: float | None = None
     pipeline_seconds: float | None = None
     note: str | None = None              # why there is no verdict, when there is none
+    mode: str = "from scratch"           # MODES: how the model was made
 
 
 @dataclass
@@ -86,29 +111,41 @@ class SkillResult:
 
     def to_markdown(self) -> str:
         """The table as Markdown, with the date, the machine and the settings above it."""
-        m, s = self.machine, self.settings
+        m = self.machine
         lines = ["# pricegpt skill suite", "",
                  markdown_text(f"{self.date}; {m['platform']}, {m['cpu']}, {m['cpu_count']} cores, torch "
                                f"{m['torch']} ({m['threads']} threads), load average {m['load_average']}; pricegpt "
                                f"{m['pricegpt']}."),
                  "",
-                 markdown_text(f"Pipeline: preset {s['preset']}, tokenizer {s['tokenizer_kind']}, max steps "
-                               f"{_text(s['max_steps'], 'preset default')}, "
-                               f"{_text(s['num_samples'], '256 (default)')} sampled paths per origin, horizon "
-                               f"{_text(s['horizon'], f'{DEFAULT_HORIZON} bars (default)')}, seed {s['seed']}"
-                               + (f", overrides {' '.join(s['overrides'])}" if s["overrides"] else "") + "."),
+                 markdown_text(settings_line(self.settings)),
                  "",
-                 "| dataset | bars | symbols | horizon | origins | best baseline | CRPS ratio [95% CI] | verdict | "
-                 "cov 50% | cov 90% | VaR 5% exceedances |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "| dataset | mode | bars | symbols | horizon | origins | best baseline | CRPS ratio [95% CI] | "
+                 "verdict | cov 50% | cov 90% | VaR 5% exceedances |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in self.rows:
-            cells = [row.dataset, f"{row.bars:,}", row.symbols, _text(row.horizon), _text(row.n_origins),
+            cells = [row.dataset, row.mode, f"{row.bars:,}", row.symbols, _text(row.horizon), _text(row.n_origins),
                      _text(row.best_baseline), _ratio(row.crps_ratio, row.crps_ratio_ci), _text(row.verdict),
                      _pct(row.coverage_50), _pct(row.coverage_90), _pct(row.var_5_exceedance)]
             lines.append("| " + " | ".join(markdown_text(c) for c in cells) + " |")
         notes = [markdown_text(f"{row.dataset}: {row.note}") + "  " for row in self.rows if row.note]
         lines += ["", *notes, *([""] if notes else []), markdown_text(LEGEND), ""]
         return "\n".join(lines)
+
+
+def settings_line(s: dict) -> str:
+    """The line above the table that says how its models were made (and forecast)."""
+    mode = s.get("mode", "from scratch")
+    sampling = (f"{_text(s['num_samples'], '256 (default)')} sampled paths per origin, horizon "
+                f"{_text(s['horizon'], f'{DEFAULT_HORIZON} bars (default)')}, seed {s['seed']}")
+    if mode == "zero-shot":
+        temperature = ("the sampling temperature chosen on each dataset's validation split" if s.get("calibrate", True)
+                       else "the model's own sampling temperature")
+        return (f"Zero-shot: {s['model']} (data cutoff {_text(s.get('data_cutoff'))[:10]}), no training; "
+                f"{temperature}; {sampling}.")
+    start = (f"Pipeline, fine-tuned from {s['model']}: preset {s['preset']}, its tokenizer" if mode == "fine-tuned"
+             else f"Pipeline: preset {s['preset']}, tokenizer {s['tokenizer_kind']}")
+    return (f"{start}, max steps {_text(s['max_steps'], 'preset default')}, {sampling}"
+            + (f", overrides {' '.join(s['overrides'])}" if s["overrides"] else "") + ".")
 
 
 def _text(value, missing: str = "n/a") -> str:
@@ -179,35 +216,69 @@ def _check_out(out: Path) -> None:
                                 "choose another --out")
 
 
-def run_skill(out, suite: str | None = None, data=(), settings: PipelineSettings | None = None
-              ) -> SkillResult | None:
-    """Run the pipeline with `settings` on every dataset of `suite` and `data` (skill_datasets) into OUT/<name>/,
-    and write OUT/skill.json and OUT/skill.md. Returns the table (None on the processes of a torchrun launch other
-    than rank 0, which writes). A rerun resumes: complete stages are skipped."""
+def run_skill(out, suite: str | None = None, data=(), settings: PipelineSettings | None = None, *,
+              model=None, calibrate: bool = True) -> SkillResult | None:
+    """Run every dataset of `suite` and `data` (skill_datasets) into OUT/<name>/ and write OUT/skill.json and
+    OUT/skill.md. Returns the table (None on the processes of a torchrun launch other than rank 0, which writes).
+    A rerun resumes: complete stages are skipped.
+
+    Mode (module docstring): the pipeline with `settings` (from scratch; fine-tuned when settings.init names a
+    pretrained model), or, with `model` (a forecaster folder or a built-in name), zero-shot: no training, the
+    settings' horizon, num_samples, seed, cost_bps, train_end / val_end and force apply; `calibrate` chooses the
+    temperature on each dataset's validation split (else the model's own)."""
     settings = settings or PipelineSettings()
+    if model is not None and settings.init is not None:
+        raise ConfigError("give a model to run zero-shot (--model) or one to fine-tune (--init), not both")
+    mode = "zero-shot" if model is not None else "fine-tuned" if settings.init is not None else "from scratch"
+    if mode == "zero-shot" and dist_env().enabled:
+        raise ConfigError("skill --model runs in one process; launch it without torchrun")
     writes = dist_env().is_main
     out = Path(out)
     datasets = skill_datasets(suite, data)
     preset_tokenizer_options(settings.preset)  # an unknown preset, a missing file, a foreign --out: refused first
     _check_out(out)
-    sizes = {}
-    for name, source in datasets.items():
-        frame = load_prices(source, date_format=settings.date_format)
-        sizes[name] = (len(frame), int(frame["symbol"].nunique()))
+    frames = {name: load_prices(source, date_format=settings.date_format) for name, source in datasets.items()}
+    sizes = {name: (len(frame), int(frame["symbol"].nunique())) for name, frame in frames.items()}
+    pretrained, cutoff, seen = None, None, {}
+    if mode != "from scratch":
+        pretrained = model if model is not None else settings.init
+        cutoff, seen = _seen_datasets(mode, pretrained, frames, settings)
+    if settings.date_format is None:  # each stage reads its path itself: no frames held while the suite runs
+        frames.clear()
     if writes:
         make_dirs(out)
         mark_output(out)
     result = SkillResult(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=machine_info(),
-                         settings={"preset": settings.preset, "tokenizer_kind": settings.tokenizer_kind,
+                         settings={"mode": mode, "model": None if pretrained is None else str(pretrained),
+                                   "data_cutoff": cutoff,
+                                   "calibrate": bool(calibrate) if mode == "zero-shot" else None,
+                                   "preset": settings.preset, "tokenizer_kind": settings.tokenizer_kind,
                                    "max_steps": settings.max_steps, "num_samples": settings.num_samples,
                                    "horizon": settings.horizon, "seed": settings.seed,
                                    "overrides": list(settings.overrides), "suite": suite,
                                    "datasets": dict(datasets)})
     for k, (name, source) in enumerate(datasets.items(), 1):
-        log.info(f"skill: [{k}/{len(datasets)}] {name} ({source}) -> {out / name}")
-        run = run_pipeline(source, out / name, settings)
+        if name in seen:
+            log.warning(f"skill: [{k}/{len(datasets)}] {name} ({source}) not run: {seen[name]}")
+            result.rows.append(SkillRow(dataset=name, source=source, run=str(out / name), bars=sizes[name][0],
+                                        symbols=sizes[name][1], horizon=None, n_origins=None, best_baseline=None,
+                                        crps_ratio=None, crps_ratio_ci=None, verdict=None, coverage_50=None,
+                                        coverage_90=None, var_5_exceedance=None, note=f"not run: {seen[name]}",
+                                        mode=mode))
+            continue
+        log.info(f"skill: [{k}/{len(datasets)}] {name} ({source}, {mode}) -> {out / name}")
+        # a path is passed on as a path (metrics.json names it); one read with a --date-format as its frame
+        given = source if settings.date_format is None else frames[name]
+        if mode == "zero-shot":
+            evaluation, backtest = zero_shot_dataset(out / name, given, model, settings, calibrate=calibrate)
+            run_dir = out / name
+        else:
+            run = run_pipeline(given, out / name, settings)
+            if not writes:
+                continue
+            evaluation, backtest, run_dir = run.evaluation, run.backtest, run.run
         if writes:
-            result.rows.append(skill_row(name, source, run.run, run.evaluation, run.backtest, *sizes[name]))
+            result.rows.append(skill_row(name, source, run_dir, evaluation, backtest, *sizes[name], mode=mode))
     if not writes:
         return None
     write_json(out / "skill.json", result.to_dict())
@@ -215,8 +286,84 @@ def run_skill(out, suite: str | None = None, data=(), settings: PipelineSettings
     return result
 
 
+def _seen_datasets(mode: str, model, frames: dict, settings: PipelineSettings) -> tuple[str | None, dict[str, str]]:
+    """(the pretrained model's data cutoff, {name: why} of the datasets it cannot be scored on honestly): those
+    whose test split holds bars at or before the cutoff, i.e. bars the model trained on. Zero-shot: the backtest's
+    decisions under the leakage rule (data.windows), which evaluation shares; fine-tuned: the pipeline's val_end
+    before the cutoff. A dataset too short for the horizon is refused here (DataError), before anything runs."""
+    seen = {}
+    if mode == "zero-shot":
+        forecaster = Forecaster.from_pretrained(model)
+        cutoff = run_cutoffs(forecaster.run)[1]
+        config = BacktestConfig(horizon=settings.horizon or DEFAULT_HORIZON, num_samples=settings.num_samples or 256,
+                                seed=settings.seed, cost_bps=settings.cost_bps)
+        for name, frame in frames.items():
+            cutoffs = resolve_cutoffs(frame, "backtest", forecaster.run, train_end=settings.train_end,
+                                      val_end=settings.val_end)
+            try:
+                plan_decisions(frame, forecaster, cutoffs, config)
+            except LeakageError:
+                seen[name] = (f"its test split (after {iso(cutoffs.splits.val_end)[:10]}) is not after the model's "
+                              f"data cutoff {iso(cutoff)[:10]}: the model trained on such bars, so no zero-shot score")
+        return None if cutoff is None else iso(cutoff), seen
+    init = load_init(model)
+    cutoff = init.data_cutoff
+    if cutoff is None:
+        return None, seen
+    cutoff_time = pd.Timestamp(cutoff)
+    cutoff_time = cutoff_time.tz_localize("UTC") if cutoff_time.tzinfo is None else cutoff_time
+    for name, frame in frames.items():
+        val_end = time_splits(frame, train_end=settings.train_end, val_end=settings.val_end).val_end
+        if val_end < cutoff_time:
+            seen[name] = (f"its test split (after {iso(val_end)[:10]}) is not after the data cutoff "
+                          f"{str(cutoff)[:10]} of {model}: it trained on such bars, so no fine-tuned score")
+    return cutoff, seen
+
+
+def zero_shot_dataset(folder, source, model, settings: PipelineSettings, calibrate: bool = True
+                      ) -> tuple[dict, dict]:
+    """Zero-shot evaluation (FOLDER/eval/) and backtest (FOLDER/backtest/) of `model` on one dataset, with the
+    settings' horizon (and 1), num_samples, seed, cost_bps and cutoffs; the backtest trades with the temperature
+    the evaluation chose. Resumable: FOLDER/zero_shot.json records the settings, and a rerun with the same ones
+    skips what exists; other settings are refused unless settings.force (then FOLDER is replaced). Returns
+    (eval metrics.json, backtest metrics.json)."""
+    folder = RunDir(folder)
+    horizon = settings.horizon or DEFAULT_HORIZON
+    record = {"mode": "zero-shot", "model": str(resolve_model(model)), "data": source_id(source),
+              "train_end": settings.train_end, "val_end": settings.val_end, "horizon": horizon,
+              "num_samples": settings.num_samples, "seed": settings.seed, "cost_bps": settings.cost_bps,
+              "calibrate": bool(calibrate)}
+    marker = folder.root / ZERO_SHOT_FILE
+    if folder.root.is_dir() and any(folder.root.iterdir()) and _read_json(marker) != record:
+        if not settings.force:
+            what = "was run with other settings" if marker.is_file() else "is not a zero-shot run"
+            raise OutputExistsError(f"{folder.root} {what}; choose another --out, or pass --force to replace it")
+        remove_output(folder.root)
+    make_dirs(folder.root)
+    mark_output(folder.root)
+    write_json(marker, record)
+    timings = _read_json(folder.timings)
+    num_samples = settings.num_samples or 256
+    if not folder.eval_metrics.is_file():
+        start = time.perf_counter()
+        evaluate_model(model, source, folder.eval, train_end=settings.train_end, val_end=settings.val_end,
+                       calibrate=calibrate, num_samples=num_samples, horizons=[horizon, 1], seed=settings.seed)
+        timings["evaluate"] = round(time.perf_counter() - start, 2)
+    evaluation = json.loads(folder.eval_metrics.read_text())
+    if not folder.backtest_metrics.is_file():
+        start = time.perf_counter()
+        zero = evaluation.get("zero_shot") or {}
+        backtest_model(model, source, folder.backtest, train_end=settings.train_end, val_end=settings.val_end,
+                       horizon=horizon, num_samples=num_samples, seed=settings.seed, cost_bps=settings.cost_bps,
+                       temperature=zero.get("temperature"),
+                       temperature_from=f"the zero-shot evaluation's, from {zero.get('temperature_from')}")
+        timings["backtest"] = round(time.perf_counter() - start, 2)
+    write_json(folder.timings, timings)
+    return evaluation, json.loads(folder.backtest_metrics.read_text())
+
+
 def skill_row(name: str, source: str, run_dir, evaluation: dict, backtest: dict | None, bars: int,
-              symbols: int) -> SkillRow:
+              symbols: int, mode: str = "from scratch") -> SkillRow:
     """One table row from a finished run's metrics.json (evaluation) and backtest metrics."""
     fc = evaluation.get("forecast") or {}
     verdict = fc.get("verdict") or {}
@@ -232,7 +379,8 @@ def skill_row(name: str, source: str, run_dir, evaluation: dict, backtest: dict 
                     pipeline_seconds=round(sum(v for v in timings.values() if isinstance(v, (int, float))), 1)
                     if timings else None,
                     note=None if verdict.get("verdict") else
-                    f"no verdict: {(fc.get('notes') or {}).get('verdict', 'the evaluation has no paired comparison')}")
+                    f"no verdict: {(fc.get('notes') or {}).get('verdict', 'the evaluation has no paired comparison')}",
+                    mode=mode)
 
 
 def var_exceedance(var_tests, name: str = "model", level: str = VAR_LEVEL) -> float | None:
@@ -250,5 +398,5 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-__all__ = ["SUITES", "SkillResult", "SkillRow", "machine_info", "run_skill", "skill_datasets", "skill_row",
-           "var_exceedance"]
+__all__ = ["MODES", "SUITES", "SkillResult", "SkillRow", "machine_info", "run_skill", "settings_line",
+           "skill_datasets", "skill_row", "var_exceedance", "zero_shot_dataset"]

@@ -26,8 +26,10 @@ from .walk import (
     BacktestConfig,
     WalkForward,
     backtest_metrics,
+    backtest_model,
     check_output_dir,
     csv_safe,
+    plan_decisions,
     portfolio_panel,
     portfolio_returns,
     run_backtest,
@@ -36,7 +38,8 @@ from .walk import (
 )
 
 __all__ = ["MAX_COST_BPS", "MIN_DECISIONS", "OUTPUT_FILES", "PERFORMANCE_KEYS", "SECONDS_PER_YEAR", "STRATEGIES",
-           "BacktestConfig", "BootstrapForecaster", "WalkForward", "backtest_metrics", "bars_per_year",
-           "check_output_dir", "csv_safe", "forecast_summary", "kelly_positions", "momentum_positions",
-           "performance", "portfolio_panel", "portfolio_returns", "run_backtest", "sharpe_ci", "sharpe_ratio",
-           "sign_positions", "simulate", "stationary_bootstrap_indices", "walk_forward", "write_outputs"]
+           "BacktestConfig", "BootstrapForecaster", "WalkForward", "backtest_metrics", "backtest_model",
+           "bars_per_year", "check_output_dir", "csv_safe", "forecast_summary", "kelly_positions",
+           "momentum_positions", "performance", "plan_decisions", "portfolio_panel", "portfolio_returns",
+           "run_backtest", "sharpe_ci", "sharpe_ratio", "sign_positions", "simulate", "stationary_bootstrap_indices",
+           "walk_forward", "write_outputs"]

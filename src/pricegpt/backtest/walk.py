@@ -35,7 +35,15 @@ Conventions
 - Test split: data.windows' "backtest" stage: bars after the given val_end, else the run's val_end; when the data
   has no bar after the run's (another file), the data's own 85% cutoff as in evaluation. Any decision whose first
   held bar is at or before the run's val_end is refused (LeakageError): those bars chose the checkpoint and the
-  temperature.
+  temperature (`allow_overlap` trades them anyway, and metrics.json's settings say so and how many).
+
+Zero-shot (`backtest_model`, `pricegpt backtest --model NAME|DIR`): a pretrained forecaster on a file it never saw,
+as evaluate_model scores one: the file's own cutoffs (or the given train_end / val_end) split it, the sampling
+temperature is chosen on its validation split in memory (forecast.calibrate_temperature(..., save=False); the
+model's folder is never written, so OUT is required), and decisions must trade bars after both the file's val_end
+and the model's data cutoff: an earlier one is refused before anything is sampled (LeakageError), unless
+allow_overlap, which metrics.json flags ("overlap_allowed", "overlapping_decisions"). metrics.json gains
+"zero_shot": {model, folder, data_cutoff, train_end, val_end, temperature, temperature_from}.
 
 Outputs (OUT = RUN/backtest/ by default, built in a temporary directory and renamed): metrics.json (blocks strategy,
 buy_and_hold, momentum = the portfolio's; portfolio, per_symbol, sharpe_ci, risk, settings), positions.csv (timestamp,
@@ -47,6 +55,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,7 +63,7 @@ import numpy as np
 import pandas as pd
 
 from .. import plots
-from ..config import check_bool, check_int, check_num_samples, check_number, check_seed
+from ..config import check_bool, check_int, check_num_samples, check_number, check_seed, check_temperature
 from ..data import iso, load_prices
 from ..data.windows import (
     Cutoffs,
@@ -67,9 +76,10 @@ from ..data.windows import (
     source_name,
     symbol_series,
 )
-from ..errors import ConfigError, OutputExistsError
+from ..errors import ConfigError, LeakageError, OutputExistsError
 from ..fileio import OUTPUT_MARKER, atomic_dir, atomic_path, csv_safe_cell, json_ready, write_json
-from ..forecast import MAX_HORIZON_BARS, Forecaster, check_paths_memory, paths_bytes
+from ..forecast import MAX_HORIZON_BARS, Forecaster, calibrate_temperature, check_paths_memory, paths_bytes
+from ..forecast.forecaster import resolve_model
 from ..forecast.shard import sharding
 from ..rundir import RunDir
 from ..runs import load_run
@@ -136,23 +146,35 @@ class WalkForward:
     decisions: pd.DataFrame
     bars: pd.DataFrame
     config: BacktestConfig
+    overlapping: int = 0            # decisions the leakage rule would refuse (only with allow_overlap)
 
 
-def walk_forward(frame: pd.DataFrame, forecaster, cutoffs, config: BacktestConfig) -> WalkForward | None:
+def plan_decisions(frame: pd.DataFrame, forecaster, cutoffs: Cutoffs, config: BacktestConfig,
+                   allow_overlap: bool = False):
+    """(series, origins, overlapping): the decisions of the test bars, checked before anything is forecast: a
+    DataError when fewer than MIN_DECISIONS have a whole horizon in the data, a LeakageError when one trades a bar
+    the leakage rule forbids (unless allow_overlap; overlapping counts them)."""
+    features = forecaster.features(frame) if hasattr(forecaster, "features") else return_features(frame)
+    series = symbol_series(features, cutoffs.splits)
+    origins = decision_origins(series, config.rebalance, min_context=int(getattr(forecaster, "patch_len", 1)))
+    require_origins(origins, series, cutoffs, config.horizon, minimum=MIN_DECISIONS)
+    overlapping = check_leakage(origins, series, cutoffs, config.horizon, allow_overlap=allow_overlap)
+    return series, origins, overlapping
+
+
+def walk_forward(frame: pd.DataFrame, forecaster, cutoffs, config: BacktestConfig,
+                 allow_overlap: bool = False) -> WalkForward | None:
     """Decisions over the test bars of every symbol of the canonical price `frame` (module docstring).
 
     cutoffs: a data.windows.Cutoffs of the "backtest" stage (run_backtest's), or a val_end (then the test bars
     are those after it, with no run to guard). Refuses a test split with fewer than MIN_DECISIONS decisions
-    whose whole horizon is in the data, and origins the leakage rule forbids, before forecasting anything.
+    whose whole horizon is in the data, and origins the leakage rule forbids (unless allow_overlap: then they
+    are traded and counted in `overlapping`), before forecasting anything (plan_decisions).
     None on the processes of a torchrun launch other than rank 0 (they only sample their share)."""
     if not isinstance(cutoffs, Cutoffs):
         cutoffs = resolve_cutoffs(frame, "backtest", val_end=cutoffs)
-    features = forecaster.features(frame) if hasattr(forecaster, "features") else return_features(frame)
-    series = symbol_series(features, cutoffs.splits)
-    H, R, N = config.horizon, config.rebalance, config.momentum_lookback
-    origins = decision_origins(series, R, min_context=int(getattr(forecaster, "patch_len", 1)))
-    require_origins(origins, series, cutoffs, H, minimum=MIN_DECISIONS)
-    check_leakage(origins, series, cutoffs)
+    series, origins, overlapping = plan_decisions(frame, forecaster, cutoffs, config, allow_overlap)
+    H, N = config.horizon, config.momentum_lookback
     decided_at = origins.context_end(series)
     order = np.argsort(decided_at, kind="stable")  # decision time, then symbol
     per_call = max(1, DECISION_PATHS_BYTES // paths_bytes(1, config.num_samples, H))
@@ -187,7 +209,7 @@ def walk_forward(frame: pd.DataFrame, forecaster, cutoffs, config: BacktestConfi
     decisions["momentum_target"] = momentum_positions(decisions["trailing_return"], config.long_only)
     bars = [_held_positions(series[symbol], origins.index[origins.symbols == symbol],
                             decisions[decisions["symbol"] == symbol]) for symbol in sorted(set(origins.symbols))]
-    return WalkForward(decisions, pd.concat(bars, ignore_index=True), config)
+    return WalkForward(decisions, pd.concat(bars, ignore_index=True), config, overlapping)
 
 
 def _decision_rows(series, origins, batch, decided_at, summary: dict, H: int, N: int) -> list[dict]:
@@ -309,17 +331,21 @@ def _iso(ts) -> str:
 # ------------------------------------------------------------------------------------------------ driver
 def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float = 1.0, slippage_bps: float = 0.0,
                  horizon: int | None = None, rebalance: int | None = None, num_samples: int | None = 256,
-                 seed: int = 0, out=None, forecaster=None, val_end=None, write: bool = True, **options) -> dict:
+                 seed: int = 0, out=None, forecaster=None, val_end=None, write: bool = True, train_end=None,
+                 allow_overlap: bool = False, extra: dict | None = None, **options) -> dict:
     """Walk-forward backtest of `run` (a directory or a loaded Run) on `data` (anything `load_prices` reads: a path,
     sample:NAME, a price frame; default: the run's data) over the test split, writing `out` (default
-    RUN/backtest/) as a whole.
+    RUN/backtest/; required for a pretrained model's run, whose folder is never written) as a whole.
 
     forecaster: any object with `sample_cumulative` (default: the run's Forecaster). val_end: where the test split
     starts (default: the run's val_end; without a run, the data's own 85% cutoff); with a run it may not be
-    earlier than the run's (LeakageError). horizon: default the run's horizon, else one token (patch_len bars),
-    else 1. options: further BacktestConfig fields (long_above, short_below, long_only, kelly_fraction, kelly_cap,
-    momentum_lookback, n_boot). Every value, the output folder and the leakage rule are checked before anything
-    is forecast. Returns the metrics.json dict (None on the processes of a torchrun launch other than rank 0)."""
+    earlier than the run's (LeakageError, unless allow_overlap, which metrics.json flags). train_end: the data's
+    train cutoff when the run never saw the data (a pretrained model; data.windows.resolve_cutoffs). horizon:
+    default the run's horizon, else one token (patch_len bars), else 1. options: further BacktestConfig fields
+    (long_above, short_below, long_only, kelly_fraction, kelly_cap, momentum_lookback, n_boot); extra: more
+    top-level keys for metrics.json. Every value, the output folder and the leakage rule are checked before
+    anything is forecast. Returns the metrics.json dict (None on the processes of a torchrun launch other than
+    rank 0). A pretrained model on a new file: `backtest_model`."""
     if run is not None and not hasattr(run, "meta"):
         run = load_run(run, need_tokenizer=forecaster is None)
     if forecaster is None:
@@ -331,6 +357,9 @@ def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float
     config = BacktestConfig(strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps, horizon=horizon,
                             rebalance=rebalance, num_samples=256 if num_samples is None else num_samples, seed=seed,
                             **options)
+    pretrained = bool(getattr(run, "pretrained", False))
+    if out is None and pretrained and write:
+        raise ConfigError("a pretrained model's folder is not a run directory: give the backtest an --out DIR")
     if out is None and run is not None:
         out = RunDir(run.dir).backtest
     if write and out is not None:
@@ -341,23 +370,87 @@ def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float
         raise ConfigError(f"{where} does not record the data it was built from; pass --data PATH")
     # the run's own data is read as the pipeline read it (its --date-format, if one was given)
     frame = load_prices(source, date_format=meta.get("date_format") if data is None else None)
-    cutoffs = resolve_cutoffs(frame, "backtest", run, val_end=val_end)
+    cutoffs = resolve_cutoffs(frame, "backtest", run, train_end=train_end, val_end=val_end)
     log.info(f"backtest: {config.strategy}, horizon {config.horizon}, rebalance {config.rebalance}, test after "
              f"{_iso(cutoffs.splits.val_end)}, {config.num_samples} samples")
-    walk = walk_forward(frame, forecaster, cutoffs, config)
+    walk = walk_forward(frame, forecaster, cutoffs, config, allow_overlap=allow_overlap)
     if walk is None:  # a process of a torchrun launch other than rank 0: it sampled its share
         return None
     metrics = backtest_metrics(walk, frame)
-    train_end = run_cutoffs(run)[0]
+    run_train_end, run_val_end = run_cutoffs(run)
+    # a pretrained model's own train_end is not this data's: the data's cutoffs split it (zero-shot)
+    train_end = cutoffs.splits.train_end if pretrained else run_train_end
     metrics["settings"].update({"train_end": None if train_end is None else _iso(train_end),
                                 "val_end": _iso(cutoffs.splits.val_end), "data": source_name(source),
                                 "run": None if run is None else str(run.dir),
-                                "forecaster": type(forecaster).__name__})
-    metrics = json_ready(metrics)
+                                "run_val_end": None if run_val_end is None else _iso(run_val_end),
+                                "forecaster": type(forecaster).__name__,
+                                "overlap_allowed": bool(allow_overlap), "overlapping_decisions": walk.overlapping})
+    metrics = json_ready({**metrics, **(extra or {})})
     if write and out is not None:
         write_outputs(out, metrics, walk)
         log.info(f"backtest: wrote {out}")
     return metrics
+
+
+def backtest_model(model, data, out, *, train_end=None, val_end=None, calibrate: bool = True,
+                   allow_overlap: bool = False, strategy: str = "sign", cost_bps: float = 1.0,
+                   slippage_bps: float = 0.0, horizon: int | None = None, rebalance: int | None = None,
+                   num_samples: int | None = 256, seed: int = 0, write: bool = True,
+                   temperature: float | None = None, temperature_from: str = "given by the caller",
+                   **options) -> dict:
+    """Zero-shot walk-forward backtest of a pretrained forecaster (a folder or a built-in name such as
+    "pricegpt-small") on any price data (module docstring, "Zero-shot"), written to `out` like `run_backtest`.
+
+    The data's own cutoffs split it (train_end / val_end, default 70% / 85% of its time span) when the model never
+    saw a bar of it; with `calibrate` the sampling temperature is chosen on its validation split (in memory only);
+    decisions trade bars after both the data's val_end and the model's data cutoff, else a LeakageError before
+    any sampling, unless allow_overlap. temperature: use this one instead of choosing one (e.g. the one
+    evaluate_model chose on the same split, as `pricegpt skill --model` does), said so by temperature_from.
+    horizon: default the model's. Other arguments as in `run_backtest`. Returns metrics.json's dict, with
+    "zero_shot". One process (not under torchrun)."""
+    if out is None and write:
+        raise ConfigError("a zero-shot backtest needs an output directory (--out DIR)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("backtest --model runs in one process; launch it without torchrun")
+    num_samples = 256 if num_samples is None else num_samples
+    if temperature is not None:
+        temperature = check_temperature(temperature, "temperature")
+    # every value is checked before the model is loaded (the horizon again once the model's default is known)
+    BacktestConfig(strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps,
+                   horizon=1 if horizon is None else horizon, rebalance=rebalance, num_samples=num_samples,
+                   seed=seed, **options)
+    if write:
+        check_output_dir(out)
+    forecaster = Forecaster.from_pretrained(model)
+    run = forecaster.run
+    frame = load_prices(data)
+    horizon = horizon if horizon is not None else (run.meta.get("horizon") or forecaster.patch_len)
+    config = BacktestConfig(strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps, horizon=horizon,
+                            rebalance=rebalance, num_samples=num_samples, seed=seed, **options)
+    cutoffs = resolve_cutoffs(frame, "backtest", run, train_end=train_end, val_end=val_end)
+    try:  # refused here, before the temperature is chosen: nothing is sampled for a backtest that cannot run
+        plan_decisions(frame, forecaster, cutoffs, config, allow_overlap)
+    except LeakageError as err:
+        raise LeakageError(f"{err}, or pass --allow-overlap to trade them anyway (the metrics are flagged)") from None
+    if temperature is not None:
+        run.calibration = {"temperature": temperature, "given": temperature_from}
+    elif calibrate:
+        splits = resolve_cutoffs(frame, "calibrate", run, train_end=train_end, val_end=val_end).splits
+        calibrate_temperature(run, frame, splits, config.horizon, num_samples=num_samples, seed=seed, save=False)
+        temperature_from = "this data's validation split"
+    else:
+        temperature_from = "the model's own calibration (its corpus' validation split)"
+    cutoff = run_cutoffs(run)[1]
+    zero_shot = {"model": str(model), "folder": str(resolve_model(model)),
+                 "data_cutoff": None if cutoff is None else _iso(cutoff),
+                 "train_end": _iso(cutoffs.splits.train_end), "val_end": _iso(cutoffs.splits.val_end),
+                 "temperature": forecaster.temperature, "temperature_from": temperature_from}
+    # the source itself (not the frame read from it), so that metrics.json names the file
+    return run_backtest(run, data, strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps,
+                        horizon=config.horizon, rebalance=rebalance, num_samples=num_samples, seed=seed, out=out,
+                        forecaster=forecaster, train_end=train_end, val_end=val_end, write=write,
+                        allow_overlap=allow_overlap, extra={"zero_shot": zero_shot}, **options)
 
 
 # ------------------------------------------------------------------------------------------------ outputs

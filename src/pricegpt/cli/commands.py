@@ -229,16 +229,27 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def _backtest_options(args) -> dict:
+    return {"strategy": args.strategy, "cost_bps": args.cost_bps, "slippage_bps": args.slippage_bps,
+            "horizon": args.horizon, "num_samples": args.num_samples, "seed": args.seed, "rebalance": args.rebalance,
+            "long_above": args.long_above, "short_below": args.short_below, "long_only": args.long_only,
+            "kelly_fraction": args.kelly_fraction, "momentum_lookback": args.momentum_lookback,
+            "allow_overlap": args.allow_overlap}
+
+
 def cmd_backtest(args) -> int:
     from ..backtest import run_backtest
     from ..rundir import RunDir
     from .text import headline, summary_table
 
-    metrics = run_backtest(args.run, data=_data_arg(args), strategy=args.strategy, cost_bps=args.cost_bps,
-                           slippage_bps=args.slippage_bps, horizon=args.horizon, num_samples=args.num_samples,
-                           seed=args.seed, out=args.out, rebalance=args.rebalance, long_above=args.long_above,
-                           short_below=args.short_below, long_only=args.long_only,
-                           kelly_fraction=args.kelly_fraction, momentum_lookback=args.momentum_lookback)
+    if args.model is not None:
+        return _backtest_model(args)
+    for flag, value in (("--train-end", args.train_end), ("--val-end", args.val_end),
+                        ("--no-calibrate", args.no_calibrate or None)):
+        if value is not None:
+            raise ConfigError(f"{flag} goes with --model (a run is backtested after its own val_end with its own "
+                              "temperature)")
+    metrics = run_backtest(args.run, data=_data_arg(args), out=args.out, **_backtest_options(args))
     if metrics is None:  # a process of a torchrun launch other than rank 0: rank 0 wrote and reports
         return 0
     if args.out is None:  # the run's report shows its own backtest
@@ -247,8 +258,36 @@ def cmd_backtest(args) -> int:
         refresh_report(args.run)
     print(headline(metrics))
     print(summary_table(metrics))
+    _overlap_line(metrics)
     print(f"wrote {Path(args.out) if args.out else RunDir(args.run).backtest}")
     return 0
+
+
+def _backtest_model(args) -> int:
+    from ..backtest import backtest_model
+    from ..data import load_prices
+    from .text import headline, summary_table
+
+    if args.data is None or args.out is None:
+        raise ConfigError("backtest --model needs --data PATH (the series to trade) and --out DIR")
+    data = args.data if args.date_format is None else load_prices(args.data, date_format=args.date_format)
+    metrics = backtest_model(args.model, data, args.out, train_end=args.train_end, val_end=args.val_end,
+                             calibrate=not args.no_calibrate, **_backtest_options(args))
+    zero = metrics["zero_shot"]
+    print(f"zero-shot: {zero['model']} (data cutoff {str(zero['data_cutoff'])[:10]}), temperature "
+          f"{zero['temperature']:g} from {zero['temperature_from']}")
+    print(headline(metrics))
+    print(summary_table(metrics))
+    _overlap_line(metrics)
+    print(f"wrote {Path(args.out)}")
+    return 0
+
+
+def _overlap_line(metrics: dict) -> None:
+    overlapping = metrics["settings"].get("overlapping_decisions")
+    if overlapping:
+        print(f"flagged: {overlapping} of {metrics['settings']['n_decisions']} decisions trade bars at or before "
+              "the model's cutoff, bars it was trained or selected on (--allow-overlap): not an out-of-sample result")
 
 
 def cmd_pipeline(args) -> int:
@@ -273,9 +312,19 @@ def cmd_skill(args) -> int:
     from ..pipeline import PipelineSettings
     from ..skill import run_skill
 
-    settings = PipelineSettings(preset=args.preset, overrides=list(args.set or []), max_steps=args.max_steps,
-                                num_samples=args.num_samples, horizon=args.horizon, seed=args.seed, force=args.force)
-    result = run_skill(args.out, suite=args.suite, data=args.data or (), settings=settings)
+    if args.model is not None:
+        for flag, value in (("--preset", args.preset), ("--set", args.set), ("--max-steps", args.max_steps)):
+            if value is not None:
+                raise ConfigError(f"{flag} shapes the training of a model; skill --model runs zero-shot (no "
+                                  "training): drop it, or fine-tune with --init")
+    elif args.no_calibrate:
+        raise ConfigError("--no-calibrate goes with --model (a trained run chooses its temperature on its own "
+                          "validation split)")
+    settings = PipelineSettings(preset=args.preset or "tiny", overrides=list(args.set or []),
+                                max_steps=args.max_steps, num_samples=args.num_samples, horizon=args.horizon,
+                                seed=args.seed, force=args.force, init=args.init)
+    result = run_skill(args.out, suite=args.suite, data=args.data or (), settings=settings, model=args.model,
+                       calibrate=not args.no_calibrate)
     if result is None:  # a process of a torchrun launch other than rank 0
         return 0
     print(result.to_markdown())

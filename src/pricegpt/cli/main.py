@@ -306,8 +306,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_analyze)
 
     p = sub.add_parser("backtest", help="walk-forward backtest of forecast-driven positions after costs")
-    p.add_argument("--run", required=True)
-    p.add_argument("--data")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a trained run directory")
+    which.add_argument("--model", help="a pretrained forecaster (pricegpt-small or a folder), zero-shot: needs "
+                                       "--data and --out")
+    p.add_argument("--data", help="price data (default: the data the run was built from)")
+    p.add_argument("--train-end", help="with --model: last train bar of the data")
+    p.add_argument("--val-end", help="with --model: last validation bar (the temperature is chosen on it; the "
+                                     "backtest trades the bars after it)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="with --model: keep the model's own temperature instead of choosing one on the data's "
+                        "validation split")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="trade bars at or before the run's val_end (the model's data cutoff) anyway; metrics.json "
+                        "is flagged")
     p.add_argument("--cost-bps", type=_bps, default=1.0)
     p.add_argument("--slippage-bps", type=_bps, default=0.0)
     p.add_argument("--strategy", choices=["sign", "kelly"], default="sign")
@@ -320,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum-lookback", type=_positive_int, default=20, help="bars of the momentum baseline")
     p.add_argument("--num-samples", type=_num_samples)
     p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--out", help="output directory (default: RUN/backtest)")
+    p.add_argument("--out", help="output directory (default: RUN/backtest; required with --model)")
     _add_date_format(p)
     p.set_defaults(func=commands.cmd_backtest)
 
@@ -350,13 +362,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_date_format(p)
     p.set_defaults(func=commands.cmd_pipeline)
 
-    p = sub.add_parser("skill", help="the pipeline on a suite of datasets: one table of verdicts (skill.md, .json)")
+    p = sub.add_parser("skill", help="the pipeline (or a pretrained model zero-shot) on a suite of datasets: one "
+                                      "table of verdicts (skill.md, .json)")
     p.add_argument("--suite", choices=["embedded"],
                    help="embedded: sample:stocks-daily and sample:eurusd-hourly (default when no --data is given)")
     p.add_argument("--data", action="extend", nargs="+", metavar="PATH",
                    help="further datasets: price files, folders or sample:NAME")
     p.add_argument("--out", required=True, help="suite directory: one run per dataset, skill.md, skill.json")
-    p.add_argument("--preset", default="tiny")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="MODEL",
+                       help="run the suite zero-shot with this pretrained forecaster (pricegpt-small or a folder): "
+                            "no training")
+    which.add_argument("--init", metavar="MODEL",
+                       help="fine-tune this pretrained model (forecaster folder, built-in name or run directory) on "
+                            "each dataset instead of training from scratch")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="with --model: keep the model's own temperature instead of choosing one on each dataset's "
+                        "validation split")
+    p.add_argument("--preset", help="model preset of the runs trained (default tiny)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every run")
     p.add_argument("--max-steps", type=_positive_int)
     p.add_argument("--num-samples", type=_num_samples)

@@ -159,6 +159,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     peak_flops: float = 0.0  # hardware peak FLOP/s for MFU; 0: a known GPU's bf16 peak, else MFU is left empty
     tensorboard: bool = False  # also log to RUN/tensorboard (needs `pip install 'pricegpt[tensorboard]'`)
+    # also log to MLflow (params, metrics, the model's config; needs `pip install 'pricegpt[mlflow]'`), at the
+    # tracking URI of the MLFLOW_TRACKING_URI environment variable
+    mlflow: bool = False
     # fraction of training windows whose calendar is hidden (model.calendar): the model then also forecasts well
     # without timestamps (the seed's generate --seed-tokens)
     calendar_dropout: float = 0.1
@@ -184,6 +187,7 @@ class TrainConfig:
         check_number(self.muon_momentum, "train.muon_momentum", 0, 1)
         check_bool(self.compile, "train.compile")
         check_bool(self.tensorboard, "train.tensorboard")
+        check_bool(self.mlflow, "train.mlflow")
         check_seed(self.seed, "train.seed")
         check_int(self.num_threads, "train.num_threads", 0, MAX_THREADS,
                   f"0 uses torch's default; this machine has {os.cpu_count() or 1} cores")

@@ -65,7 +65,8 @@ def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 2
         raise ConfigError("the temperature grid is empty; give at least one temperature")
     if max_origins is not None:
         max_origins = check_int(max_origins, "max_origins (--max-origins)", 1, 2**31 - 1)
-    forecaster = Forecaster(run)
+    forecaster = run if isinstance(run, Forecaster) else Forecaster(run)  # an ensemble is calibrated pooled
+    run = forecaster.run
     frame = load_prices(frame)
     cutoffs = resolve_cutoffs(frame, "calibrate", run, train_end=None if splits is None else splits.train_end,
                               val_end=None if splits is None else splits.val_end)

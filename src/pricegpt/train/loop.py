@@ -28,6 +28,10 @@ initialisation (run.py checks the architecture and the tokenizer); after that th
 
 Resuming: `Trainer.load_checkpoint` restores the weights, optimizer, RNG and step of a checkpoint; the checks on
 the run directory, its config and its data before that are run.py's. MFU uses device.py's per-device peak.
+
+Callbacks (`Trainer(..., callbacks=[...])`, callbacks.py): rank 0 hands on_start, on_step (at log steps, whose loss
+is on the host anyway), on_evaluation, on_checkpoint and on_end to the user's objects; one that raises stops
+training with a CallbackError.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from ..errors import CheckpointError, ConfigError, PriceGPTError
 from ..fileio import write_json
 from ..model.gpt import GPT
 from . import dist
+from .callbacks import Callbacks
 from .checkpoint import (
     META_FILE,
     MODEL_DIR,
@@ -67,7 +72,7 @@ from .checkpoint import (
 from .data import TokenData
 from .device import _known_peak_flops as _known_peak_flops  # re-exported: tests read the MFU peak from here
 from .device import peak_flops, pick_device
-from .metrics import MetricsLog
+from .metrics import METRICS_FILE, MetricsLog
 from .optim import build_optimizers, lr_factor, set_lr
 
 log = logging.getLogger("pricegpt")
@@ -83,11 +88,13 @@ class Trainer:
     """Trains a GPT on `data` into `run_dir`. `Trainer(config, data, run_dir).train()` -> result dict."""
 
     def __init__(self, config: RunConfig, data: TokenData, run_dir: str | os.PathLike, *,
-                 dist_info: dist.DistInfo | None = None, init_model: GPT | None = None):
+                 dist_info: dist.DistInfo | None = None, init_model: GPT | None = None, callbacks=None):
         """init_model: a trained model of the config's architecture whose weights step 0 starts from (a
-        fine-tune); None: a fresh initialisation from train.seed."""
+        fine-tune); None: a fresh initialisation from train.seed. callbacks: objects with any of on_start,
+        on_step, on_evaluation, on_checkpoint, on_end (callbacks.py), called on rank 0 only."""
         self.config, self.data, self.run_dir = config, data, Path(run_dir)
         self.dist = dist_info or dist.DistInfo()
+        self.callbacks = Callbacks(callbacks, enabled=self.dist.is_main)
         t = config.train
         if config.model.calendar and not data.has_calendar:
             raise ConfigError("model.calendar needs a token store with timestamps: the training data carries no "
@@ -122,6 +129,7 @@ class Trainer:
         self.saved_step: int | None = None  # the step of the newest checkpoint on disk
         self._best_model_meta: dict | None = None  # RUN/model/meta.json as last written
         self._stop_signal: int | None = None
+        self._resumed = False
         self._loss_sum = torch.zeros((), device=self.device)
         self._loss_count = 0
         self.metrics = MetricsLog(self.run_dir, vocab_size=config.model.vocab_size,
@@ -164,6 +172,7 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.resume(state["step"])
         self.step = self.saved_step = state["step"]
+        self._resumed = True
         self.best_val_loss, self.best_step = state["best_val_loss"], state["best_step"]
         self.evals_since_best = state["evals_since_best"]
         self.last_val_loss = state.get("last_val_loss")
@@ -222,9 +231,11 @@ class Trainer:
             # metrics first: a kill between the two leaves rows after the checkpoint (a resume drops them), never
             # a checkpoint whose earlier rows were not written yet
             self.metrics.flush(plot=False)
-            save_checkpoint(self.run_dir, self.model, self._trainer_state(), self._meta())
+            path = save_checkpoint(self.run_dir, self.model, self._trainer_state(), self._meta())
         self.saved_step = self.step
         dist.barrier(self.dist)
+        if self.dist.is_main:
+            self.callbacks("on_checkpoint", {"step": self.step, "path": str(path)})
 
     # ------------------------------------------------------------------------------------------- divergence
     def _diverged(self, what: str) -> TrainingDivergedError:
@@ -327,7 +338,8 @@ class Trainer:
     def _after_eval(self, val_loss: float) -> None:
         self._check_loss("validation loss", val_loss)
         self.last_val_loss = val_loss
-        if self.best_val_loss is None or val_loss < self.best_val_loss:
+        is_best = self.best_val_loss is None or val_loss < self.best_val_loss
+        if is_best:
             self._check_weights()
             self.best_val_loss, self.best_step, self.evals_since_best = val_loss, self.step, 0
             if self.dist.is_main:
@@ -339,17 +351,40 @@ class Trainer:
         patience = self.config.train.early_stopping_patience
         if patience and self.evals_since_best >= patience:
             self.stopped_early = True
+        self.callbacks("on_evaluation", {
+            "step": self.step, "val_loss": val_loss, "train_loss": self.last_train_loss,
+            "best_val_loss": self.best_val_loss, "best_step": self.best_step, "is_best": is_best,
+            "model_dir": str(self.run_dir / MODEL_DIR)})
 
     def train(self) -> dict:
         """Train from `self.step` to `train.max_steps` (or early stopping); return the result.
 
-        A signal saves a checkpoint and raises (KeyboardInterrupt for SIGINT, SystemExit(143) for SIGTERM)."""
+        A signal saves a checkpoint and raises (KeyboardInterrupt for SIGINT, SystemExit(143) for SIGTERM). The
+        callbacks get on_end whatever ends training (callbacks.py)."""
+        self._started = time.perf_counter()
+        try:
+            result = self._train()
+        except BaseException as err:
+            interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+            self.callbacks.end({"status": "interrupted" if interrupted else "failed",
+                                "error": None if interrupted else f"{type(err).__name__}: {err}",
+                                **self._end_info(self._result(self._started))})
+            raise
+        self.callbacks.end({"status": "finished", "error": None, **self._end_info(result)})
+        return result
+
+    def _end_info(self, result: dict) -> dict:
+        return {"step": self.step, "saved_step": self.saved_step, "run_dir": str(self.run_dir),
+                "metrics_csv": str(self.run_dir / METRICS_FILE), **result}
+
+    def _train(self) -> dict:
         from tqdm.auto import tqdm
 
         t = self.config.train
         show = self.dist.is_main
         say = log.info if show else (lambda *_: None)
-        started = time.perf_counter()
+        started = self._started
+        self.callbacks("on_start", self._start_info())
         if self.nothing_to_train:
             reason = (f"stopped early at step {self.step} (no better validation loss in {t.early_stopping_patience} "
                       "evaluations; set a larger train.early_stopping_patience to train on)" if self.stopped_early
@@ -392,6 +427,9 @@ class Trainer:
                                if self.peak_flops else None)
                         lr = self._lr_factor(step - 1) * t.lr
                         self._log(step, lr=lr, train_loss=self.last_train_loss, tok_per_s=tok_per_s, mfu=mfu)
+                        self.callbacks("on_step", {"step": step, "max_steps": t.max_steps,
+                                                   "train_loss": self.last_train_loss, "lr": lr,
+                                                   "tokens_per_s": tok_per_s, "mfu": mfu})
                         bar.set_postfix(loss=f"{self.last_train_loss:.4f}", lr=f"{lr:.2e}",
                                         tok_s=f"{tok_per_s:,.0f}", refresh=False)
                         interval_start, interval_steps = time.perf_counter(), 0
@@ -440,6 +478,13 @@ class Trainer:
                 "stopped_early": self.stopped_early, "seconds": time.perf_counter() - started}
 
     # ------------------------------------------------------------------------------------------- plumbing
+    def _start_info(self) -> dict:
+        t = self.config.train
+        return {"step": self.step, "max_steps": t.max_steps, "resumed": self._resumed, "run_dir": str(self.run_dir),
+                "config": self.config.to_dict(), "num_params": self.model.num_params(), "device": str(self.device),
+                "world_size": self.dist.world_size, "global_batch": self.global_batch,
+                "tokens_per_step": self.tokens_per_step}
+
     def _log(self, step: int, **values) -> None:
         if self.metrics is not None:
             self.metrics.log(step, **values)

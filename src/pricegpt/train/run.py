@@ -11,6 +11,9 @@ explicitly) and its weights before step 0. The tokens must come from the init's 
 tokenizer_hash differs (or a .txt without one) is refused before any file is written. RUN/init.json and every
 meta.json record the init (checkpoint.InitModel.record); a resumed run continues from its checkpoint whatever the
 init (only step 0 reads it), and one restarted before its first checkpoint starts from the recorded init again.
+
+Callbacks (`callbacks=[...]`, callbacks.py) see the training on rank 0; `train.mlflow=true` adds an MlflowCallback
+(tracking.py), whose missing package or unreachable store is a ConfigError before any file is written.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ..config import (
 from ..errors import CheckpointError, ConfigError, OutputExistsError
 from ..fileio import make_dirs, write_json
 from . import dist
+from .callbacks import check_callbacks
 from .checkpoint import (
     CHECKPOINTS_DIR,
     INIT_FILE,
@@ -56,6 +60,7 @@ from .checkpoint import (
 from .data import TokenData, read_token_source
 from .loop import Trainer
 from .metrics import METRICS_FILE
+from .tracking import MlflowCallback, require_mlflow
 
 log = logging.getLogger("pricegpt")
 
@@ -67,7 +72,7 @@ RESUME_KEYS = ("tokenizer_hash", "train_end", "val_end", "train_tokens", "val_to
 def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | None = None,
               config_file: str | os.PathLike | None = None, overrides: list[str] | None = None,
               max_steps: int | None = None, resume: bool = False, allow_existing: bool = False,
-              init: str | os.PathLike | None = None) -> dict:
+              init: str | os.PathLike | None = None, callbacks: list | None = None) -> dict:
     """Train on a token store directory or .txt token file into run directory `out`; see the module docstring.
 
     A fresh run refuses an existing non-empty `out` (OutputExistsError) unless `allow_existing` (the pipeline's
@@ -79,6 +84,9 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
     `init` (a forecaster folder, a built-in model name or a run directory) fine-tunes that model: its
     architecture and weights, tokens of its tokenizer only. With `resume` it may be left out (RUN/init.json
     knows it) or must name the same model.
+    `callbacks`: objects with any of on_start, on_step, on_evaluation, on_checkpoint, on_end (subclass
+    pricegpt.train.Callback), called on rank 0 with plain dicts (callbacks.py); one that raises stops training
+    with a CallbackError. train.mlflow=true adds an MlflowCallback unless `callbacks` holds one.
     Every check happens before the first file is written.
     Returns {"best_val_loss", "best_step", "steps", "out", "model_dir", "stopped_early", ...}.
     """
@@ -98,6 +106,7 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
             _check_fresh_out(out, allow_existing)
             config = resolve_config(preset, config_file, overrides, max_steps)
             explicit, checkpoint, record = explicit_keys(config_file, overrides), None, None
+        callbacks = _run_callbacks(callbacks, config, info.is_main)
         # only step 0 reads the init model: a resumed checkpoint has its own weights
         start = load_init(init) if init is not None and checkpoint is None else None
         if start is not None:
@@ -115,7 +124,8 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
                                      tokenizer_dir=tokenizer_dir, where=str(tokens), calendar=config.model.calendar)
         if checkpoint is not None:
             _check_same_data(checkpoint, data.source, out)
-        trainer = Trainer(config, data, out, dist_info=info, init_model=start.model if start else None)
+        trainer = Trainer(config, data, out, dist_info=info, init_model=start.model if start else None,
+                          callbacks=callbacks)
         if checkpoint is not None:
             trainer.load_checkpoint(checkpoint)
         dist.barrier(info)  # every process has checked `out` before rank 0 writes to it
@@ -131,6 +141,16 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
     finally:
         if owns_process_group:
             dist.shutdown()
+
+
+def _run_callbacks(callbacks, config: RunConfig, is_main: bool) -> list:
+    """The user's callbacks, plus an MlflowCallback (rank 0 only) for train.mlflow=true."""
+    callbacks = check_callbacks(callbacks)
+    if config.train.mlflow:
+        require_mlflow("train.mlflow=true")
+        if is_main and not any(isinstance(callback, MlflowCallback) for callback in callbacks):
+            callbacks.append(MlflowCallback())
+    return callbacks
 
 
 def _init_model_config(start: InitModel, model: GPTConfig, explicit: set[str], restarted: bool) -> GPTConfig:

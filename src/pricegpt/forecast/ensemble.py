@@ -1,0 +1,90 @@
+"""Ensembles: several trained runs (or pretrained folders) forecasting as one.
+
+    ens = EnsembleForecaster.from_runs(["runs/a", "runs/b", "runs/c"])
+    ens.sample_cumulative(contexts, symbols, H, 256, seed=0, ...)     # 256 paths pooled from the three models
+
+Paths are pooled equally: of `num_samples` paths per origin, member k draws n_k (num_samples split as evenly as
+possible, the first members taking the remainder) with its own seed derived from (seed, k), so the pooled
+forecast is reproducible and does not depend on batching, as each member's is. Every member samples at the
+ENSEMBLE's temperature: calibrate it on the pooled forecaster (`calibrate_temperature(ens, ...)`, which stores it in
+`ens.run.calibration`, in memory unless the ensemble has a directory of its own). Evaluation, backtests and
+forecasts take an ensemble wherever they take a Forecaster; the token metrics are the first member's (each member
+has its own tokenizer, so there is no pooled token stream). The members must read the same features (so their
+contexts are the same arrays) and should share their cutoffs (checked: the leakage rule uses the first member's).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..config import derive_seed
+from ..data.windows import run_cutoffs
+from ..errors import ConfigError
+from ..runs import Run
+from .forecaster import Forecaster, check_sampling
+
+
+class EnsembleForecaster(Forecaster):
+    """Members' paths pooled equally at one temperature (module docstring)."""
+
+    def __init__(self, members: list[Forecaster], directory: str | os.PathLike | None = None):
+        members = list(members)
+        if len(members) < 2:
+            raise ConfigError(f"an ensemble needs at least 2 members, got {len(members)}")
+        first = members[0]
+        features = {m.tokenizer.config.features for m in members}
+        if len(features) != 1:
+            raise ConfigError(f"ensemble members read different features ({', '.join(sorted(features))}); pool "
+                              "runs whose tokenizers use the same features")
+        cutoffs = {run_cutoffs(m.run) for m in members}
+        if len(cutoffs) != 1:
+            raise ConfigError("ensemble members were trained with different train/validation cutoffs; pool runs "
+                              "made on the same splits (the leakage rule needs one set of cutoffs)")
+        run = Run(dir=first.run.dir if directory is None else directory, model=first.model,
+                  tokenizer=first.tokenizer, meta=dict(first.run.meta), calibration={},
+                  pretrained=directory is None)
+        super().__init__(run, autocast=first.autocast)
+        self.members = members
+
+    @classmethod
+    def from_runs(cls, sources, directory: str | os.PathLike | None = None) -> EnsembleForecaster:
+        """Members from run directories or forecaster folders (built-in names too)."""
+        members = []
+        for source in sources:
+            path = str(source)
+            members.append(Forecaster.from_run(path) if os.path.isfile(os.path.join(path, "run.json"))
+                           or os.path.isdir(os.path.join(path, "checkpoints"))
+                           else Forecaster.from_pretrained(path))
+        return cls(members, directory)
+
+    @property
+    def patch_len(self) -> int:
+        return max(m.patch_len for m in self.members)
+
+    @property
+    def uses_times(self) -> bool:
+        return any(m.uses_times for m in self.members)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.run.calibration.get("temperature", 1.0))
+
+    def sample_returns(self, contexts, symbols, horizon: int, num_samples: int, *, seed: int = 0,
+                       temperature: float | None = None, context_ends=None, progress: bool | None = None,
+                       label: str = "sampling", context_times=None, target_times=None) -> np.ndarray:
+        """(origins, num_samples, horizon): member k's n_k paths, in member order."""
+        horizon, num_samples, seed = check_sampling(horizon, num_samples, seed)
+        if num_samples < len(self.members):
+            raise ConfigError(f"--num-samples {num_samples} is fewer than the ensemble's {len(self.members)} "
+                              "members; each member needs at least one path")
+        temperature = self.temperature if temperature is None else temperature
+        sizes = [len(part) for part in np.array_split(np.arange(num_samples), len(self.members))]
+        contexts = list(contexts)
+        parts = [member.sample_returns(contexts, symbols, horizon, n, seed=derive_seed(seed, k) % 2**32,
+                                       temperature=temperature, context_ends=context_ends, progress=progress,
+                                       label=f"{label} (member {k + 1}/{len(self.members)})",
+                                       context_times=context_times, target_times=target_times)
+                 for k, (member, n) in enumerate(zip(self.members, sizes))]
+        return np.concatenate(parts, axis=1)
