@@ -15,8 +15,8 @@ fi
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import pricegpt" 2>/dev/null; then
     exit 0
 fi
-echo "setup: installing pricegpt[dev,baselines,mlflow] into .venv (first run takes a few minutes)"
+echo "setup: installing pricegpt[dev,baselines,mlflow,hub] into .venv (first run takes a few minutes)"
 "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-"$venv/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev,baselines,mlflow]"
+"$venv/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev,baselines,mlflow,hub]"
 echo "$want" > "$stamp"
 echo "setup: done"

@@ -77,3 +77,29 @@ def test_zero_shot_needs_an_output_folder_and_data_on_the_command_line(tmp_path)
     done = cli("evaluate", "--run", "x", "--train-end", "2017-06-01", cwd=tmp_path)
     assert done.returncode == 2 and "--model" in done.stderr
     assert np.all([p.name for p in tmp_path.iterdir()] == [])
+
+
+def test_a_hub_model_loads_offline_from_the_local_cache(tmp_path, monkeypatch):
+    """hf://OWNER/NAME through huggingface_hub, offline: the shipped folder laid out as the Hub's cache does it."""
+    pytest.importorskip("huggingface_hub", reason="the optional hub extra (huggingface_hub) is not installed")
+    import shutil
+
+    from pricegpt.errors import CheckpointError
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--pricegpt--tiny-forecaster"
+    commit = "0" * 40
+    shutil.copytree(resolve_model("pricegpt-small"), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    fc = Forecaster.from_pretrained("hf://pricegpt/tiny-forecaster")
+    shipped = Forecaster.from_pretrained("pricegpt-small")
+    assert fc.tokenizer.hash == shipped.tokenizer.hash and fc.temperature == shipped.temperature
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+        Forecaster.from_pretrained("hf://pricegpt/missing")

@@ -383,9 +383,36 @@ class InitModel:
                 "data_cutoff": self.data_cutoff}
 
 
+HUB_PREFIX = "hf://"
+
+
+def resolve_hub(spec: str) -> Path:
+    """The local folder of a forecaster on the Hugging Face Hub, `hf://OWNER/NAME[@REVISION]`, downloaded (or
+    found in the local cache; HF_HUB_OFFLINE=1 uses the cache only) by the optional `huggingface_hub` package."""
+    repo, _, revision = spec[len(HUB_PREFIX):].partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ConfigError(f"a Hub model is hf://OWNER/NAME[@REVISION], got {spec!r}")
+    try:
+        from huggingface_hub import snapshot_download  # optional (the `hub` extra): only hf:// names need it
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:
+        raise ConfigError(f"{spec} is on the Hugging Face Hub, which needs the optional huggingface_hub package: "
+                          "pip install 'pricegpt[hub]'") from None
+    try:
+        return Path(snapshot_download(repo_id=repo, revision=revision or None))
+    except LocalEntryNotFoundError:
+        raise CheckpointError(f"{spec} is not in the local Hugging Face cache and the Hub cannot be reached "
+                              "(offline, or HF_HUB_OFFLINE=1); download it once with network, or pass a "
+                              "folder") from None
+    except (HfHubHTTPError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot fetch {spec} from the Hugging Face Hub: {err}") from None
+
+
 def resolve_init(name_or_path: str | os.PathLike) -> Path:
-    """The absolute folder of `--init`: a path, or the name of a built-in pretrained model (a path that exists
-    wins over a name)."""
+    """The absolute folder of `--init`: a path, the name of a built-in pretrained model (a path that exists wins
+    over a name), or a Hub model hf://OWNER/NAME[@REVISION] (`resolve_hub`)."""
+    if str(name_or_path).startswith(HUB_PREFIX):
+        return resolve_hub(str(name_or_path)).resolve()
     path = Path(name_or_path)
     if not path.exists() and str(name_or_path) in BUILTIN_MODELS:
         path = PRETRAINED_ROOT / str(name_or_path)
