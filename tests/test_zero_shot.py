@@ -103,3 +103,20 @@ def test_a_hub_model_loads_offline_from_the_local_cache(tmp_path, monkeypatch):
     assert fc.tokenizer.hash == shipped.tokenizer.hash and fc.temperature == shipped.temperature
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
         Forecaster.from_pretrained("hf://pricegpt/missing")
+
+
+def test_a_fine_tuned_runs_test_window_starts_after_its_inits_cutoff():
+    """A run fine-tuned from a pretrained model: test origins must also come after the init's data cutoff."""
+    from types import SimpleNamespace
+
+    from pricegpt.data import load_prices
+    from pricegpt.data.windows import resolve_cutoffs
+
+    frame = load_prices("sample:stocks-daily")  # 2000-2013
+    run = SimpleNamespace(meta={"train_end": "2005-12-31", "val_end": "2007-12-31",
+                                "init": {"data_cutoff": "2010-12-31T00:00:00Z"}})
+    cutoffs = resolve_cutoffs(frame, "test", run)
+    assert cutoffs.window[0] == pd.Timestamp("2010-12-31", tz="UTC")
+    assert cutoffs.window_names[0] == "init data_cutoff"
+    plain = resolve_cutoffs(frame, "test", SimpleNamespace(meta={"train_end": "2005-12-31", "val_end": "2007-12-31"}))
+    assert plain.window[0] == pd.Timestamp("2007-12-31", tz="UTC")

@@ -193,6 +193,13 @@ def run_cutoffs(run) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
             None if val_end is None else parse_time(val_end, "the run's val_end"))
 
 
+def init_data_cutoff(run) -> pd.Timestamp | None:
+    """The data cutoff of the pretrained model a run was fine-tuned from (its meta's "init"), or None."""
+    init = (getattr(run, "meta", None) or {}).get("init")
+    cutoff = init.get("data_cutoff") if isinstance(init, dict) else None
+    return None if cutoff is None else parse_time(cutoff, "the init's data_cutoff")
+
+
 def resolve_cutoffs(frame: pd.DataFrame, stage: str, run=None, *, train_end=None, val_end=None) -> Cutoffs:
     """THE cutoffs of `stage` (calibrate | val | test | backtest) for `frame`: the explicit train_end / val_end
     where given (never replaced), else the run's, else (or when the run's leave the stage's split without a bar
@@ -237,7 +244,12 @@ def resolve_cutoffs(frame: pd.DataFrame, stage: str, run=None, *, train_end=None
             splits = time_splits(frame)
     if split == "test":
         after = run_val_end if run_val_end is not None else run_train_end
-        window, names = (after, None), ("val_end" if run_val_end is not None else "train_end", "")
+        names = ("val_end" if run_val_end is not None else "train_end", "")
+        init_cutoff = init_data_cutoff(run)
+        if init_cutoff is not None and (after is None or init_cutoff > after):
+            # a fine-tuned run: the pretrained model it started from saw bars up to its own cutoff
+            after, names = init_cutoff, ("init data_cutoff", "")
+        window = (after, None)
     else:
         window, names = (run_train_end, run_val_end), ("train_end", "val_end")
     return Cutoffs(stage, splits, own, window, names, pd.Timestamp(frame["timestamp"].max()))
@@ -283,8 +295,9 @@ def check_leakage(origins: Origins, series: dict[str, SymbolSeries], cutoffs: Cu
     if early.any():
         first = pd.Timestamp(origins.target_start(series)[early].min()).tz_localize("UTC")
         where = f"start at or before the run's {name_after} {iso(after)} (the first on {iso(first)})"
-        why = ("the model was trained on those bars" if name_after == "train_end" else
-               "the checkpoint and the sampling temperature were chosen on those bars")
+        why = {"train_end": "the model was trained on those bars",
+               "init data_cutoff": "the pretrained model this run was fine-tuned from saw those bars"}.get(
+            name_after, "the checkpoint and the sampling temperature were chosen on those bars")
     else:
         where = f"end after the run's {name_until} {iso(until)}"
         why = "those are the run's test bars, which must stay unseen until evaluation"
