@@ -110,22 +110,40 @@ def _data_arg(args):
     return load_prices(args.data, date_format=args.date_format)
 
 
+def _sampling_on(args):
+    """The block a sampling command runs in: its --device and --dtype, resolved before any work (a device this
+    machine lacks is a ConfigError), reach every Forecaster the library call builds (forecaster.sampling_on)."""
+    from ..forecast.forecaster import sampling_on
+
+    device, autocast = _device_dtype(args)
+    return sampling_on(device, autocast)
+
+
+def _device_dtype(args):
+    from ..train.device import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    return device, resolve_dtype(args.dtype, device)
+
+
 def cmd_generate(args) -> int:
     """One line of generated ids per sample; with --decode also returns and a price path. Every flag is checked
-    (by the parser) before the run is loaded, the run's model and tokenizer before anything is sampled."""
+    (by the parser, --device and --dtype here) before the run is loaded, the run's model and tokenizer before
+    anything is sampled."""
     import numpy as np
     import torch
 
     from ..model import generate
     from ..runs import latest_run, load_run, parse_token_ids
 
-    run = load_run(Path(args.run) if args.run else latest_run(), need_tokenizer=args.decode)
+    device, autocast = _device_dtype(args)
+    run = load_run(Path(args.run) if args.run else latest_run(), device=device, need_tokenizer=args.decode)
     if args.decode and args.symbol is not None:
         run.tokenizer.check_symbol(args.symbol, "--symbol")
     ids = parse_token_ids(args.seed_tokens, run.model.config.vocab_size)
     out = generate(run.model, torch.tensor([ids], dtype=torch.long), args.num_generate,
                    num_samples=args.num_samples, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   seed=args.seed)
+                   seed=args.seed, autocast=autocast)
     samples = out[0].tolist()
     for i, row in enumerate(samples):
         print(" ".join(map(str, row)) if args.num_samples == 1 else f"sample {i}: " + " ".join(map(str, row)))
@@ -149,9 +167,10 @@ def cmd_evaluate(args) -> int:
                         ("--no-calibrate", args.no_calibrate or None)):
         if value is not None:
             raise ConfigError(f"{flag} goes with --model (a run is evaluated with its own cutoffs and temperature)")
-    metrics = evaluate_run(args.run, data=_data_arg(args), split=args.split, allow_overlap=args.allow_overlap,
-                           num_samples=args.num_samples, horizon=args.horizon, horizons=args.horizons,
-                           max_origins=args.max_origins, seed=args.seed, out=args.out)
+    with _sampling_on(args):
+        metrics = evaluate_run(args.run, data=_data_arg(args), split=args.split, allow_overlap=args.allow_overlap,
+                               num_samples=args.num_samples, horizon=args.horizon, horizons=args.horizons,
+                               max_origins=args.max_origins, seed=args.seed, out=args.out)
     if metrics is None:  # a process of a torchrun launch other than rank 0: rank 0 wrote and reports
         return 0
     if args.out is None and RunDir(args.run).backtest_metrics.is_file():  # keep the run's backtest in its report
@@ -173,11 +192,12 @@ def _evaluate_model(args) -> int:
     if args.split != "test":
         raise ConfigError("evaluate --model scores the test split only (the validation split chooses the "
                           "temperature)")
-    data = load_prices(args.data, date_format=args.date_format)
-    metrics = evaluate_model(args.model, data, args.out, train_end=args.train_end, val_end=args.val_end,
-                             calibrate=not args.no_calibrate, allow_overlap=args.allow_overlap,
-                             num_samples=args.num_samples, horizon=args.horizon, horizons=args.horizons,
-                             max_origins=args.max_origins, seed=args.seed)
+    with _sampling_on(args):
+        data = load_prices(args.data, date_format=args.date_format)
+        metrics = evaluate_model(args.model, data, args.out, train_end=args.train_end, val_end=args.val_end,
+                                 calibrate=not args.no_calibrate, allow_overlap=args.allow_overlap,
+                                 num_samples=args.num_samples, horizon=args.horizon, horizons=args.horizons,
+                                 max_origins=args.max_origins, seed=args.seed)
     zero = metrics["zero_shot"]
     print(f"zero-shot: {zero['model']} (data cutoff {str(zero['data_cutoff'])[:10]}), temperature "
           f"{zero['temperature']:g} from {zero['temperature_from']}")
@@ -190,8 +210,9 @@ def cmd_calibrate(args) -> int:
     from ..forecast.calibrate import calibrate_run
     from ..rundir import RunDir
 
-    result = calibrate_run(args.run, data=_data_arg(args), horizon=args.horizon, num_samples=args.num_samples,
-                           max_origins=args.max_origins, seed=args.seed)
+    with _sampling_on(args):
+        result = calibrate_run(args.run, data=_data_arg(args), horizon=args.horizon, num_samples=args.num_samples,
+                               max_origins=args.max_origins, seed=args.seed)
     if result is None:  # a process of a torchrun launch other than rank 0
         return 0
     crps = ", ".join(f"T={t}: {value:.6f}" for t, value in result["crps"].items())
@@ -205,16 +226,17 @@ def cmd_forecast(args) -> int:
     from ..forecast import forecast_symbol
     from .text import format_forecast
 
-    if args.run is not None:
-        source = args.run
-    else:
-        from ..forecast import Forecaster, check_sampling
-        from ..forecast.forecaster import DEFAULT_MODEL
+    with _sampling_on(args):
+        if args.run is not None:
+            source = args.run
+        else:
+            from ..forecast import Forecaster, check_sampling
+            from ..forecast.forecaster import DEFAULT_MODEL
 
-        check_sampling(args.horizon, args.num_samples, args.seed)  # before the model is loaded
-        source = Forecaster.from_pretrained(args.model or DEFAULT_MODEL)
-    result = forecast_symbol(source, args.data, args.symbol, args.horizon, args.num_samples, args.seed,
-                             chart_path=args.out, date_format=args.date_format)
+            check_sampling(args.horizon, args.num_samples, args.seed)  # before the model is loaded
+            source = Forecaster.from_pretrained(args.model or DEFAULT_MODEL)
+        result = forecast_symbol(source, args.data, args.symbol, args.horizon, args.num_samples, args.seed,
+                                 chart_path=args.out, date_format=args.date_format)
     print(format_forecast(result))
     return 0
 
@@ -249,7 +271,8 @@ def cmd_backtest(args) -> int:
         if value is not None:
             raise ConfigError(f"{flag} goes with --model (a run is backtested after its own val_end with its own "
                               "temperature)")
-    metrics = run_backtest(args.run, data=_data_arg(args), out=args.out, **_backtest_options(args))
+    with _sampling_on(args):
+        metrics = run_backtest(args.run, data=_data_arg(args), out=args.out, **_backtest_options(args))
     if metrics is None:  # a process of a torchrun launch other than rank 0: rank 0 wrote and reports
         return 0
     if args.out is None:  # the run's report shows its own backtest
@@ -271,8 +294,9 @@ def _backtest_model(args) -> int:
     if args.data is None or args.out is None:
         raise ConfigError("backtest --model needs --data PATH (the series to trade) and --out DIR")
     data = args.data if args.date_format is None else load_prices(args.data, date_format=args.date_format)
-    metrics = backtest_model(args.model, data, args.out, train_end=args.train_end, val_end=args.val_end,
-                             calibrate=not args.no_calibrate, **_backtest_options(args))
+    with _sampling_on(args):
+        metrics = backtest_model(args.model, data, args.out, train_end=args.train_end, val_end=args.val_end,
+                                 calibrate=not args.no_calibrate, **_backtest_options(args))
     zero = metrics["zero_shot"]
     print(f"zero-shot: {zero['model']} (data cutoff {str(zero['data_cutoff'])[:10]}), temperature "
           f"{zero['temperature']:g} from {zero['temperature_from']}")
@@ -301,7 +325,8 @@ def cmd_pipeline(args) -> int:
         halflife=args.halflife, decode=args.decode, seasonal=_on_off(args.seasonal), horizon=args.horizon,
         num_samples=args.num_samples, cost_bps=args.cost_bps, seed=args.seed, ablation=args.ablation,
         force=args.force, date_format=args.date_format, init=args.init)
-    result = run_pipeline(args.data, args.out, settings)
+    with _sampling_on(args):  # the sampling stages; training follows train.device / train.dtype
+        result = run_pipeline(args.data, args.out, settings)
     if result is None:  # a process of a torchrun launch other than rank 0
         return 0
     print(pipeline_headline(result.evaluation, result.backtest, result.run / "eval" / "report.html"))

@@ -154,6 +154,17 @@ def _add_scaling(p: argparse.ArgumentParser) -> None:
                         "fitted tails (within)")
 
 
+def _add_device(p: argparse.ArgumentParser, stages: str = "") -> None:
+    """--device and --dtype of a command that samples from a model (commands.py resolves them before any work)."""
+    p.add_argument("--device", default="auto",
+                   help="where the model samples" + stages + ": auto (CUDA, then MPS, then the CPU: a run trained "
+                        "on a GPU forecasts on it), cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="compute dtype of sampling: bf16 / fp16 autocast is faster on GPUs and CPUs with bf16 "
+                        "matrix instructions, but gives other paths for a seed and makes an origin's paths depend "
+                        "on the origins sampled with it (default fp32)")
+
+
 def _add_date_format(p: argparse.ArgumentParser) -> None:
     p.add_argument("--date-format", type=_date_format,
                    help="strptime format of the timestamp column, e.g. %%d/%%m/%%Y (default: inferred from all "
@@ -249,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", action="store_true", help="also print decoded log returns and a price path")
     p.add_argument("--start-price", type=_price, default=100.0, help="start price of the decoded path")
     p.add_argument("--symbol", help="symbol whose scale decodes the returns (default: global scale)")
+    _add_device(p)
     p.set_defaults(func=commands.cmd_generate)
 
     p = sub.add_parser("evaluate", help="token and forecast metrics vs baselines; writes RUN/eval/")
@@ -272,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-overlap", action="store_true", help="allow test origins before the run's train_end")
     p.add_argument("--out", help="output directory (default: RUN/eval)")
     _add_date_format(p)
+    _add_device(p)
     p.set_defaults(func=commands.cmd_evaluate)
 
     p = sub.add_parser("calibrate", help="choose the sampling temperature on the validation split; writes "
@@ -283,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-origins", type=_positive_int, default=50, help="cap on validation origins per symbol")
     p.add_argument("--seed", type=_seed, default=0)
     _add_date_format(p)
+    _add_device(p)
     p.set_defaults(func=commands.cmd_calibrate)
 
     p = sub.add_parser("forecast", help="quantiles and risk for the next H bars of one symbol")
@@ -297,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", help="fan chart PNG (default: RUN/forecast/SYMBOL.png; with a pretrained model: none)")
     _add_date_format(p)
+    _add_device(p)
     p.set_defaults(func=commands.cmd_forecast)
 
     p = sub.add_parser("analyze", help="token statistics, transitions, patterns, outliers, entropy")
@@ -334,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", help="output directory (default: RUN/backtest; required with --model)")
     _add_date_format(p)
+    _add_device(p)
     p.set_defaults(func=commands.cmd_backtest)
 
     p = sub.add_parser("pipeline", help="data -> tokenizer -> train -> evaluate -> backtest -> report")
@@ -360,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune this model (forecaster folder, built-in name or run directory): its tokenizer "
                         "is used instead of fitting one")
     _add_date_format(p)
+    _add_device(p, " in the calibrate, evaluate and backtest stages (training: train.device and train.dtype, "
+                   "e.g. --set train.device=cuda --set train.dtype=bf16; its auto also means the GPU)")
     p.set_defaults(func=commands.cmd_pipeline)
 
     p = sub.add_parser("skill", help="the pipeline (or a pretrained model zero-shot) on a suite of datasets: one "

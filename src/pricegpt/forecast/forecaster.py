@@ -37,11 +37,18 @@ A forecaster folder (`save_pretrained(DIR)`), self-contained, loadable without t
     DIR/model/{config.json, model.safetensors}       the GPT
     DIR/tokenizer/{config.json, model.safetensors}   its tokenizer
 The cutoffs travel with it, so the leakage rule (data.windows) still refuses test origins on bars it has seen.
+
+Devices. `from_run` / `from_pretrained` load the model onto `device` (auto: CUDA, then MPS, then the CPU; cpu,
+cuda, cuda:N, mps; train.device.resolve_device) and `autocast` picks the dtype it samples in (None: fp32). The
+engine moves contexts and calendar ids to the model's device; sampled ids come back to the CPU. A Forecaster built
+without a device or autocast of its own (inside evaluate, calibrate, backtest, the pipeline) takes those of the
+enclosing `sampling_on(device, autocast)` block: how a command's --device and --dtype reach them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import math
@@ -64,6 +71,7 @@ from ..model import GPT, generate
 from ..runs import Run, load_run
 from ..tokenizer import bar_features, load_tokenizer
 from ..train.checkpoint import resolve_init as resolve_model
+from ..train.device import resolve_device
 from .frames import DF_QUANTILE_LEVELS, check_levels, paths_frame, paths_html, quantile_frame, target_times, utc_index
 from .risk import QUANTILE_LEVELS, quantile_table
 
@@ -76,6 +84,25 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 MODEL_DIR, TOKENIZER_DIR = "model", "tokenizer"
 DEFAULT_MODEL = "pricegpt-small"  # the pretrained forecaster of `forecast` without --run
+# (device, autocast) of Forecasters built without their own: set by `sampling_on`
+_PLACEMENT: contextvars.ContextVar[tuple[torch.device | None, torch.dtype | None]] = contextvars.ContextVar(
+    "pricegpt_sampling_placement", default=(None, None))
+
+
+@contextlib.contextmanager
+def sampling_on(device: str | torch.device | None = None, autocast: torch.dtype | None = None):
+    """Within the block, a Forecaster built without a device (or autocast) of its own moves its model to `device`
+    (a torch.device or a name `resolve_device` reads, resolved here, so an unavailable one fails before any work)
+    and samples under `autocast`: the --device / --dtype of a command whose library call builds its forecasters."""
+    token = _PLACEMENT.set((_device(device), autocast))
+    try:
+        yield
+    finally:
+        _PLACEMENT.reset(token)
+
+
+def _device(device: str | torch.device | None) -> torch.device | None:
+    return device if device is None or isinstance(device, torch.device) else resolve_device(device, "device")
 
 
 @dataclass
@@ -114,23 +141,35 @@ class Forecaster:
     """A trained model and its tokenizer ready to forecast: `Forecaster.from_run(dir)`, `Forecaster(load_run(dir))`
     or `Forecaster.from_pretrained(dir)`."""
 
-    def __init__(self, run: Run, autocast: torch.dtype | None = None):
+    def __init__(self, run: Run, autocast: torch.dtype | None = None, device: str | torch.device | None = None):
         """autocast: sample under torch.autocast in this dtype (e.g. torch.bfloat16: faster on CPUs with bf16
         matrix instructions, other paths for the same seed, and an origin's paths then also depend on which
         origins share its engine call, bf16 matrix products not being row-by-row reproducible across batch sizes;
-        benchmarks/README.md compares its CRPS). None (fp32): an origin's paths never depend on the batching."""
+        benchmarks/README.md compares its CRPS). None (fp32): an origin's paths never depend on the batching.
+        device: move the run's model there (None: where it is). Either None: the enclosing `sampling_on`'s."""
         if run.tokenizer is None:
             raise PriceGPTError(f"{run.dir} has no tokenizer (it was trained on a bare token file); its tokens "
                                 "cannot be decoded to returns, so it cannot forecast prices")
+        default_device, default_autocast = _PLACEMENT.get()
+        device = _device(device) or default_device
+        if device is not None and isinstance(run.model, torch.nn.Module):
+            run.model.to(device)  # in place: the Run (its token metrics too) then computes there
         self.run = run
         self.model = run.model
         self.tokenizer = run.tokenizer
-        self.autocast = autocast
+        self.autocast = autocast if autocast is not None else default_autocast
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, device: str = "cpu", autocast: torch.dtype | None = None
-                 ) -> Forecaster:
-        return cls(load_run(run_dir, device=device, need_tokenizer=True), autocast=autocast)
+    def from_run(cls, run_dir: str | os.PathLike, device: str | torch.device | None = None,
+                 autocast: torch.dtype | None = None) -> Forecaster:
+        """The run's best model on `device` (None: the enclosing `sampling_on`'s, else the CPU)."""
+        return cls(load_run(run_dir, device=_load_device(device), need_tokenizer=True), autocast=autocast)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model samples (the CPU for a model without parameters)."""
+        parameter = next(self.model.parameters(), None) if isinstance(self.model, torch.nn.Module) else None
+        return torch.device("cpu") if parameter is None else parameter.device
 
     @property
     def patch_len(self) -> int:
@@ -373,9 +412,12 @@ class Forecaster:
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str = "cpu") -> Forecaster:
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None,
+                        autocast: torch.dtype | None = None) -> Forecaster:
         """Load a folder written by `save_pretrained`, or a built-in pretrained model by name (BUILTIN_MODELS:
-        "pricegpt-small", shipped inside the package); a missing or damaged file is a PriceGPTError naming it."""
+        "pricegpt-small", shipped inside the package); a missing or damaged file is a PriceGPTError naming it.
+        device, autocast: as in `from_run`."""
+        device = _load_device(device)
         directory = resolve_model(directory)
         if not directory.is_dir():
             raise CheckpointError(f"forecaster folder {directory} not found; write one with "
@@ -395,7 +437,12 @@ class Forecaster:
                 if config.get(key) is not None}
         calibration = {**config.get("calibration", {}), "temperature": config["temperature"]}
         return cls(Run(dir=directory, model=model, tokenizer=tokenizer, meta=meta, calibration=calibration,
-                       pretrained=True))
+                       pretrained=True), autocast=autocast)
+
+
+def _load_device(device: str | torch.device | None) -> torch.device:
+    """Where a model loads: `device`, else the enclosing `sampling_on`'s, else the CPU."""
+    return _device(device) or _PLACEMENT.get()[0] or torch.device("cpu")
 
 
 def _read_config(path: Path) -> dict:
