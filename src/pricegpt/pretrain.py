@@ -24,17 +24,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from .config import preset_tokenizer_options
+from .config.files import resolve_config
 from .data import iso, parse_time
 from .data.corpus import load_corpus, read_manifest
 from .data.frame import Splits
-from .errors import ConfigError, DataError
-from .fileio import write_json
+from .errors import ConfigError, DataError, OutputExistsError
+from .fileio import OUTPUT_MARKER, make_dirs, mark_output, write_json
 from .forecast import Forecaster, calibrate_temperature
 from .runs import load_run
 from .tokenizer import fit_to_dir, load_tokenizer, write_token_store
@@ -45,6 +47,22 @@ log = logging.getLogger("pricegpt")
 DEFAULT_TRAIN_END = "2011-12-31"
 PRETRAIN_FILE = "pretrain.json"
 CALIBRATION_HORIZON = 4
+
+
+def _check_out(out: Path, corpus: Path) -> None:
+    """OUT may be new, empty, or a pretrain folder pricegpt wrote (to finish): never a user's folder, never the
+    corpus or a folder holding it (the stages write tokenizer/, tokens/, model/ ... into OUT)."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} exists and is not a folder; choose another --out")
+    resolved, corpus = out.resolve(), corpus.resolve()
+    if resolved == corpus or resolved in corpus.parents or corpus in resolved.parents:
+        raise OutputExistsError(f"--out {out} is, holds or lies inside the corpus {corpus}; choose an --out "
+                                "outside it")
+    ours = (out / OUTPUT_MARKER).is_file() or (out / PRETRAIN_FILE).is_file() \
+        or (out / "tokenizer" / OUTPUT_MARKER).is_file()
+    if out.is_dir() and any(out.iterdir()) and not ours:
+        raise OutputExistsError(f"--out {out} exists and was not written by pricegpt (no {OUTPUT_MARKER} marker); "
+                                "choose another --out (a new or empty folder)")
 
 
 def pretrain(corpus, out, preset: str = "tiny", *, train_end=None, val_end=None, max_steps: int | None = None,
@@ -60,11 +78,31 @@ def pretrain(corpus, out, preset: str = "tiny", *, train_end=None, val_end=None,
         raise ConfigError(f"--train-end {iso(t_end)} must be before --val-end {iso(v_end)} (the corpus cutoff "
                           f"is {cutoff})")
     tokenizer_options = preset_tokenizer_options(preset)  # an unknown preset fails before any work
+    resolve_config(preset, None, list(overrides or []), max_steps)  # so does a bad --set or --max-steps
+    _check_out(out, Path(corpus))
     frame = load_corpus(corpus, sources=sources, include_undated=include_undated)
     if frame.empty:
         raise DataError(f"the corpus {corpus} holds no dated series; build it with `pricegpt data corpus build`")
+    first = pd.Timestamp(frame["timestamp"].min())
+    if t_end < first:
+        raise ConfigError(f"--train-end {iso(t_end)} is before the corpus's first bar ({iso(first)}); the train "
+                          "split would be empty: choose a later --train-end")
     frame = frame[frame["timestamp"] <= v_end]
     splits = Splits(t_end, v_end)
+    created = not out.exists()
+    make_dirs(out)
+    mark_output(out)
+    try:
+        return _run_stages(out, corpus, manifest, cutoff, preset, frame, t_end, v_end, splits, tokenizer_options,
+                           max_steps, overrides, seed, num_samples, calibrate_max_origins)
+    except BaseException:
+        if created and [p.name for p in out.iterdir()] == [OUTPUT_MARKER]:  # nothing written: leave no folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_stages(out, corpus, manifest, cutoff, preset, frame, t_end, v_end, splits, tokenizer_options, max_steps,
+                overrides, seed, num_samples, calibrate_max_origins) -> dict:
     timings: dict[str, float] = {}
 
     def stage(name: str, done: bool, work) -> None:

@@ -243,6 +243,10 @@ def run_skill(out, suite: str | None = None, data=(), settings: PipelineSettings
     if mode != "from scratch":
         pretrained = model if model is not None else settings.init
         cutoff, seen = _seen_datasets(mode, pretrained, frames, settings)
+        if datasets and len(seen) == len(datasets):  # nothing could be scored: a mistake, not an empty table
+            name = next(iter(seen))
+            raise LeakageError(f"no dataset can be scored with {pretrained}: {name} ({datasets[name]}): "
+                               f"{seen[name]}; give data after the data cutoff {str(cutoff)[:10]}")
     if settings.date_format is None:  # each stage reads its path itself: no frames held while the suite runs
         frames.clear()
     if writes:

@@ -360,7 +360,7 @@ def cmd_skill(args) -> int:
 def cmd_pretrain(args) -> int:
     from ..pretrain import pretrain
 
-    sources = [x.strip() for x in args.sources.split(",") if x.strip()] if args.sources else None
+    sources = args.sources  # load_corpus splits "a,b" and refuses an empty selection
     record = pretrain(args.corpus, args.out, preset=args.preset, train_end=args.train_end, val_end=args.val_end,
                       max_steps=args.max_steps, overrides=list(args.set or []), seed=args.seed, sources=sources)
     print(f"pretrained on {record['n_symbols']} series, {record['n_bars']:,} bars ({record['first'][:10]} .. "

@@ -8,6 +8,7 @@ RUN/forecast/SYMBOL.png. Every value and the chart path are checked before the r
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,15 @@ import numpy as np
 import pandas as pd
 
 from .. import plots
-from ..data import load_prices
+from ..data import iso, load_prices
+from ..data.windows import run_cutoffs
 from ..errors import ConfigError, OutputExistsError
 from ..fileio import safe_file_names
 from ..rundir import RunDir
 from .forecaster import Forecaster, ForecastPaths, check_sampling, check_symbols
 from .risk import quantile_table, risk
+
+log = logging.getLogger("pricegpt")
 
 HISTORY_BARS = 60  # bars of history the fan chart shows at least (4 horizons when that is more)
 
@@ -66,6 +70,12 @@ def forecast_symbol(source, data, symbol: str, horizon: int, num_samples: int = 
     frame = load_prices(data, date_format=date_format)
     check_symbols([symbol], frame["symbol"].unique().tolist())
     frame = frame[frame["symbol"] == symbol]
+    if pretrained:
+        cutoff = run_cutoffs(forecaster.run)[1]
+        if cutoff is not None and frame["timestamp"].max() <= cutoff:
+            log.warning(f"the data ends {iso(frame['timestamp'].max())}, on or before the pretrained model's data "
+                        f"cutoff {iso(cutoff)}: it was trained on the bars that follow, so this forecast is not out "
+                        "of sample")
     fc = forecaster.sample_paths(frame, horizon, num_samples, seed=seed, symbols=[symbol])
     history = frame["close"].to_numpy(dtype=np.float64)[-max(4 * horizon, HISTORY_BARS):]
     if out is not None:
