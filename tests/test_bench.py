@@ -49,7 +49,9 @@ def test_llama_peer_has_pricegpt_shape_and_parameter_count():
 @pytest.mark.parametrize("config, dtype", [(TINY, "fp32"), (replace(TINY, n_kv_head=2), "bf16")])
 def test_train_lines_compare_with_llama(config, dtype):
     pytest.importorskip("transformers")
-    ratio, mfu = bench.bench_train(config, batch_size=2, dtype=dtype, rounds=1, peak_size=32)
+    results = {r.name: r for r in bench.bench_train(config, batch_size=2, dtype=dtype, rounds=1, peak_size=32)}
+    label = f"train {dtype}{' GQA' if config.n_kv_head != config.n_head else ''}"
+    ratio, mfu = results[f"{label} vs HF Llama"], results[f"{label} MFU"]
     assert ratio.name.startswith(f"train {dtype}") and ratio.goal == 1.0
     assert_measured(ratio)
     assert_measured(mfu)
@@ -57,9 +59,47 @@ def test_train_lines_compare_with_llama(config, dtype):
 
 
 def test_train_without_transformers_skips_only_the_peer(no_transformers):
-    ratio, mfu = bench.bench_train(TINY, batch_size=2, dtype="fp32", rounds=1, peak_size=32)
+    ratio, lean, mfu, lean_mfu = bench.bench_train(TINY, batch_size=2, dtype="fp32", rounds=1, peak_size=32)
     assert ratio.value is None and ratio.line().endswith("skipped: pip install 'pricegpt[bench]'")
-    assert_measured(mfu)
+    for result in (lean, mfu, lean_mfu):
+        assert_measured(result)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_train_lines_compare_with_the_lean_gpt(dtype):
+    results = bench.bench_train(TINY, batch_size=2, dtype=dtype, rounds=1, peak_size=32)
+    assert [r.name for r in results] == [f"train {dtype} vs HF Llama", f"train {dtype} vs lean GPT",
+                                         f"train {dtype} MFU", f"train {dtype} lean GPT MFU"]
+    lean, lean_mfu = results[1], results[3]
+    assert_measured(lean)
+    assert_measured(lean_mfu)
+    assert "tok/s" in lean.detail and lean_mfu.goal is None
+    assert lean.goal == bench.LEAN_GOAL[dtype] == {"fp32": 1.0, "bf16": 1.1}[dtype]
+    # GQA has no same-shape lean peer: no lean lines
+    gqa = bench.bench_train(replace(TINY, n_kv_head=2), batch_size=2, dtype=dtype, rounds=1, peak_size=32)
+    assert not any("lean" in r.name for r in gqa)
+
+
+def test_lean_gpt_matches_pricegpt_shape_and_trains():
+    with torch.device("meta"):  # the seed shape: shapes only
+        seed = GPTConfig()
+        ours, lean = GPT(seed), bench.LeanGPT(seed)
+    assert abs(sum(p.numel() for p in lean.parameters()) / ours.num_params() - 1) < 0.05
+    assert lean.flops_per_token() == ours.flops_per_token()  # the same weight matmuls and attention
+    assert len(lean.blocks) == seed.n_layer and lean.wpe.weight.shape == (seed.sequence_len, seed.n_embd)
+    torch.manual_seed(0)
+    model = bench.LeanGPT(TINY)
+    optimizer = bench.lean_optimizer(model)
+    idx = torch.randint(0, TINY.vocab_size, (4, TINY.sequence_len + 1), generator=torch.Generator().manual_seed(0))
+    assert model(idx[:, :-1]).shape == (4, TINY.sequence_len, TINY.vocab_size)
+    losses = []
+    for _ in range(8):
+        loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses
 
 
 def test_generate_lines():

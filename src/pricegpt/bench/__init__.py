@@ -1,7 +1,7 @@
 """`pricegpt bench`: pricegpt against real peers, each line a ratio measured in this process.
 
 suite.py (run_bench, FULL / QUICK, --only, the summary), harness.py (settings, Result, alternating timing, the
-machine header), peers.py (the pricegpt and Hugging Face Llama training steps, FLOPs per token), sections.py
+machine header), peers.py (the pricegpt, Hugging Face Llama and LeanGPT training steps, FLOPs per token), sections.py
 (train, generate, decode, encode), scaling.py (e2e and scaling, in subprocesses).
 """
 
@@ -17,6 +17,9 @@ from .harness import (
     wall,
 )
 from .peers import (
+    LeanGPT,
+    lean_optimizer,
+    lean_train_step,
     llama_config,
     llama_flops_per_token,
     llama_train_step,
@@ -40,6 +43,7 @@ from .sections import (
     HF_SKIPPED,
     KV_VS_HF_GOAL,
     KV_VS_RECOMPUTE_GOAL,
+    LEAN_GOAL,
     MFU_GOAL,
     TRAIN_GOAL,
     bench_decode,
@@ -79,6 +83,10 @@ __all__ = [
     "llama_flops_per_token",
     "pricegpt_train_step",
     "llama_train_step",
+    "LeanGPT",
+    "lean_optimizer",
+    "lean_train_step",
+    "LEAN_GOAL",
     "HF_SKIPPED",
     "TRAIN_GOAL",
     "MFU_GOAL",

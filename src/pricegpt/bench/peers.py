@@ -1,12 +1,23 @@
-"""The peers pricegpt is measured against: one training step of pricegpt's GPT and of Hugging Face's
-`LlamaForCausalLM` of the same shape and parameter count, and each model's training FLOPs per token.
+"""The peers pricegpt is measured against: one training step of pricegpt's GPT, of Hugging Face's
+`LlamaForCausalLM` of the same shape and parameter count, and of `LeanGPT`, a plain GPT-2-style model written here
+(issue 19), with each model's training FLOPs per token.
+
+LeanGPT is the fast peer: learned positions, LayerNorm (weight and bias), one fused q/k/v matmul, one causal
+`F.scaled_dot_product_attention` call, a GELU (tanh) MLP of mlp_ratio x width, a final LayerNorm and an untied
+head, as pricegpt's is. Its Linear layers have no biases, as pricegpt's have none, so both run the same weight
+matmuls; the extra parameters are the positional table and the LayerNorms' (under 1% at the seed shape). No
+rotary, no QK-norm, no ReLU^2, no softcap: what those cost is what the ratio shows.
 
 transformers is the optional `bench` extra: it is imported inside the functions that build the Llama peer.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from ..config import TrainConfig
 from ..model import GPT
@@ -76,3 +87,87 @@ def llama_train_step(config, batch_size: int, autocast: torch.dtype | None, seed
         optimizer.zero_grad(set_to_none=True)
 
     return step, llama_flops_per_token(model, config)
+
+
+# ------------------------------------------------------------------------------------------------- lean GPT
+class _LeanBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        e, self.n_head = config.n_embd, config.n_head
+        self.ln_1, self.ln_2 = nn.LayerNorm(e), nn.LayerNorm(e)
+        self.c_attn = nn.Linear(e, 3 * e, bias=False)
+        self.attn_proj = nn.Linear(e, e, bias=False)
+        self.c_fc = nn.Linear(e, config.mlp_ratio * e, bias=False)
+        self.mlp_proj = nn.Linear(config.mlp_ratio * e, e, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, E = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).view(B, T, 3, self.n_head, E // self.n_head).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.attn_proj(y.transpose(1, 2).reshape(B, T, E))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class LeanGPT(nn.Module):
+    """A plain GPT-2-style decoder of a GPTConfig's width, depth, heads (all key/value heads: no GQA), vocabulary
+    and sequence length. idx (B, T) -> logits (B, T, V), or with targets (B, T) the mean cross-entropy."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.sequence_len, config.n_embd)
+        self.blocks = nn.ModuleList([_LeanBlock(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        for name, p in self.named_parameters():  # GPT-2's init: N(0, 0.02), residual projections / sqrt(2 L)
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        T = idx.size(1)
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.reshape(-1))
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Counted as GPT.flops_per_token counts pricegpt's: 6 x the matmul weights (every Linear) plus
+        12 * n_layer * n_embd * T for the attention scores and weighted values."""
+        c = self.config
+        T = c.sequence_len if seq_len is None else seq_len
+        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return 6 * matmul + 12 * c.n_layer * c.n_embd * T
+
+
+def lean_optimizer(model: nn.Module, train: TrainConfig | None = None) -> torch.optim.AdamW:
+    """AdamW as pricegpt's trainer builds it (build_optimizers with the default TrainConfig): the same lr, betas,
+    eps and weight decay on 2-D tensors only (the LayerNorms' weights and biases are not decayed)."""
+    train = train or TrainConfig()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=train.lr, betas=(train.beta1, train.beta2), eps=1e-8)
+
+
+def lean_train_step(config, batch_size: int, autocast: torch.dtype | None, seed: int = 0):
+    """The same for LeanGPT: the same windows, the same autocast and the trainer's AdamW settings."""
+    torch.manual_seed(seed)
+    model = LeanGPT(config).train()
+    optimizer = lean_optimizer(model)
+    windows = _random_windows(config, batch_size, seed)
+    inputs, targets = windows[:, :-1], windows[:, 1:]
+
+    def step():
+        with cpu_autocast(autocast):
+            loss = model(inputs, targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, model.flops_per_token(config.sequence_len)

@@ -1,9 +1,11 @@
 """The in-process sections of `pricegpt bench`: train, generate and encode.
 
   train     one optimizer step (forward + backward + AdamW) at the seed shape, fp32 and bf16 autocast, against
-            Hugging Face `LlamaForCausalLM` of the same shape and parameter count; tokens/s and MFU, where MFU is
-            each model's own training FLOPs per token times tokens/s over a large square matmul timed in the same
-            rounds (the machine's matmul peak as it is right now, load included).
+            Hugging Face `LlamaForCausalLM` of the same shape and parameter count and (MHA shapes; issue 19)
+            against LeanGPT, a plain GPT-2-style model of the same width, depth, heads, vocabulary and sequence
+            length (peers.py); tokens/s and MFU, where MFU is each model's own training FLOPs per token times
+            tokens/s over a large square matmul timed in the same rounds (the machine's matmul peak as it is right
+            now, load included).
   generate  64 paths x 64 tokens after a 192-token context: the KV-cache engine against recomputing every step
             and against `transformers` `generate`.
   decode    many forecast origins, each with its own seed, sampled in one batched engine call against one call per
@@ -30,10 +32,11 @@ from ..forecast.forecaster import ROWS_PER_CALL
 from ..model import GPT, Engine, GPTConfig, preset_model_config
 from ..tokenizer import VQVAETokenizer, benchmark_encode
 from .harness import BenchSettings, Result, _transformers, alternate, matmul_contender, paired_ratio, quiet_log, wall
-from .peers import llama_config, llama_train_step, pricegpt_train_step
+from .peers import lean_train_step, llama_config, llama_train_step, pricegpt_train_step
 
 HF_SKIPPED = "pip install 'pricegpt[bench]'"  # printed as "skipped: pip install ..."
 TRAIN_GOAL = 1.0  # x HF Llama tokens/s
+LEAN_GOAL = {"fp32": 1.0, "bf16": 1.1}  # x LeanGPT tokens/s (issue 19), MHA shapes
 MFU_GOAL = {"fp32": 0.85, "bf16": 0.60}  # of the matmul peak measured in the same rounds
 KV_VS_RECOMPUTE_GOAL, KV_VS_HF_GOAL = 10.0, 2.0
 # Issue 15: 3x the decode throughput before batching at the tiny shape. Before: one engine call per origin,
@@ -47,7 +50,8 @@ ENCODE_GOAL = 5e6  # bars/s
 
 
 def bench_train(config, batch_size: int, dtype: str, rounds: int, peak_size: int) -> list[Result]:
-    """pricegpt vs Llama training steps and a matmul, alternated; a ratio line and an MFU line."""
+    """pricegpt vs Llama (and, at MHA shapes, LeanGPT) training steps and a matmul, alternated: a ratio line per
+    peer, pricegpt's MFU line and LeanGPT's."""
     gqa = config.n_kv_head != config.n_head
     label = f"train {dtype}{' GQA' if gqa else ''}"
     autocast = torch.bfloat16 if dtype == "bf16" else None
@@ -57,6 +61,9 @@ def bench_train(config, batch_size: int, dtype: str, rounds: int, peak_size: int
     if hf is not None:
         theirs, their_flops = llama_train_step(config, batch_size, autocast)
         contenders["llama"] = wall(theirs)
+    if not gqa:  # LeanGPT has one key/value head per query head: a same-shape peer only without GQA
+        lean, lean_flops = lean_train_step(config, batch_size, autocast)
+        contenders["lean"] = wall(lean)
     contenders["matmul"], matmul_flops = matmul_contender(peak_size, torch.bfloat16 if autocast else torch.float32)
     seconds = alternate(contenders, rounds)
     tokens = batch_size * config.sequence_len
@@ -83,6 +90,21 @@ def bench_train(config, batch_size: int, dtype: str, rounds: int, peak_size: int
         goal_text=f">= {MFU_GOAL[dtype]:.0%}",
         detail=f"{our_flops * tokens / statistics.median(seconds['pricegpt']) / 1e9:,.1f} of {peak / 1e9:,.1f} "
                f"GFLOP/s ({peak_size}^2 {dtype} matmul peak, same rounds){their_text}"))
+    if not gqa:
+        lean_mfu = statistics.median(lean_flops * tokens / s / (matmul_flops / m)
+                                     for s, m in zip(seconds["lean"], seconds["matmul"]))
+        lean_tok_s = tokens / statistics.median(seconds["lean"])
+        ratio = paired_ratio(seconds["lean"], seconds["pricegpt"])
+        results.insert(-1, Result(
+            f"{label} vs lean GPT", ratio, f"{ratio:.3f}x", goal=LEAN_GOAL[dtype],
+            goal_text=f">= {LEAN_GOAL[dtype]:.1f}x",
+            detail=f"{ours_tok_s:,.0f} vs {lean_tok_s:,.0f} tok/s ({shape}; GPT-2-style: learned positions, "
+                   f"LayerNorm, GELU, one SDPA call, untied head, no Linear biases; median of {rounds} "
+                   f"alternating rounds)"))
+        results.append(Result(
+            f"{label} lean GPT MFU", lean_mfu, f"{lean_mfu:.1%}",
+            detail=f"{lean_flops * tokens / statistics.median(seconds['lean']) / 1e9:,.1f} of {peak / 1e9:,.1f} "
+                   f"GFLOP/s (LeanGPT's own FLOPs per token, {lean_flops:,} vs pricegpt's {our_flops:,})"))
     return results
 
 
