@@ -100,7 +100,8 @@ def test_any_symbol_name_stays_inside_the_store(names, tmp_path_factory):
     write_token_store(tokenizer, frame, root / "out", time_splits(frame, "2021-01-25", "2021-02-01"))
     written = {p.resolve() for p in root.rglob("*") if p.is_file()}
     assert all((root / "out").resolve() in p.parents for p in written)
-    assert len(list((root / "out" / "arrays").iterdir())) == len(set(names))
+    assert len(list((root / "out" / "arrays").glob("*.npy"))) == len(set(names))  # token arrays; times in subdirs
+    assert len(list((root / "out" / "arrays").glob("*/*.npy"))) == 2 * len(set(names))
     store = TokenStore.open(root / "out")
     assert store.symbols == sorted(set(names))
     encoded = tokenizer.encode(frame)
@@ -165,7 +166,7 @@ def test_broken_store_directories_are_data_errors(fitted, tmp_path, damage):
     elif damage == "escaping file":
         index["per_symbol"]["AAA"]["file"] = "../elsewhere.npy"
     elif damage == "splits out of order":
-        index["per_symbol"]["AAA"]["splits"] = index["per_symbol"]["AAA"]["splits"][::-1]
+        index["per_symbol"]["AAA"]["split_bounds"] = index["per_symbol"]["AAA"]["split_bounds"][::-1]
     if damage in ("escaping file", "splits out of order"):
         (root / "index.json").write_text(json.dumps(index))
     if damage == "unknown symbol":
@@ -175,3 +176,135 @@ def test_broken_store_directories_are_data_errors(fitted, tmp_path, damage):
     with pytest.raises(DataError) as err:
         TokenStore.open(root)
     assert str(root) in str(err.value)
+
+
+# ------------------------------------------------------------------------------- format 2: flat in the data
+def _write_format1(root, tokens, starts, ends, labels, vocab_size=16):
+    """A store as pricegpt wrote it before format 2: ISO times and a split label per patch in index.json."""
+    (root / "arrays").mkdir(parents=True)
+    np.save(root / "arrays" / "X.npy", tokens.astype(np.uint8))
+    iso = [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in starts]
+    counts = {name: int((labels == i).sum()) for i, name in enumerate(("train", "val", "test"))}
+    index = {"format": 1, "tokenizer_kind": "quantile", "tokenizer_hash": "h", "vocab_size": vocab_size,
+             "patch_len": 1, "train_end": iso[counts["train"] - 1], "val_end": iso[-1],
+             "tokenizer_train_end": iso[counts["train"] - 1], "dtype": "uint8", "symbols": ["X"],
+             "n_tokens": len(tokens), "split_counts": counts, "skipped": {},
+             "per_symbol": {"X": {"file": "arrays/X.npy", "n_tokens": len(tokens), "split_counts": counts,
+                                  "patch_starts": iso,
+                                  "patch_ends": [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in ends],
+                                  "splits": [("train", "val", "test")[i] for i in labels]}}}
+    (root / "index.json").write_text(json.dumps(index))
+
+
+def _write_format2(root, tokens, starts, ends, labels, vocab_size=16):
+    from pricegpt.tokenizer.store import write_store
+
+    iso = [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in starts]
+    n_train = int((labels == 0).sum())
+    header = {"tokenizer_kind": "quantile", "tokenizer_hash": "h", "vocab_size": vocab_size, "patch_len": 1,
+              "train_end": iso[n_train - 1], "val_end": iso[-1], "tokenizer_train_end": iso[n_train - 1]}
+    return write_store(root, {"X": (tokens, starts.to_numpy(), labels, ends.to_numpy())}, header, all_tokens=False)
+
+
+@pytest.fixture
+def twin_stores(tmp_path):
+    """The same tokens in a format 1 store (hand-written) and a format 2 store (write_store)."""
+    n = 700
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, 16, n)
+    starts = pd.date_range("2021-01-04 09:00", periods=n, freq="37min")
+    ends = starts + pd.Timedelta("36min")
+    labels = np.repeat([0, 1, 2], [500, 120, 80])
+    _write_format1(tmp_path / "old", tokens, starts, ends, labels)
+    index = _write_format2(tmp_path / "new", tokens, starts, ends, labels)
+    return tmp_path / "old", tmp_path / "new", index, tokens, starts, ends
+
+
+def test_format2_keeps_nothing_per_token_in_the_index(twin_stores):
+    _, new, index, tokens, starts, ends = twin_stores
+    entry = index["per_symbol"]["X"]
+    assert index["format"] == 2 and entry["split_bounds"] == [500, 620, 700] and "splits" not in entry
+    assert isinstance(entry["patch_starts"], str) and isinstance(entry["patch_ends"], str)
+    assert (new / "index.json").stat().st_size < 2000
+    store = TokenStore.open(new)
+    for key, times in (("patch_starts", starts), ("patch_ends", ends)):
+        ns = store.patch_times_ns("X", key)
+        assert isinstance(ns, np.memmap) and ns.dtype == np.int64
+        np.testing.assert_array_equal(ns, times.as_unit("ns").asi8)
+    assert store.patch_starts("X").equals(starts.tz_localize("UTC"))
+    assert store.patch_ends("X").equals(ends.tz_localize("UTC")) and store.has_patch_ends
+
+
+def test_a_format1_store_opens_and_trains_the_same(twin_stores):
+    from pricegpt.train import TokenData, read_token_source
+
+    old, new, _, tokens, starts, ends = twin_stores
+    a, b = TokenStore.open(old), TokenStore.open(new)
+    np.testing.assert_array_equal(a.tokens("X"), tokens)
+    np.testing.assert_array_equal(a.tokens("X"), b.tokens("X"))
+    assert a.split_bounds("X") == b.split_bounds("X") == {"train": (0, 500), "val": (500, 620), "test": (620, 700)}
+    np.testing.assert_array_equal(a.split_tokens("X", "val"), tokens[500:620])
+    assert a.patch_starts("X").equals(b.patch_starts("X")) and a.patch_ends("X").equals(b.patch_ends("X"))
+    assert a.has_patch_ends and b.has_patch_ends
+    datas = []
+    for path in (old, new):
+        series, source, _ = read_token_source(path, calendar=True)
+        datas.append(TokenData.from_series(series, 31, 16, source=source, calendar=True))
+    for split in ("train", "val"):
+        x, y = getattr(datas[0], split), getattr(datas[1], split)
+        ids = np.arange(x.num_windows)
+        assert x.num_windows == y.num_windows
+        assert torch_equal(x.gather(ids), y.gather(ids))
+        assert torch_equal(x.gather_calendar(ids), y.gather_calendar(ids))
+
+
+def _on_a_map(array) -> bool:
+    while array is not None:
+        if isinstance(array, np.memmap) or type(array).__name__ == "mmap":
+            return True
+        array = getattr(array, "base", None)
+    return False
+
+
+def torch_equal(x, y) -> bool:
+    return x.dtype == y.dtype and x.shape == y.shape and bool((x == y).all())
+
+
+def test_the_sampler_reads_the_memory_maps_and_matches_a_flat_copy(twin_stores):
+    import torch
+
+    from pricegpt.data.calendar import calendar_ids
+    from pricegpt.train import TokenData, WindowSet, read_token_source
+
+    _, new, _, tokens, _, ends = twin_stores
+    series, source, _ = read_token_source(new, calendar=True)
+    data = TokenData.from_series(series, 15, 16, source=source, calendar=True)
+    assert all(_on_a_map(s) for s in data.train.segments + data.val.segments)  # views, not copies
+    ids = data.train.sample_ids(5, 2, 64)
+    flat = torch.from_numpy(tokens[:500].astype(np.int32))  # the old sampler: an int32 copy of the stream
+    starts = torch.from_numpy(data.train.window_starts(ids))
+    expected = flat[starts.unsqueeze(1) + torch.arange(16)].long()
+    got = data.train.gather(ids)
+    assert got.dtype == torch.int64 and torch.equal(got, expected)
+    tod, dow = calendar_ids(ends.to_numpy())
+    eager = WindowSet([tokens[:500]], 16, calendars=[np.stack([tod, dow], axis=1)[:500].astype(np.int8)])
+    assert torch.equal(data.train.gather_calendar(ids), eager.gather_calendar(ids))
+    np.testing.assert_array_equal(np.asarray(series["X"][2]), np.stack([tod, dow], axis=1))
+    # many segments: every window still comes from its own segment, in the order asked
+    pieces = [tokens[i:i + 70] for i in range(0, 700, 70)]
+    windows = WindowSet(pieces, 16)
+    ids = np.random.default_rng(0).integers(0, windows.num_windows, 300)
+    reference = np.concatenate(pieces)[windows.window_starts(ids)[:, None] + np.arange(16)]
+    np.testing.assert_array_equal(windows.gather(ids).numpy(), reference)
+
+
+def test_the_writer_refuses_split_labels_out_of_time_order(tmp_path):
+    from pricegpt.tokenizer.store import write_store
+
+    starts = pd.date_range("2021-01-01", periods=6, freq="D").to_numpy()
+    header = {"tokenizer_kind": "q", "tokenizer_hash": "h", "vocab_size": 8, "patch_len": 1,
+              "train_end": "2021-01-03T00:00:00Z", "val_end": "2021-01-05T00:00:00Z",
+              "tokenizer_train_end": "2021-01-03T00:00:00Z"}
+    with pytest.raises(DataError, match="time order"):
+        write_store(tmp_path / "s", {"X": (np.arange(6), starts, np.array([0, 0, 1, 0, 2, 2]))}, header)
+    assert not (tmp_path / "s").exists()

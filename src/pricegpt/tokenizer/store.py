@@ -3,11 +3,16 @@
 A store directory (built atomically; an existing one is an OutputExistsError unless overwrite):
 
     index.json           kind/hash of the tokenizer, vocab_size, patch_len, train_end, val_end, the symbols in
-                         sorted order, and per symbol: file, n_tokens, patch_starts and patch_ends (ISO: the
-                         times of each token's first and last bar), splits, split counts
+                         sorted order, and per symbol: file, n_tokens, split_bounds (three integers: where train,
+                         val and test stop), split counts, and patch_starts and patch_ends: the files of the times
+                         of each token's first and last bar
     arrays/<name>.npy    one token array per symbol (uint8 when K <= 256, else uint16), memory-mappable
+    arrays/starts/<name>.npy, arrays/ends/<name>.npy
+                         the patch start and end times per symbol: int64 nanoseconds since 1970 UTC, memory-mappable
     all_tokens.txt       every id, space-separated, symbols in index order, all splits (the seed's format)
     tokenizer/           a copy of the tokenizer, so the store is self-contained
+
+Nothing in index.json grows with the number of tokens, so opening a store of any size takes the same memory.
 
 Patches are time-ordered and a patch belongs to the split of its last bar, so each split is one contiguous range
 of a symbol's array. Symbol names can be anything: file names are sanitised (and disambiguated by a hash) and
@@ -15,8 +20,9 @@ never leave the store.
 
 `TokenStore.open(path)` reads a store directory or a plain whitespace-separated token file (the seed's
 all_tokens.txt: one stream "all", split 80/20 by position into train/val, no test). Every defect of a token file
-is a DataError naming the file and the position. Stores written before patch_ends existed still open; only
-`patch_ends` (what a calendar model trains on) asks for them to be re-created.
+is a DataError naming the file and the position. Stores of format 1 (index.json with per-patch lists: ISO
+patch_starts/patch_ends and a split label per patch) still open; a store written before patch_ends existed too,
+only `patch_ends` (what a calendar model trains on) asks for it to be re-created.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from .patches import splits_for
 log = logging.getLogger("pricegpt")
 
 INDEX_FILE, ALL_TOKENS_FILE, ARRAYS_DIR, TOKENIZER_DIR = "index.json", "all_tokens.txt", "arrays", "tokenizer"
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 1: per-patch ISO times and split labels in index.json (still read)
+STARTS_DIR, ENDS_DIR = "starts", "ends"  # inside ARRAYS_DIR
 TXT_TRAIN_FRACTION = 0.8
 
 
@@ -95,12 +102,12 @@ def write_store(out_dir: str | Path, series: dict[str, tuple[np.ndarray, ...]], 
                 *, tokenizer: Tokenizer | None = None, skipped: dict[str, str] | None = None,
                 overwrite: bool = False, all_tokens: bool = True) -> dict:
     """THE writer of the store format: `series` maps symbol -> (token ids (n,), patch start times (n,) as
-    datetime64 UTC, split labels (n,) as indices into SPLIT_NAMES[, patch end times (n,) as datetime64 UTC: the
-    time of each token's last bar, what a calendar model reads; without them the store has no patch_ends]);
-    `header` holds tokenizer_kind,
-    tokenizer_hash, vocab_size, patch_len, train_end, val_end, tokenizer_train_end. Built atomically (an existing
-    store is an OutputExistsError unless `overwrite`); with a `tokenizer`, a copy of it goes inside; with
-    `all_tokens`, the seed's flat all_tokens.txt too. Returns the index."""
+    datetime64 UTC, split labels (n,) as indices into SPLIT_NAMES in time order (a DataError otherwise)[, patch end
+    times (n,) as datetime64 UTC: the time of each token's last bar, what a calendar model reads; without them the
+    store has no patch_ends]); `header` holds tokenizer_kind, tokenizer_hash, vocab_size, patch_len, train_end,
+    val_end, tokenizer_train_end. Built atomically (an existing store is an OutputExistsError unless `overwrite`);
+    with a `tokenizer`, a copy of it goes inside; with `all_tokens`, the seed's flat all_tokens.txt too. Returns
+    the index."""
     dtype = token_dtype(int(header["vocab_size"]))
     files = safe_file_names(list(series))
     index = {"format": STORE_FORMAT, **{k: header[k] for k in STORE_HEADER_KEYS}, "dtype": dtype.name,
@@ -108,34 +115,54 @@ def write_store(out_dir: str | Path, series: dict[str, tuple[np.ndarray, ...]], 
              "split_counts": {name: 0 for name in SPLIT_NAMES}, "per_symbol": {}, "skipped": dict(skipped or {})}
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         for symbol, (tokens, starts, labels, *ends) in series.items():
-            file = f"{ARRAYS_DIR}/{files[symbol]}.npy"
-            labels = np.asarray(labels)
-            with atomic_path(tmp / file) as path, open(path, "wb") as fh:
-                np.save(fh, np.asarray(tokens).astype(dtype, copy=False))
-            counts = {name: int((labels == i).sum()) for i, name in enumerate(SPLIT_NAMES)}
+            stem = files[symbol]
+            entry = {"file": f"{ARRAYS_DIR}/{stem}.npy", "n_tokens": len(tokens)}
+            _save_array(tmp / entry["file"], np.asarray(tokens).astype(dtype, copy=False))
+            stops = _label_stops(labels, len(tokens), symbol)
+            counts = {name: stop - start for name, start, stop in zip(SPLIT_NAMES, [0, *stops], stops)}
             for name, count in counts.items():
                 index["split_counts"][name] += count
-            index["per_symbol"][symbol] = {
-                "file": file, "n_tokens": len(tokens), "split_counts": counts,
-                "patch_starts": _iso_times(starts)}
+            entry.update(split_counts=counts, split_bounds=stops, patch_starts=f"{ARRAYS_DIR}/{STARTS_DIR}/{stem}.npy")
+            assert len(starts) == len(tokens), f"{symbol}: one start time per token"
+            _save_array(tmp / entry["patch_starts"], _ns(starts))
             if ends:
                 assert len(ends) == 1 and len(ends[0]) == len(tokens), f"{symbol}: one end time per token"
-                index["per_symbol"][symbol]["patch_ends"] = _iso_times(ends[0])
-            index["per_symbol"][symbol]["splits"] = [SPLIT_NAMES[i] for i in labels]
+                entry["patch_ends"] = f"{ARRAYS_DIR}/{ENDS_DIR}/{stem}.npy"
+                _save_array(tmp / entry["patch_ends"], _ns(ends[0]))
+            index["per_symbol"][symbol] = entry
         if all_tokens:
             write_text(tmp / ALL_TOKENS_FILE,
                        " ".join(str(i) for entry in series.values() for i in np.asarray(entry[0]).tolist()) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
-        # streamed into the file: joining the text of millions of list items first would take gigabytes
         with atomic_path(tmp / INDEX_FILE) as path, open(path, "w", encoding="utf-8") as fh:
             json.dump(index, fh, indent=2, allow_nan=False)
             fh.write("\n")
     return index
 
 
-def _iso_times(times: np.ndarray) -> list[str]:
-    return [iso(ts) for ts in pd.DatetimeIndex(times, tz="UTC")]
+def _save_array(file: Path, values: np.ndarray) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(file) as path, open(path, "wb") as fh:
+        np.save(fh, values)
+
+
+def _ns(times) -> np.ndarray:
+    """int64 nanoseconds since 1970 UTC of datetime64 values (naive = UTC) or tz-aware pandas times."""
+    index = pd.DatetimeIndex(times)
+    if index.tz is not None:
+        index = index.tz_convert("UTC").tz_localize(None)
+    return np.ascontiguousarray(index.as_unit("ns").asi8, dtype=np.int64)
+
+
+def _label_stops(labels, n: int, symbol: str) -> list[int]:
+    """[train stop, val stop, test stop] of a symbol's split labels (indices into SPLIT_NAMES) in time order."""
+    labels = np.asarray(labels)
+    if len(labels) != n:
+        raise DataError(f"{symbol}: {len(labels)} split labels for {n} tokens")
+    if n and (labels.min() < 0 or labels.max() >= len(SPLIT_NAMES) or (np.diff(labels) < 0).any()):
+        raise DataError(f"{symbol}: split labels must be {', '.join(SPLIT_NAMES)} in time order")
+    return np.cumsum(np.bincount(labels.astype(np.int64), minlength=len(SPLIT_NAMES))).astype(int).tolist()
 
 
 class TokenStore:
@@ -189,35 +216,45 @@ class TokenStore:
 
     def patch_starts(self, symbol: str) -> pd.DatetimeIndex:
         """Start timestamp (UTC) of each token's first bar; store directories only."""
-        return self._times(symbol, "patch_starts")
+        return _as_times(self.patch_times_ns(symbol, "patch_starts"))
 
     def patch_ends(self, symbol: str) -> pd.DatetimeIndex:
         """Timestamp (UTC) of each token's last bar (the bar a token's calendar is read from); store directories
         written with end times only."""
-        return self._times(symbol, "patch_ends")
+        return _as_times(self.patch_times_ns(symbol, "patch_ends"))
 
     @property
     def has_patch_ends(self) -> bool:
         """Whether every symbol records its tokens' end times (stores written before they existed do not)."""
         return self.index is not None and all("patch_ends" in self.index["per_symbol"][s] for s in self.symbols)
 
-    def _times(self, symbol: str, key: str) -> pd.DatetimeIndex:
+    def patch_times_ns(self, symbol: str, key: str = "patch_ends") -> np.ndarray:
+        """The "patch_starts" or "patch_ends" times of the symbol's tokens as int64 ns since 1970 UTC (n_tokens,): a
+        read-only memmap for stores of the current format."""
         self._check_symbol(symbol)
         if self.index is None:
             raise DataError(f"{self.path} is a plain token file without timestamps; tokenize a price file into a "
                             "store directory with `pricegpt tokenize`")
         entry = self.index["per_symbol"][symbol]
+        redo = "re-create the store with `pricegpt tokenize`"
         if key not in entry:
             raise DataError(f"{self.path / INDEX_FILE} has no {key} (the store was written by an older pricegpt); "
                             "re-create it with `pricegpt tokenize`")
-        try:
-            times = pd.DatetimeIndex(pd.to_datetime(entry[key], utc=True))
+        value = entry[key]
+        if isinstance(value, str):  # format 2: a file of int64 ns
+            file = _inside(self.path, value, f"{self.path / INDEX_FILE}: {key} of {symbol!r}", redo)
+            times = _load_array(file, symbol, len(self._arrays[symbol]), redo, what=f"{key} array")
+            if times.dtype != np.int64:
+                raise DataError(f"{file}: expected int64 nanoseconds, got {times.dtype}; {redo}")
+            return times
+        try:  # format 1: ISO strings in index.json
+            index = pd.DatetimeIndex(pd.to_datetime(value, utc=True))
         except (ValueError, TypeError) as err:
             raise DataError(f"{self.path / INDEX_FILE}: {key} of {symbol} are not ISO timestamps") from err
-        if len(times) != len(self._arrays[symbol]):
-            raise DataError(f"{self.path / INDEX_FILE}: {key} of {symbol} hold {len(times)} times for "
-                            f"{len(self._arrays[symbol])} tokens; re-create the store with `pricegpt tokenize`")
-        return times
+        if len(index) != len(self._arrays[symbol]):
+            raise DataError(f"{self.path / INDEX_FILE}: {key} of {symbol} hold {len(index)} times for "
+                            f"{len(self._arrays[symbol])} tokens; {redo}")
+        return _ns(index)
 
     @property
     def n_tokens(self) -> int:
@@ -326,37 +363,59 @@ def _open_store(path: Path, vocab_size: int | None) -> TokenStore:
     for symbol in index["symbols"]:
         entry = index["per_symbol"].get(symbol) if isinstance(symbol, str) else None
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) \
-                or not isinstance(entry.get("n_tokens"), int) or not isinstance(entry.get("splits"), list):
+                or not isinstance(entry.get("n_tokens"), int) \
+                or not isinstance(entry.get("split_bounds", entry.get("splits")), list):
             raise DataError(f"{index_path}: entry of symbol {symbol!r} is missing or incomplete; {redo}")
-        file = path / entry["file"]
-        if ".." in Path(entry["file"]).parts or Path(entry["file"]).is_absolute():
-            raise DataError(f"{index_path}: file of symbol {symbol!r} points outside the store; {redo}")
+        file = _inside(path, entry["file"], f"{index_path}: file of symbol {symbol!r}", redo)
         tokens = _load_array(file, symbol, entry["n_tokens"], redo)
         if len(tokens) and int(tokens.max()) >= limit:
             position = int(np.argmax(np.asarray(tokens) >= limit))
             raise DataError(f"{file}: position {position}: token id {int(tokens[position])} is outside the "
                             f"vocabulary [0, {limit}); the store does not match this model or tokenizer")
-        bounds[symbol] = _split_bounds(entry["splits"], len(tokens), index_path, symbol, redo)
+        if "split_bounds" in entry:
+            bounds[symbol] = _stops_bounds(entry["split_bounds"], len(tokens), index_path, symbol, redo)
+        else:  # format 1: a label per token
+            bounds[symbol] = _split_bounds(entry["splits"], len(tokens), index_path, symbol, redo)
         arrays[symbol] = tokens
     if not arrays:
         raise DataError(f"{index_path}: the store has no symbols; {redo}")
     return TokenStore(path, arrays, bounds, store_vocab, index)
 
 
-def _load_array(file: Path, symbol: str, n_tokens: int, redo: str) -> np.ndarray:
+def _inside(path: Path, name: str, what: str, redo: str) -> Path:
+    if ".." in Path(name).parts or Path(name).is_absolute():
+        raise DataError(f"{what} points outside the store; {redo}")
+    return path / name
+
+
+def _as_times(ns: np.ndarray) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(np.asarray(ns, dtype=np.int64).view("datetime64[ns]")).tz_localize("UTC")
+
+
+def _load_array(file: Path, symbol: str, n_tokens: int, redo: str, what: str = "token array") -> np.ndarray:
     try:
         tokens = np.load(file, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError as err:
-        raise DataError(f"{file}: token array of symbol {symbol!r} is missing; {redo}") from err
+        raise DataError(f"{file}: {what} of symbol {symbol!r} is missing; {redo}") from err
     except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"{file}: token array of symbol {symbol!r} is truncated or corrupted ({err}); {redo}") from err
+        raise DataError(f"{file}: {what} of symbol {symbol!r} is truncated or corrupted ({err}); {redo}") from err
     if tokens.ndim != 1 or tokens.dtype.kind not in "ui":
-        raise DataError(f"{file}: expected a 1-D integer token array, got {tokens.dtype} {tokens.shape}; {redo}")
+        raise DataError(f"{file}: expected a 1-D integer array, got {tokens.dtype} {tokens.shape}; {redo}")
     if len(tokens) != n_tokens:
-        raise DataError(f"{file}: holds {len(tokens)} tokens but index.json says {n_tokens}; {redo}")
-    if tokens.dtype.kind == "i" and len(tokens) and int(tokens.min()) < 0:
+        raise DataError(f"{file}: holds {len(tokens)} values but index.json says {n_tokens} tokens; {redo}")
+    if what == "token array" and tokens.dtype.kind == "i" and len(tokens) and int(tokens.min()) < 0:
         raise DataError(f"{file}: negative token id at position {int(np.argmax(np.asarray(tokens) < 0))}; {redo}")
     return tokens
+
+
+def _stops_bounds(stops: list, n: int, index_path: Path, symbol: str, redo: str) -> dict[str, tuple[int, int]]:
+    """Format 2: [train stop, val stop, test stop] -> {"train": (0, a), "val": (a, b), "test": (b, n)}."""
+    if len(stops) != len(SPLIT_NAMES) or not all(isinstance(x, int) and not isinstance(x, bool) for x in stops) \
+            or stops[-1] != n:
+        raise DataError(f"{index_path}: split_bounds of symbol {symbol!r} do not match its {n} tokens; {redo}")
+    if any(a > b for a, b in zip([0, *stops], stops)):
+        raise DataError(f"{index_path}: split_bounds of symbol {symbol!r} are not in time order; {redo}")
+    return {name: (start, stop) for name, start, stop in zip(SPLIT_NAMES, [0, *stops], stops)}
 
 
 def _split_bounds(labels: list, n: int, index_path: Path, symbol: str, redo: str) -> dict[str, tuple[int, int]]:

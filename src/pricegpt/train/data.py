@@ -12,6 +12,10 @@ resume, and every process of a distributed run computes the same global batch an
 Calendar. For a calendar model (model.calendar) every token also carries the [time of day, day of week] ids of its
 last bar (data.calendar.calendar_ids of the store's patch_ends), gathered next to the tokens
 (`WindowSet.gather_calendar`). Only a token store directory has timestamps; a plain .txt cannot train such a model.
+
+Memory. The windows are gathered straight from the store's memory-mapped uint8/uint16 arrays (only a batch is ever
+converted to int64), and a store's calendar ids are computed per gathered batch from its memory-mapped end times
+(`EndCalendar`), so training takes no memory per token beyond the pages of the maps.
 """
 
 from __future__ import annotations
@@ -34,49 +38,99 @@ log = logging.getLogger("pricegpt")
 MIN_CONTEXT = 16  # a window shorter than this many context tokens is not worth training on
 
 
+class EndCalendar:
+    """The (n, 2) [time of day, day of week] calendar ids of tokens whose last bars end at `ends` (int64 ns since
+    1970 UTC, e.g. a store's memory-mapped patch end times), computed only for what is asked: slicing gives another
+    EndCalendar, `np.asarray` the whole (n, 2) int8 array, `take(positions)` the ids at an index array."""
+
+    def __init__(self, ends: np.ndarray):
+        self.ends = ends
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.ends), 2)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return EndCalendar(self.ends[key])
+        return self.take(np.asarray(key))
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """int8 ids of shape positions.shape + (2,)."""
+        return _calendar_of_ns(np.asarray(self.ends[positions], dtype=np.int64))
+
+    def __array__(self, dtype=None, copy=None):
+        out = _calendar_of_ns(np.asarray(self.ends, dtype=np.int64))
+        return out if dtype is None else out.astype(dtype)
+
+
+def _calendar_of_ns(ns: np.ndarray) -> np.ndarray:
+    time_of_day, day_of_week = calendar_ids(ns.view("datetime64[ns]"))
+    return np.stack([time_of_day, day_of_week], axis=-1).astype(np.int8)
+
+
 class WindowSet:
-    """All windows of `length` tokens lying entirely inside one of `segments` (1-D integer arrays), with the
-    tokens' calendar ids when `calendars` gives one (n, 2) array per segment.
+    """All windows of `length` tokens lying entirely inside one of `segments` (1-D integer arrays, e.g. slices of a
+    store's memory maps: they are read in place, never copied), with the tokens' calendar ids when `calendars`
+    gives one per segment: an (n, 2) array or an EndCalendar.
 
     Window ids 0 .. num_windows-1 enumerate them segment after segment; segments shorter than a window hold none.
     """
 
-    def __init__(self, segments: list[np.ndarray], length: int, calendars: list[np.ndarray] | None = None):
+    def __init__(self, segments: list[np.ndarray], length: int, calendars: list | None = None):
         assert length >= 2, f"a window needs an input and a target token, got length {length}"
         self.length = length
+        self.segments = [np.asarray(s) for s in segments]  # views: a memmap stays a map
+        assert all(s.ndim == 1 and s.dtype.kind in "ui" for s in self.segments), "segments are 1-D integer arrays"
         lengths = np.array([len(s) for s in segments], dtype=np.int64)
         self.segment_offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         self.window_counts = np.maximum(lengths - length + 1, 0)
         self.cum_windows = np.cumsum(self.window_counts)
         self.num_windows = int(self.cum_windows[-1]) if len(segments) else 0
-        flat = np.concatenate(segments) if segments else np.zeros(0, dtype=np.int64)
-        self.tokens = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.int32))
-        self._positions = torch.arange(length, dtype=torch.int64)
-        self.calendar: torch.Tensor | None = None  # (n_tokens, 2) int8: [time of day, day of week]
+        self._positions = np.arange(length, dtype=np.int64)
+        self.calendar: list | None = None  # per segment: (n, 2) int8 [time of day, day of week] or EndCalendar
         if calendars is not None:
             assert [len(c) for c in calendars] == lengths.tolist(), "one calendar row per token"
-            flat_calendar = np.concatenate(calendars) if calendars else np.zeros((0, 2), dtype=np.int8)
-            self.calendar = torch.from_numpy(np.ascontiguousarray(flat_calendar, dtype=np.int8).reshape(-1, 2))
+            self.calendar = [c if isinstance(c, EndCalendar) else np.asarray(c, dtype=np.int8).reshape(-1, 2)
+                             for c in calendars]
 
-    def window_starts(self, window_ids: np.ndarray) -> np.ndarray:
-        """Positions in `self.tokens` where the windows with these ids start."""
+    def _locate(self, window_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(segment, start inside the segment) of each window id."""
         window_ids = np.asarray(window_ids, dtype=np.int64)
         assert window_ids.size == 0 or (window_ids.min() >= 0 and window_ids.max() < self.num_windows), \
             f"window ids must lie in [0, {self.num_windows})"
         segment = np.searchsorted(self.cum_windows, window_ids, side="right")
         first_id = self.cum_windows[segment] - self.window_counts[segment]
-        return self.segment_offsets[segment] + (window_ids - first_id)
+        return segment, window_ids - first_id
+
+    def window_starts(self, window_ids: np.ndarray) -> np.ndarray:
+        """Positions in the segments laid end to end where the windows with these ids start."""
+        segment, local = self._locate(window_ids)
+        return self.segment_offsets[segment] + local
+
+    def _gather(self, window_ids: np.ndarray, arrays: list, shape: tuple[int, ...], take) -> np.ndarray:
+        """int64 (len(window_ids), length, *shape): take(arrays[segment], positions) per segment of the batch."""
+        segment, local = self._locate(window_ids)
+        out = np.empty((len(segment), self.length, *shape), dtype=np.int64)
+        order = np.argsort(segment, kind="stable")
+        present, first = np.unique(segment[order], return_index=True)
+        for s, a, b in zip(present.tolist(), first.tolist(), [*first[1:].tolist(), len(order)]):
+            rows = order[a:b]
+            out[rows] = take(arrays[s], local[rows, None] + self._positions)
+        return out
 
     def gather(self, window_ids: np.ndarray) -> torch.Tensor:
         """The windows as an int64 tensor of shape (len(window_ids), length)."""
-        starts = torch.from_numpy(self.window_starts(window_ids))
-        return self.tokens[starts.unsqueeze(1) + self._positions].long()
+        return torch.from_numpy(self._gather(window_ids, self.segments, (), lambda a, i: a[i]))
 
     def gather_calendar(self, window_ids: np.ndarray) -> torch.Tensor:
         """The windows' calendar ids as an int64 tensor of shape (len(window_ids), length, 2); calendar sets only."""
         assert self.calendar is not None, "this window set has no calendar"
-        starts = torch.from_numpy(self.window_starts(window_ids))
-        return self.calendar[starts.unsqueeze(1) + self._positions].long()
+        return torch.from_numpy(self._gather(window_ids, self.calendar, (2,),
+                                             lambda c, i: c.take(i) if isinstance(c, EndCalendar) else c[i]))
 
     def sample(self, seed: int, step: int, n: int, calendar_dropout: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """The batch of optimizer step `step`, a pure function of the arguments: n window ids drawn uniformly (with
@@ -142,8 +196,9 @@ def read_token_source(path: str | os.PathLike, calendar: bool = False) -> tuple[
     """Open a token store directory or a plain .txt token file: (series, source record, tokenizer dir or None).
 
     series: symbol -> (tokens, split bounds), and with `calendar` (a calendar model) the tokens' calendar ids
-    (n, 2) int8 [time of day, day of week] of their last bars third; a source without timestamps is then a
-    DataError. The source record is what checkpoints and RUN/model/meta.json keep.
+    (n, 2) [time of day, day of week] of their last bars third, as an EndCalendar over the memory-mapped end times
+    (np.asarray gives the int8 array); a source without timestamps is then a DataError. The source record is what
+    checkpoints and RUN/model/meta.json keep.
     """
     if not Path(path).exists():
         raise DataError(f"--tokens {path} does not exist; give a token store directory or a .txt file of token ids")
@@ -156,7 +211,8 @@ def read_token_source(path: str | os.PathLike, calendar: bool = False) -> tuple[
                         "or train without --set model.calendar=true")
     series = {symbol: (store.tokens(symbol), store.split_bounds(symbol)) for symbol in store.symbols}
     if calendar:
-        series = {symbol: (*entry, token_calendar(store.patch_ends(symbol))) for symbol, entry in series.items()}
+        series = {symbol: (*entry, EndCalendar(store.patch_times_ns(symbol, "patch_ends")))
+                  for symbol, entry in series.items()}
     tokenizer_dir = getattr(store, "tokenizer_dir", None)
     source = {
         "tokens": str(Path(path).resolve()),
@@ -175,8 +231,7 @@ def token_calendar(ends) -> np.ndarray:
     end at `ends` (a DatetimeIndex)."""
     ends = pd.DatetimeIndex(ends)
     naive = (ends.tz_convert("UTC").tz_localize(None) if ends.tz is not None else ends).as_unit("ns").to_numpy()
-    time_of_day, day_of_week = calendar_ids(naive)
-    return np.stack([time_of_day, day_of_week], axis=1).astype(np.int8)
+    return _calendar_of_ns(naive.astype(np.int64))
 
 
 def check_vocab(series: dict[str, tuple], vocab_size: int, where: str) -> None:
