@@ -107,6 +107,7 @@ def test_cuda_without_cuda_is_one_error_line_through_the_real_cli():
     ["backtest", "--model", "pricegpt-small", "--data", "sample:eurusd-hourly", "--out", "{out}"],
     ["generate", "--run", "{missing}", "--seed-tokens", "1 2"],
     ["pipeline", "--data", "sample:eurusd-hourly", "--out", "{out}"],
+    ["skill", "--data", "sample:eurusd-hourly", "--out", "{out}"],
 ], ids=lambda c: " ".join(c[:3]))
 def test_unavailable_device_fails_before_any_work(command, tmp_path, capsys):
     """A missing run directory would be a different error: the device is checked first; nothing is written."""

@@ -348,8 +348,9 @@ def cmd_skill(args) -> int:
     settings = PipelineSettings(preset=args.preset or "tiny", overrides=list(args.set or []),
                                 max_steps=args.max_steps, num_samples=args.num_samples, horizon=args.horizon,
                                 seed=args.seed, force=args.force, init=args.init)
-    result = run_skill(args.out, suite=args.suite, data=args.data or (), settings=settings, model=args.model,
-                       calibrate=not args.no_calibrate)
+    with _sampling_on(args):
+        result = run_skill(args.out, suite=args.suite, data=args.data or (), settings=settings, model=args.model,
+                           calibrate=not args.no_calibrate)
     if result is None:  # a process of a torchrun launch other than rank 0
         return 0
     print(result.to_markdown())

@@ -404,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: 4)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--force", action="store_true", help="replace a dataset's run made with other settings")
+    _add_device(p, " in the calibrate, evaluate and backtest stages of every dataset (training: train.device and "
+                   "train.dtype, set with --set)")
     p.set_defaults(func=commands.cmd_skill)
 
     p = sub.add_parser("pretrain", help="pretrain one model on a price corpus (pricegpt data corpus build)")
