@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -78,8 +77,8 @@ from ..data.windows import (
 )
 from ..errors import ConfigError, LeakageError, OutputExistsError
 from ..fileio import OUTPUT_MARKER, atomic_dir, atomic_path, csv_safe_cell, json_ready, write_json
-from ..forecast import MAX_HORIZON_BARS, Forecaster, calibrate_temperature, check_paths_memory, paths_bytes
-from ..forecast.forecaster import resolve_model
+from ..forecast import MAX_HORIZON_BARS, Forecaster, check_paths_memory, paths_bytes
+from ..forecast.calibrate import check_zero_shot, zero_shot_record, zero_shot_temperature
 from ..forecast.shard import sharding
 from ..rundir import RunDir
 from ..runs import load_run
@@ -409,10 +408,7 @@ def backtest_model(model, data, out, *, train_end=None, val_end=None, calibrate:
     evaluate_model chose on the same split, as `pricegpt skill --model` does), said so by temperature_from.
     horizon: default the model's. Other arguments as in `run_backtest`. Returns metrics.json's dict, with
     "zero_shot". One process (not under torchrun)."""
-    if out is None and write:
-        raise ConfigError("a zero-shot backtest needs an output directory (--out DIR)")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("backtest --model runs in one process; launch it without torchrun")
+    check_zero_shot(out, "backtest", "backtest", writes=write)
     num_samples = 256 if num_samples is None else num_samples
     if temperature is not None:
         temperature = check_temperature(temperature, "temperature")
@@ -433,19 +429,13 @@ def backtest_model(model, data, out, *, train_end=None, val_end=None, calibrate:
         plan_decisions(frame, forecaster, cutoffs, config, allow_overlap)
     except LeakageError as err:
         raise LeakageError(f"{err}, or pass --allow-overlap to trade them anyway (the metrics are flagged)") from None
-    if temperature is not None:
-        run.calibration = {"temperature": temperature, "given": temperature_from}
-    elif calibrate:
-        splits = resolve_cutoffs(frame, "calibrate", run, train_end=train_end, val_end=val_end).splits
-        calibrate_temperature(run, frame, splits, config.horizon, num_samples=num_samples, seed=seed, save=False)
-        temperature_from = "this data's validation split"
-    else:
-        temperature_from = "the model's own calibration (its corpus' validation split)"
-    cutoff = run_cutoffs(run)[1]
-    zero_shot = {"model": str(model), "folder": str(resolve_model(model)),
-                 "data_cutoff": None if cutoff is None else _iso(cutoff),
-                 "train_end": _iso(cutoffs.splits.train_end), "val_end": _iso(cutoffs.splits.val_end),
-                 "temperature": forecaster.temperature, "temperature_from": temperature_from}
+    temperature_from = zero_shot_temperature(forecaster, frame, config.horizon, train_end=train_end, val_end=val_end,
+                                             calibrate=calibrate, num_samples=num_samples, seed=seed,
+                                             temperature=temperature, temperature_from=temperature_from)
+    record = zero_shot_record(model, forecaster, temperature_from)
+    zero_shot = {key: record[key] for key in ("model", "folder", "data_cutoff")}
+    zero_shot.update(train_end=_iso(cutoffs.splits.train_end), val_end=_iso(cutoffs.splits.val_end),
+                     temperature=record["temperature"], temperature_from=temperature_from)
     # the source itself (not the frame read from it), so that metrics.json names the file
     return run_backtest(run, data, strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps,
                         horizon=config.horizon, rebalance=rebalance, num_samples=num_samples, seed=seed, out=out,

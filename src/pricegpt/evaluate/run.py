@@ -185,28 +185,17 @@ def evaluate_model(model, data, out, *, train_end=None, val_end=None, calibrate:
     touched and its folder is not written); test origins must lie after both the data's val_end and the model's
     data cutoff (LeakageError otherwise, unless allow_overlap, which the report flags). metrics.json gains
     "zero_shot": {model, folder, data_cutoff, temperature, temperature_from}. One process (not under torchrun)."""
-    from ..forecast.calibrate import calibrate_temperature
-    from ..forecast.forecaster import resolve_model
+    from ..forecast.calibrate import check_zero_shot, zero_shot_record, zero_shot_temperature
 
-    if out is None:
-        raise ConfigError("a zero-shot evaluation needs an output directory (--out DIR)")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("evaluate --model runs in one process; launch it without torchrun")
+    check_zero_shot(out, "evaluate", "evaluation")
     check_sampling(1, DEFAULT_NUM_SAMPLES if num_samples is None else num_samples, seed)
     forecaster = Forecaster.from_pretrained(model)
     frame = load_prices(data)
     main = resolve_horizons(horizon, horizons, forecaster.run.meta.get("horizon") or forecaster.patch_len)[0]
-    temperature_from = "the model's own calibration (its corpus' validation split)"
-    if calibrate:
-        cutoffs = resolve_cutoffs(frame, "calibrate", forecaster.run, train_end=train_end, val_end=val_end)
-        calibrate_temperature(forecaster.run, frame, cutoffs.splits, main,
-                              num_samples=DEFAULT_NUM_SAMPLES if num_samples is None else num_samples,
-                              seed=seed, save=False)
-        temperature_from = "this data's validation split"
-    _, cutoff = run_cutoffs(forecaster.run)
-    extra = {"zero_shot": {"model": str(model), "folder": str(resolve_model(model)),
-                           "data_cutoff": None if cutoff is None else iso(cutoff),
-                           "temperature": forecaster.temperature, "temperature_from": temperature_from}}
+    temperature_from = zero_shot_temperature(forecaster, frame, main, train_end=train_end, val_end=val_end,
+                                             calibrate=calibrate, seed=seed,
+                                             num_samples=DEFAULT_NUM_SAMPLES if num_samples is None else num_samples)
+    extra = {"zero_shot": zero_shot_record(model, forecaster, temperature_from)}
     return evaluate_run(forecaster, data=frame, split="test", allow_overlap=allow_overlap, num_samples=num_samples,
                         horizon=horizon, horizons=horizons, max_origins=max_origins, seed=seed, out=out,
                         train_end=train_end, val_end=val_end, extra=extra)

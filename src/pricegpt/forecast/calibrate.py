@@ -19,11 +19,19 @@ import os
 import numpy as np
 
 from ..config import check_int, check_temperature
-from ..data import load_prices
-from ..data.windows import check_leakage, require_origins, resolve_cutoffs, select_origins, symbol_series
+from ..data import iso, load_prices
+from ..data.windows import (
+    check_leakage,
+    require_origins,
+    resolve_cutoffs,
+    run_cutoffs,
+    select_origins,
+    symbol_series,
+)
 from ..errors import ConfigError
 from ..runs import load_run
-from .forecaster import Forecaster, check_paths_memory, check_sampling
+from ..train.dist import dist_env
+from .forecaster import Forecaster, check_paths_memory, check_sampling, resolve_model
 from .shard import sharding
 
 log = logging.getLogger("pricegpt")
@@ -120,3 +128,42 @@ def calibrate_run(run, data=None, *, horizon: int | None = None, num_samples: in
     horizon = horizon if horizon is not None else (run.meta.get("horizon") or Forecaster(run).patch_len)
     return calibrate_temperature(run, frame, None, horizon, num_samples=num_samples, grid=grid,
                                  max_origins=max_origins, seed=seed, progress=progress)
+
+
+# ------------------------------------------------------------------------------------------------ zero-shot
+MODEL_TEMPERATURE = "the model's own calibration (its corpus' validation split)"
+
+
+def check_zero_shot(out, command: str, what: str, writes: bool = True) -> None:
+    """What every zero-shot stage (`evaluate --model`, `backtest --model`) needs before any work: an output folder
+    when it writes one (a pretrained model's folder is not a run directory) and one process (its in-memory
+    temperature is not shared across torchrun ranks)."""
+    if out is None and writes:
+        raise ConfigError(f"a zero-shot {what} needs an output directory (--out DIR)")
+    if dist_env().world_size > 1:
+        raise ConfigError(f"{command} --model runs in one process; launch it without torchrun")
+
+
+def zero_shot_temperature(forecaster: Forecaster, frame, horizon: int, *, train_end=None, val_end=None,
+                          calibrate: bool = True, num_samples: int = 256, seed: int = 0,
+                          temperature: float | None = None, temperature_from: str = "given by the caller") -> str:
+    """Set a pretrained forecaster's sampling temperature, in memory (its folder is never written), for a zero-shot
+    stage on `frame`: `temperature` when given, else with `calibrate` the one chosen on the data's VALIDATION split
+    (the data's own cutoffs or train_end / val_end), else the model's own. Returns where it came from."""
+    run = forecaster.run
+    if temperature is not None:
+        run.calibration = {"temperature": temperature, "given": temperature_from}
+        return temperature_from
+    if not calibrate:
+        return MODEL_TEMPERATURE
+    splits = resolve_cutoffs(frame, "calibrate", run, train_end=train_end, val_end=val_end).splits
+    calibrate_temperature(run, frame, splits, horizon, num_samples=num_samples, seed=seed, save=False)
+    return "this data's validation split"
+
+
+def zero_shot_record(model, forecaster: Forecaster, temperature_from: str) -> dict:
+    """metrics.json's "zero_shot": the model as named and its folder, its data cutoff and the temperature used."""
+    cutoff = run_cutoffs(forecaster.run)[1]
+    return {"model": str(model), "folder": str(resolve_model(model)),
+            "data_cutoff": None if cutoff is None else iso(cutoff),
+            "temperature": forecaster.temperature, "temperature_from": temperature_from}
