@@ -44,8 +44,10 @@ __all__ = sorted(_API) + ["__version__", "enable_logging"]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is when a record is emitted: a notebook kernel swaps its stderr per cell."""
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted, not the stream of when the handler was made: a
+    notebook kernel swaps its stderr per cell, and a process that calls the CLI's `main` more than once (a test)
+    never writes to a stream closed since. `enable_logging` and the command line both use it."""
 
     @property
     def stream(self):
@@ -69,7 +71,7 @@ def enable_logging(level: int | str = "INFO") -> logging.Logger:
                           "number)")
     logger.setLevel(name)
     if not any(isinstance(h, logging.StreamHandler) and h.stream is sys.stderr for h in logger.handlers):
-        handler = _StderrHandler()
+        handler = CurrentStderrHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
         logger.addHandler(handler)
     logger.propagate = False

@@ -56,6 +56,13 @@ def pricegpt_train_step(config, batch_size: int, autocast: torch.dtype | None, s
     torch.manual_seed(seed)
     model = GPT(config)
     optimizers = build_optimizers(model, TrainConfig())
+    return _windows_step(model, optimizers, config, batch_size, autocast, seed), model.flops_per_token(
+        config.sequence_len)
+
+
+def _windows_step(model, optimizers, config, batch_size: int, autocast: torch.dtype | None, seed: int):
+    """One training step as a function: `model(inputs, targets)` -> loss on fixed random windows, backward, and
+    every optimizer stepped and zeroed (pricegpt's and the lean GPT's steps alike)."""
     windows = _random_windows(config, batch_size, seed)
     inputs, targets = windows[:, :-1], windows[:, 1:]
 
@@ -67,7 +74,7 @@ def pricegpt_train_step(config, batch_size: int, autocast: torch.dtype | None, s
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    return step, model.flops_per_token(config.sequence_len)
+    return step
 
 
 def llama_train_step(config, batch_size: int, autocast: torch.dtype | None, seed: int = 0):
@@ -159,15 +166,6 @@ def lean_train_step(config, batch_size: int, autocast: torch.dtype | None, seed:
     """The same for LeanGPT: the same windows, the same autocast and the trainer's AdamW settings."""
     torch.manual_seed(seed)
     model = LeanGPT(config).train()
-    optimizer = lean_optimizer(model)
-    windows = _random_windows(config, batch_size, seed)
-    inputs, targets = windows[:, :-1], windows[:, 1:]
-
-    def step():
-        with cpu_autocast(autocast):
-            loss = model(inputs, targets)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step, model.flops_per_token(config.sequence_len)
+    optimizers = [lean_optimizer(model)]
+    return _windows_step(model, optimizers, config, batch_size, autocast, seed), model.flops_per_token(
+        config.sequence_len)

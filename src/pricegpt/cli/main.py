@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from .. import CurrentStderrHandler
 from ..config import check_num_generate, check_num_samples, check_seed, check_temperature, check_top_k, check_top_p
 from ..errors import ConfigError, PriceGPTError
 from . import commands
@@ -440,21 +441,8 @@ class _StderrFormatter(logging.Formatter):
         return prefix + record.getMessage()
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever sys.stderr is when a record is emitted (not the stream of when the handler was made):
-    a process that calls `main` more than once (a notebook, a test) never writes to a stream closed since."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
 def _setup_logging() -> None:
-    handler = _CurrentStderr()
+    handler = CurrentStderrHandler()
     handler.setFormatter(_StderrFormatter())
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
