@@ -163,10 +163,7 @@ def cmd_evaluate(args) -> int:
 
     if args.model is not None:
         return _evaluate_model(args)
-    for flag, value in (("--train-end", args.train_end), ("--val-end", args.val_end),
-                        ("--no-calibrate", args.no_calibrate or None)):
-        if value is not None:
-            raise ConfigError(f"{flag} goes with --model (a run is evaluated with its own cutoffs and temperature)")
+    _refuse_zero_shot_flags(args, "a run is evaluated with its own cutoffs and temperature")
     with _sampling_on(args):
         metrics = evaluate_run(args.run, data=_data_arg(args), split=args.split, allow_overlap=args.allow_overlap,
                                num_samples=args.num_samples, horizon=args.horizon, horizons=args.horizons,
@@ -180,6 +177,20 @@ def cmd_evaluate(args) -> int:
     print(headline_table(metrics))
     print(f"report: {Path(args.out) / 'report.html' if args.out else RunDir(args.run).report_html}")
     return 0
+
+
+def _refuse_zero_shot_flags(args, why: str) -> None:
+    """--train-end, --val-end and --no-calibrate go with --model only (evaluate, backtest)."""
+    for flag, value in (("--train-end", args.train_end), ("--val-end", args.val_end),
+                        ("--no-calibrate", args.no_calibrate or None)):
+        if value is not None:
+            raise ConfigError(f"{flag} goes with --model ({why})")
+
+
+def _zero_shot_line(metrics: dict) -> str:
+    zero = metrics["zero_shot"]
+    return (f"zero-shot: {zero['model']} (data cutoff {str(zero['data_cutoff'])[:10]}), temperature "
+            f"{zero['temperature']:g} from {zero['temperature_from']}")
 
 
 def _evaluate_model(args) -> int:
@@ -198,9 +209,7 @@ def _evaluate_model(args) -> int:
                                  calibrate=not args.no_calibrate, allow_overlap=args.allow_overlap,
                                  num_samples=args.num_samples, horizon=args.horizon, horizons=args.horizons,
                                  max_origins=args.max_origins, seed=args.seed)
-    zero = metrics["zero_shot"]
-    print(f"zero-shot: {zero['model']} (data cutoff {str(zero['data_cutoff'])[:10]}), temperature "
-          f"{zero['temperature']:g} from {zero['temperature_from']}")
+    print(_zero_shot_line(metrics))
     print(headline_table(metrics))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
@@ -266,11 +275,7 @@ def cmd_backtest(args) -> int:
 
     if args.model is not None:
         return _backtest_model(args)
-    for flag, value in (("--train-end", args.train_end), ("--val-end", args.val_end),
-                        ("--no-calibrate", args.no_calibrate or None)):
-        if value is not None:
-            raise ConfigError(f"{flag} goes with --model (a run is backtested after its own val_end with its own "
-                              "temperature)")
+    _refuse_zero_shot_flags(args, "a run is backtested after its own val_end with its own temperature")
     with _sampling_on(args):
         metrics = run_backtest(args.run, data=_data_arg(args), out=args.out, **_backtest_options(args))
     if metrics is None:  # a process of a torchrun launch other than rank 0: rank 0 wrote and reports
@@ -297,9 +302,7 @@ def _backtest_model(args) -> int:
     with _sampling_on(args):
         metrics = backtest_model(args.model, data, args.out, train_end=args.train_end, val_end=args.val_end,
                                  calibrate=not args.no_calibrate, **_backtest_options(args))
-    zero = metrics["zero_shot"]
-    print(f"zero-shot: {zero['model']} (data cutoff {str(zero['data_cutoff'])[:10]}), temperature "
-          f"{zero['temperature']:g} from {zero['temperature_from']}")
+    print(_zero_shot_line(metrics))
     print(headline(metrics))
     print(summary_table(metrics))
     _overlap_line(metrics)

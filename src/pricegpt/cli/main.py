@@ -166,6 +166,21 @@ def _add_device(p: argparse.ArgumentParser, stages: str = "") -> None:
                         "on the origins sampled with it (default fp32)")
 
 
+def _add_run_or_model(p: argparse.ArgumentParser, train_end_help: str, val_end_help: str) -> None:
+    """--run or --model (one of them), --data, and the zero-shot flags that go with --model (evaluate, backtest)."""
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a trained run directory")
+    which.add_argument("--model", help="a pretrained forecaster (pricegpt-small or a folder), zero-shot: needs "
+                                       "--data and --out")
+    p.add_argument("--data", help="price data (default: the data the run was built from)")
+    p.add_argument("--train-end", help="with --model: last train bar of the data" + train_end_help)
+    p.add_argument("--val-end", help="with --model: last validation bar (the temperature is chosen on it"
+                                     + val_end_help + ")")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="with --model: keep the model's own temperature instead of choosing one on the data's "
+                        "validation split")
+
+
 def _add_date_format(p: argparse.ArgumentParser) -> None:
     p.add_argument("--date-format", type=_date_format,
                    help="strptime format of the timestamp column, e.g. %%d/%%m/%%Y (default: inferred from all "
@@ -265,16 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_generate)
 
     p = sub.add_parser("evaluate", help="token and forecast metrics vs baselines; writes RUN/eval/")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", help="a trained run directory")
-    which.add_argument("--model", help="a pretrained forecaster (pricegpt-small or a folder), zero-shot: needs "
-                                       "--data and --out")
-    p.add_argument("--data", help="price data (default: the data the run was built from)")
-    p.add_argument("--train-end", help="with --model: last train bar of the data (baselines fit on it)")
-    p.add_argument("--val-end", help="with --model: last validation bar (the temperature is chosen on it)")
-    p.add_argument("--no-calibrate", action="store_true",
-                   help="with --model: keep the model's own temperature instead of choosing one on the data's "
-                        "validation split")
+    _add_run_or_model(p, train_end_help=" (baselines fit on it)", val_end_help="")
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: the run's)")
     p.add_argument("--horizons", type=_horizons,
@@ -322,17 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_analyze)
 
     p = sub.add_parser("backtest", help="walk-forward backtest of forecast-driven positions after costs")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", help="a trained run directory")
-    which.add_argument("--model", help="a pretrained forecaster (pricegpt-small or a folder), zero-shot: needs "
-                                       "--data and --out")
-    p.add_argument("--data", help="price data (default: the data the run was built from)")
-    p.add_argument("--train-end", help="with --model: last train bar of the data")
-    p.add_argument("--val-end", help="with --model: last validation bar (the temperature is chosen on it; the "
-                                     "backtest trades the bars after it)")
-    p.add_argument("--no-calibrate", action="store_true",
-                   help="with --model: keep the model's own temperature instead of choosing one on the data's "
-                        "validation split")
+    _add_run_or_model(p, train_end_help="", val_end_help="; the backtest trades the bars after it")
     p.add_argument("--allow-overlap", action="store_true",
                    help="trade bars at or before the run's val_end (the model's data cutoff) anyway; metrics.json "
                         "is flagged")
