@@ -212,25 +212,17 @@ def resolve_cutoffs(frame: pd.DataFrame, stage: str, run=None, *, train_end=None
     split = _STAGE_SPLIT[stage]
     explicit = train_end is not None or val_end is not None
     seen_until = run_val_end if run_val_end is not None else run_train_end
-    if seen_until is not None and pd.Timestamp(frame["timestamp"].min()) > seen_until:
-        # zero-shot: the model never saw a bar of this data (a pretrained model on a later series), so the data's
-        # own cutoffs (or the caller's) split it for the baselines, the temperature and the test, as for a run
-        # trained on it; nothing of it can have leaked into the model
-        splits = _splits(frame, None if train_end is None else parse_time(train_end, "train_end"),
-                         None if val_end is None else parse_time(val_end, "val_end")) if explicit \
-            else time_splits(frame)
-        if split == "test":
-            return Cutoffs(stage, splits, not explicit, (splits.val_end, None), ("val_end", ""),
-                           pd.Timestamp(frame["timestamp"].max()))
-        return Cutoffs(stage, splits, not explicit, (splits.train_end, splits.val_end), ("train_end", "val_end"),
-                       pd.Timestamp(frame["timestamp"].max()))
+    # zero-shot: the model never saw a bar of this data (a pretrained model on a later series), so the data's own
+    # cutoffs (or the caller's) split it for the baselines, the temperature and the test, and bound the stages'
+    # windows, as for a run trained on it; nothing of it can have leaked into the model
+    zero_shot = seen_until is not None and pd.Timestamp(frame["timestamp"].min()) > seen_until
     if explicit:  # the caller's cutoffs are never replaced: a split without bars is refused later
         splits = _splits(frame, None if train_end is None else parse_time(train_end, "train_end"),
                          None if val_end is None else parse_time(val_end, "val_end"))
         own = False
     else:
-        splits, own = None, False
-        if run_train_end is not None or run_val_end is not None:
+        splits, own = None, zero_shot
+        if not zero_shot and (run_train_end is not None or run_val_end is not None):
             try:
                 splits = _splits(frame, run_train_end, run_val_end)
             except PriceGPTError as err:
@@ -242,7 +234,10 @@ def resolve_cutoffs(frame: pd.DataFrame, stage: str, run=None, *, train_end=None
             own = splits is None
         if splits is None:
             splits = time_splits(frame)
-    if split == "test":
+    if zero_shot:
+        window, names = (((splits.val_end, None), ("val_end", "")) if split == "test" else
+                         ((splits.train_end, splits.val_end), ("train_end", "val_end")))
+    elif split == "test":
         after = run_val_end if run_val_end is not None else run_train_end
         names = ("val_end" if run_val_end is not None else "train_end", "")
         init_cutoff = init_data_cutoff(run)
