@@ -221,6 +221,11 @@ class Forecaster:
         # each origin's seasonal profile: the symbol's own, or for a symbol the tokenizer never saw, one fit on
         # its context alone (a pretrained model on a new intraday series)
         profiles = [self.tokenizer.profile_for(s, c, t) for c, s, t in zip(contexts, symbols, ctx_times)]
+        calendar_model = getattr(self.model.config, "calendar", False)
+        n_bars = n_new * self.patch_len
+        # future bar times, inferred from each context's calendar, only where something reads them
+        tgt_times = [future_times(c, n_bars) if g is None and c is not None and len(c) and (p is not None
+                     or calendar_model) else g for c, g, p in zip(ctx_times, tgt_times, profiles)]
         tokens = self._context_tokens(contexts, symbols, horizon, ctx_times, profiles)
         states = [self.tokenizer.origin_state(np.asarray(c, dtype=np.float64), s, times=t, profile=p)
                   for c, s, t, p in zip(contexts, symbols, ctx_times, profiles)]
@@ -230,7 +235,7 @@ class Forecaster:
                 idx = torch.as_tensor(np.stack([tokens[i] for i, _, _ in jobs]), dtype=torch.long)
                 rows = jobs[0][2].stop - jobs[0][2].start
                 extra = {}
-                if getattr(self.model.config, "calendar", False) and ctx_times[jobs[0][0]] is not None:
+                if calendar_model and ctx_times[jobs[0][0]] is not None:
                     extra["calendar"] = torch.as_tensor(np.stack([
                         self._calendar(ctx_times[i], tgt_times[i], len(tokens[i]), n_new) for i, _, _ in jobs]))
                 generated = generate(self.model, idx, n_new, num_samples=rows, temperature=temperature,
@@ -261,7 +266,8 @@ class Forecaster:
         return bool(self.tokenizer.seasonal) or bool(getattr(self.model.config, "calendar", False))
 
     def _times(self, contexts, symbols, context_times, target_times, n_bars: int) -> tuple[list, list]:
-        """Per origin: its context bar times (or None) and the end times of the n_bars it decodes (or None)."""
+        """Per origin: its context bar times (or None) and the caller's end times of the n_bars it decodes (or
+        None: inferred by the caller where needed)."""
         n = len(contexts)
         if context_times is None:
             needing = [s for s in symbols if self.tokenizer.needs_times(s)]
@@ -275,7 +281,7 @@ class Forecaster:
         for t, c in zip(context_times, contexts):
             assert len(t) == len(c), f"{len(t)} context times for a context of {len(c)} bars"
         if target_times is None:
-            target_times = [future_times(t, n_bars) if len(t) else None for t in context_times]
+            target_times = [None] * n
         else:
             target_times = [np.asarray(t, dtype="datetime64[ns]") for t in target_times]
             assert len(target_times) == n, f"{len(target_times)} target times for {n} contexts"

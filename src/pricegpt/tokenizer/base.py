@@ -323,10 +323,11 @@ class Tokenizer:
         """The seasonal profile a forecast from `history` (log returns (n,) or features (n, F), bar end times
         `times`) uses: the symbol's own from fit; for a symbol unseen in fit (a pretrained model forecasting a new
         series), one fit on this history alone (every bar before the origin, none after), if it is intraday and
-        long enough; else None (no seasonal factor)."""
+        long enough; else None (no seasonal factor; also for a symbol seen in fit without a profile: a daily one,
+        whose training tokens had none)."""
         if symbol in self.seasonal:
             return self.seasonal[symbol]
-        if not self.config.seasonal or times is None:
+        if not self.config.seasonal or times is None or symbol in self.symbol_scales:
             return None
         return fit_profile(np.asarray(times), _close(np.asarray(history, dtype=np.float64)))
 
