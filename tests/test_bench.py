@@ -1,6 +1,7 @@
 """`pricegpt bench` at tiny shapes, one or two rounds: the code runs and its bookkeeping holds. No timings are
 asserted here; speed lives in benchmarks/README.md."""
 
+import functools
 import sys
 from dataclasses import replace
 
@@ -78,6 +79,49 @@ def test_train_lines_compare_with_the_lean_gpt(dtype):
     # GQA has no same-shape lean peer: no lean lines
     gqa = bench.bench_train(replace(TINY, n_kv_head=2), batch_size=2, dtype=dtype, rounds=1, peak_size=32)
     assert not any("lean" in r.name for r in gqa)
+
+
+@pytest.fixture
+def cheap_compile(monkeypatch):
+    """torch.compile with the eager backend: the bench's compiled path (dynamo traces the step) without inductor's
+    C++ kernel builds, which take tens of seconds."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_compiled_lines_compare_with_eager_and_compiled_lean_gpt(dtype, cheap_compile, no_transformers):
+    results = bench.bench_train(TINY, batch_size=2, dtype=dtype, rounds=1, peak_size=32, compiled=True)
+    label = f"train {dtype}"
+    assert [r.name for r in results][-4:] == [f"{label} compiled vs lean", f"{label} both compiled",
+                                              f"{label} compiled MFU", f"{label} compile"]
+    vs_lean, both, mfu, compile_time = results[-4:]
+    for result in (vs_lean, both, mfu):
+        assert_measured(result)
+    assert vs_lean.goal == both.goal == bench.LEAN_GOAL[dtype] and mfu.goal == bench.MFU_GOAL[dtype]
+    assert "eager LeanGPT" in vs_lean.detail and "LeanGPT compiled too" in both.detail
+    assert compile_time.lower_is_better and compile_time.value is not None and compile_time.value >= 0
+    assert "fresh inductor cache" in compile_time.detail and "pays off" in compile_time.detail
+    # GQA has no same-shape lean peer, so no compiled lines either
+    gqa = bench.bench_train(replace(TINY, n_kv_head=2), batch_size=2, dtype=dtype, rounds=1, peak_size=32,
+                            compiled=True)
+    assert not any("compile" in r.name for r in gqa)
+
+
+def test_compiled_lines_are_skipped_without_a_cxx_compiler(monkeypatch, no_transformers):
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "no-such-c++-compiler"))
+    reason = bench.compile_unavailable()
+    assert reason is not None and "C++ compiler" in reason
+    *_, skipped = bench.bench_train(TINY, batch_size=2, dtype="fp32", rounds=1, peak_size=32, compiled=True)
+    assert skipped.name == "train fp32 compiled" and skipped.value is None
+    assert skipped.line().endswith(f"skipped: {reason}")
+
+
+def test_compile_pays_off_after_compile_seconds_over_seconds_saved():
+    assert bench.break_even_steps(20.0, eager_step=1.1, compiled_step=1.0) == pytest.approx(200)
+    assert bench.break_even_steps(20.0, eager_step=1.0, compiled_step=1.0) is None  # saves nothing: never
+    assert bench.break_even_steps(20.0, eager_step=1.0, compiled_step=1.2) is None
 
 
 def test_lean_gpt_matches_pricegpt_shape_and_trains():

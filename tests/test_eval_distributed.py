@@ -85,6 +85,7 @@ def test_a_mistake_fails_every_process_at_once(tiny_run, tmp_path):  # noqa: F81
     run, _, _ = tiny_run
     result = torchrun("evaluate", "--run", run, "--data", tmp_path / "missing.csv", *EVAL)
     assert result.returncode != 0
-    # each process checks the same things before any process group exists: both say why, neither waits
-    assert result.stderr.count("error: ") == 2 and "missing.csv" in result.stderr, result.stderr[-3000:]
+    # each process checks the same things before any process group exists, so none waits for the other. Both
+    # usually say why; on a busy machine torchrun may stop the slower one (SIGTERM) before it prints, so at least one
+    assert result.stderr.count("error: ") >= 1 and "missing.csv" in result.stderr, result.stderr[-3000:]
     assert not (run / "eval").exists()

@@ -5,12 +5,16 @@ machine header), peers.py (the pricegpt, Hugging Face Llama and LeanGPT training
 (train, generate, decode, encode), scaling.py (e2e and scaling, in subprocesses).
 """
 
+from ..train.device import compile_unavailable
 from .harness import (
+    COMPILE_CALLS,
     BenchSettings,
     Result,
     _transformers,
     alternate,
     bench_threads,
+    break_even_steps,
+    cold_compile,
     machine_header,
     matmul_contender,
     paired_ratio,
@@ -50,6 +54,7 @@ from .sections import (
     bench_encode,
     bench_generate,
     bench_train,
+    compiled_lines,
     decode_flops_per_token,
     naive_encode,
     recompute_scale,
@@ -75,6 +80,10 @@ __all__ = [
     "wall",
     "alternate",
     "paired_ratio",
+    "COMPILE_CALLS",
+    "cold_compile",
+    "compile_unavailable",
+    "break_even_steps",
     "bench_threads",
     "machine_header",
     "matmul_contender",
@@ -94,6 +103,7 @@ __all__ = [
     "KV_VS_HF_GOAL",
     "ENCODE_GOAL",
     "bench_train",
+    "compiled_lines",
     "section_train",
     "recompute_scale",
     "bench_generate",

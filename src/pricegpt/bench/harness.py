@@ -27,6 +27,7 @@ class BenchSettings:
     train_batch: int = 16
     train_rounds: int = 3
     train_bf16_gqa: bool = True  # also the GQA shape under bf16 autocast
+    train_compile: tuple[str, ...] = ("fp32", "bf16")  # dtypes whose seed-shape runs also time torch.compile
     peak_size: int = 4096  # side of the square matmul that measures the peak
     gen_context: int = 192
     gen_paths: int = 64
@@ -43,7 +44,6 @@ class BenchSettings:
     e2e_args: tuple[str, ...] = ()  # extra `pricegpt pipeline` flags
     scaling_base_tokens: int = 50_000
     scaling_steps: int = 40
-
 
 
 @dataclass
@@ -99,6 +99,28 @@ def alternate(contenders: dict[str, Callable[[], float]], rounds: int,
 def paired_ratio(slow: list[float], fast: list[float]) -> float:
     """Median over rounds of slow / fast: how many times faster `fast` was, round by round."""
     return statistics.median(s / f for s, f in zip(slow, fast))
+
+
+# The first call compiles the forward graph and its backward pass the backward graph; the second would show a
+# recompile (none at the bench's fixed shapes). Compile seconds = these calls less as many steady steps.
+COMPILE_CALLS = 2
+
+
+def cold_compile(contender: Callable[[], float], calls: int = COMPILE_CALLS) -> float:
+    """Seconds of the first `calls` calls of a contender that runs a torch.compile'd model, in a fresh, empty
+    inductor cache: what the first training run of a shape on this machine pays. Later runs of the same shape
+    find torch's on-disk cache and compile in a fraction of it (benchmarks/README.md)."""
+    from torch._inductor.utils import fresh_cache  # torch's own context for cold-compile measurements
+
+    with fresh_cache():
+        return sum(contender() for _ in range(calls))
+
+
+def break_even_steps(compile_seconds: float, eager_step: float, compiled_step: float) -> float | None:
+    """Training steps after which compiling has paid for itself: the compile seconds over the seconds a compiled
+    step saves; None when it saves none."""
+    saved = eager_step - compiled_step
+    return compile_seconds / saved if saved > 0 else None
 
 
 def bench_threads() -> int:

@@ -8,6 +8,9 @@ head, as pricegpt's is. Its Linear layers have no biases, as pricegpt's have non
 matmuls; the extra parameters are the positional table and the LayerNorms' (under 1% at the seed shape). No
 rotary, no QK-norm, no ReLU^2, no softcap: what those cost is what the ratio shows.
 
+`compiled=True` wraps the model in `torch.compile` as the trainer does with `train.compile=true` (the module:
+forward and backward; the optimizer step stays eager), for pricegpt and LeanGPT alike.
+
 transformers is the optional `bench` extra: it is imported inside the functions that build the Llama peer.
 """
 
@@ -51,20 +54,25 @@ def _random_windows(config, batch_size: int, seed: int) -> torch.Tensor:
     return torch.randint(0, config.vocab_size, (batch_size, config.sequence_len + 1), generator=generator)
 
 
-def pricegpt_train_step(config, batch_size: int, autocast: torch.dtype | None, seed: int = 0):
+def pricegpt_train_step(config, batch_size: int, autocast: torch.dtype | None, seed: int = 0,
+                        compiled: bool = False):
     """(one optimizer step as a function, training FLOPs per token) of a fresh GPT with the trainer's AdamW."""
     torch.manual_seed(seed)
     model = GPT(config)
     optimizers = build_optimizers(model, TrainConfig())
-    return _windows_step(model, optimizers, config, batch_size, autocast, seed), model.flops_per_token(
+    return _windows_step(model, optimizers, config, batch_size, autocast, seed, compiled), model.flops_per_token(
         config.sequence_len)
 
 
-def _windows_step(model, optimizers, config, batch_size: int, autocast: torch.dtype | None, seed: int):
+def _windows_step(model, optimizers, config, batch_size: int, autocast: torch.dtype | None, seed: int,
+                  compiled: bool = False):
     """One training step as a function: `model(inputs, targets)` -> loss on fixed random windows, backward, and
-    every optimizer stepped and zeroed (pricegpt's and the lean GPT's steps alike)."""
+    every optimizer stepped and zeroed (pricegpt's and the lean GPT's steps alike). `compiled`: the model runs
+    through `torch.compile` (compiled on the first call)."""
     windows = _random_windows(config, batch_size, seed)
     inputs, targets = windows[:, :-1], windows[:, 1:]
+    if compiled:
+        model = torch.compile(model)
 
     def step():
         with cpu_autocast(autocast):
@@ -162,10 +170,10 @@ def lean_optimizer(model: nn.Module, train: TrainConfig | None = None) -> torch.
                              lr=train.lr, betas=(train.beta1, train.beta2), eps=1e-8)
 
 
-def lean_train_step(config, batch_size: int, autocast: torch.dtype | None, seed: int = 0):
+def lean_train_step(config, batch_size: int, autocast: torch.dtype | None, seed: int = 0, compiled: bool = False):
     """The same for LeanGPT: the same windows, the same autocast and the trainer's AdamW settings."""
     torch.manual_seed(seed)
     model = LeanGPT(config).train()
     optimizers = [lean_optimizer(model)]
-    return _windows_step(model, optimizers, config, batch_size, autocast, seed), model.flops_per_token(
+    return _windows_step(model, optimizers, config, batch_size, autocast, seed, compiled), model.flops_per_token(
         config.sequence_len)

@@ -5,7 +5,9 @@
             against LeanGPT, a plain GPT-2-style model of the same width, depth, heads, vocabulary and sequence
             length (peers.py); tokens/s and MFU, where MFU is each model's own training FLOPs per token times
             tokens/s over a large square matmul timed in the same rounds (the machine's matmul peak as it is right
-            now, load included).
+            now, load included). With compile (BenchSettings.train_compile: the dtypes whose seed-shape runs also
+            time it) torch.compile'd pricegpt against eager and compiled LeanGPT in the same rounds, and the cold
+            compile time with the training steps it takes to pay off.
   generate  64 paths x 64 tokens after a 192-token context: the KV-cache engine against recomputing every step
             and against `transformers` `generate`.
   decode    many forecast origins, each with its own seed, sampled in one batched engine call against one call per
@@ -31,13 +33,26 @@ import torch
 from ..forecast.forecaster import ROWS_PER_CALL
 from ..model import GPT, Engine, GPTConfig, preset_model_config
 from ..tokenizer import VQVAETokenizer, benchmark_encode
-from .harness import BenchSettings, Result, _transformers, alternate, matmul_contender, paired_ratio, quiet_log, wall
+from ..train.device import compile_unavailable
+from .harness import (
+    COMPILE_CALLS,
+    BenchSettings,
+    Result,
+    _transformers,
+    alternate,
+    break_even_steps,
+    cold_compile,
+    matmul_contender,
+    paired_ratio,
+    quiet_log,
+    wall,
+)
 from .peers import lean_train_step, llama_config, llama_train_step, pricegpt_train_step
 
 HF_SKIPPED = "pip install 'pricegpt[bench]'"  # printed as "skipped: pip install ..."
 TRAIN_GOAL = 1.0  # x HF Llama tokens/s
 LEAN_GOAL = {"fp32": 1.0, "bf16": 1.1}  # x LeanGPT tokens/s (issue 19), MHA shapes
-MFU_GOAL = {"fp32": 0.85, "bf16": 0.60}  # of the matmul peak measured in the same rounds
+MFU_GOAL = {"fp32": 0.88, "bf16": 0.60}  # of the matmul peak measured in the same rounds (fp32: issue 19)
 KV_VS_RECOMPUTE_GOAL, KV_VS_HF_GOAL = 10.0, 2.0
 # Issue 15: 3x the decode throughput before batching at the tiny shape. Before: one engine call per origin,
 # multinomial sampling, every row with its own copy of the prefix keys (the engine of commit 1446cd9): 69,500
@@ -49,9 +64,11 @@ DECODE_PEAK_GOAL = 0.5  # of the fp32 matmul peak at the seed shape
 ENCODE_GOAL = 5e6  # bars/s
 
 
-def bench_train(config, batch_size: int, dtype: str, rounds: int, peak_size: int) -> list[Result]:
+def bench_train(config, batch_size: int, dtype: str, rounds: int, peak_size: int,
+                compiled: bool = False) -> list[Result]:
     """pricegpt vs Llama (and, at MHA shapes, LeanGPT) training steps and a matmul, alternated: a ratio line per
-    peer, pricegpt's MFU line and LeanGPT's."""
+    peer, pricegpt's MFU line and LeanGPT's. `compiled` (MHA shapes): also torch.compile'd pricegpt and LeanGPT in
+    the same rounds, each compiled cold first (compiled_lines)."""
     gqa = config.n_kv_head != config.n_head
     label = f"train {dtype}{' GQA' if gqa else ''}"
     autocast = torch.bfloat16 if dtype == "bf16" else None
@@ -65,46 +82,91 @@ def bench_train(config, batch_size: int, dtype: str, rounds: int, peak_size: int
         lean, lean_flops = lean_train_step(config, batch_size, autocast)
         contenders["lean"] = wall(lean)
     contenders["matmul"], matmul_flops = matmul_contender(peak_size, torch.bfloat16 if autocast else torch.float32)
-    seconds = alternate(contenders, rounds)
+    warmup = list(contenders.values())
+    compile_seconds: dict[str, float] = {}
+    no_compiler = compile_unavailable() if compiled and not gqa else None
+    if compiled and not gqa and no_compiler is None:
+        for name, make in (("compiled", pricegpt_train_step), ("lean_compiled", lean_train_step)):
+            contenders[name] = wall(make(config, batch_size, autocast, compiled=True)[0])
+            compile_seconds[name] = cold_compile(contenders[name])  # the warm-up calls too
+    seconds = alternate(contenders, rounds, warmup)
     tokens = batch_size * config.sequence_len
     peak = statistics.median(matmul_flops / s for s in seconds["matmul"])
-    mfu = statistics.median(our_flops * tokens / s / (matmul_flops / m)
-                            for s, m in zip(seconds["pricegpt"], seconds["matmul"]))
-    ours_tok_s = tokens / statistics.median(seconds["pricegpt"])
+
+    def mfu(name: str, flops: float) -> float:
+        return statistics.median(flops * tokens / s / (matmul_flops / m)
+                                 for s, m in zip(seconds[name], seconds["matmul"]))
+
+    def tok_s(name: str) -> float:
+        return tokens / statistics.median(seconds[name])
+
     shape = f"B={batch_size} T={config.sequence_len}{f', GQA {config.n_kv_head} kv heads' if gqa else ''}"
     results = []
     if hf is None:
         results.append(Result(f"{label} vs HF Llama", None, "skipped", HF_SKIPPED))
         their_text = ""
     else:
-        their_mfu = statistics.median(their_flops * tokens / s / (matmul_flops / m)
-                                      for s, m in zip(seconds["llama"], seconds["matmul"]))
-        their_text = f"; Llama MFU {their_mfu:.0%}"
+        their_text = f"; Llama MFU {mfu('llama', their_flops):.0%}"
         ratio = paired_ratio(seconds["llama"], seconds["pricegpt"])
         results.append(Result(
             f"{label} vs HF Llama", ratio, f"{ratio:.3f}x", goal=TRAIN_GOAL, goal_text=">= 1.0x",
-            detail=f"{ours_tok_s:,.0f} vs {tokens / statistics.median(seconds['llama']):,.0f} tok/s ({shape}, Llama "
-                   f"intermediate {llama_config(config).intermediate_size}; median of {rounds} alternating rounds)"))
-    results.append(Result(
-        f"{label} MFU", mfu, f"{mfu:.1%}", goal=MFU_GOAL[dtype] if not gqa else None,
-        goal_text=f">= {MFU_GOAL[dtype]:.0%}",
-        detail=f"{our_flops * tokens / statistics.median(seconds['pricegpt']) / 1e9:,.1f} of {peak / 1e9:,.1f} "
-               f"GFLOP/s ({peak_size}^2 {dtype} matmul peak, same rounds){their_text}"))
+            detail=f"{tok_s('pricegpt'):,.0f} vs {tok_s('llama'):,.0f} tok/s ({shape}, Llama intermediate "
+                   f"{llama_config(config).intermediate_size}; median of {rounds} alternating rounds)"))
     if not gqa:
-        lean_mfu = statistics.median(lean_flops * tokens / s / (matmul_flops / m)
-                                     for s, m in zip(seconds["lean"], seconds["matmul"]))
-        lean_tok_s = tokens / statistics.median(seconds["lean"])
         ratio = paired_ratio(seconds["lean"], seconds["pricegpt"])
-        results.insert(-1, Result(
+        results.append(Result(
             f"{label} vs lean GPT", ratio, f"{ratio:.3f}x", goal=LEAN_GOAL[dtype],
             goal_text=f">= {LEAN_GOAL[dtype]:.1f}x",
-            detail=f"{ours_tok_s:,.0f} vs {lean_tok_s:,.0f} tok/s ({shape}; GPT-2-style: learned positions, "
-                   f"LayerNorm, GELU, one SDPA call, untied head, no Linear biases; median of {rounds} "
-                   f"alternating rounds)"))
+            detail=f"{tok_s('pricegpt'):,.0f} vs {tok_s('lean'):,.0f} tok/s ({shape}; GPT-2-style: learned "
+                   f"positions, LayerNorm, GELU, one SDPA call, untied head, no Linear biases; both eager; median "
+                   f"of {rounds} alternating rounds)"))
+    results.append(Result(
+        f"{label} MFU", mfu("pricegpt", our_flops), f"{mfu('pricegpt', our_flops):.1%}",
+        goal=MFU_GOAL[dtype] if not gqa else None, goal_text=f">= {MFU_GOAL[dtype]:.0%}",
+        detail=f"{our_flops * tok_s('pricegpt') / 1e9:,.1f} of {peak / 1e9:,.1f} GFLOP/s ({peak_size}^2 {dtype} "
+               f"matmul peak, same rounds){their_text}"))
+    if not gqa:
         results.append(Result(
-            f"{label} lean GPT MFU", lean_mfu, f"{lean_mfu:.1%}",
-            detail=f"{lean_flops * tokens / statistics.median(seconds['lean']) / 1e9:,.1f} of {peak / 1e9:,.1f} "
-                   f"GFLOP/s (LeanGPT's own FLOPs per token, {lean_flops:,} vs pricegpt's {our_flops:,})"))
+            f"{label} lean GPT MFU", mfu("lean", lean_flops), f"{mfu('lean', lean_flops):.1%}",
+            detail=f"{lean_flops * tok_s('lean') / 1e9:,.1f} of {peak / 1e9:,.1f} GFLOP/s (LeanGPT's own FLOPs "
+                   f"per token, {lean_flops:,} vs pricegpt's {our_flops:,})"))
+    if no_compiler is not None:
+        results.append(Result(f"{label} compiled", None, "skipped", no_compiler))
+    elif compile_seconds:
+        results += compiled_lines(label, dtype, seconds, compile_seconds, tokens=tokens, shape=shape, rounds=rounds)
+        results.insert(-1, Result(
+            f"{label} compiled MFU", mfu("compiled", our_flops), f"{mfu('compiled', our_flops):.1%}",
+            goal=MFU_GOAL[dtype], goal_text=f">= {MFU_GOAL[dtype]:.0%}",
+            detail=f"{our_flops * tok_s('compiled') / 1e9:,.1f} of {peak / 1e9:,.1f} GFLOP/s (torch.compile'd "
+                   f"pricegpt; LeanGPT compiled {mfu('lean_compiled', lean_flops):.1%})"))
+    return results
+
+
+def compiled_lines(label: str, dtype: str, seconds: dict[str, list[float]], compile_seconds: dict[str, float], *,
+                   tokens: int, shape: str, rounds: int) -> list[Result]:
+    """The lines of torch.compile'd pricegpt ("compiled") against eager LeanGPT ("lean") and compiled LeanGPT
+    ("lean_compiled"), and what compiling costs: the first COMPILE_CALLS steps in a fresh inductor cache
+    less as many steady steps, and the training steps after which it has paid for itself against eager pricegpt."""
+    step = {name: statistics.median(times) for name, times in seconds.items()}
+    cost = {name: max(0.0, total - COMPILE_CALLS * step[name]) for name, total in compile_seconds.items()}
+    results = []
+    for peer, name, what in (("lean", f"{label} compiled vs lean", "eager LeanGPT"),
+                             ("lean_compiled", f"{label} both compiled", "LeanGPT compiled too")):
+        ratio = paired_ratio(seconds[peer], seconds["compiled"])
+        results.append(Result(
+            name, ratio, f"{ratio:.3f}x", goal=LEAN_GOAL[dtype], goal_text=f">= {LEAN_GOAL[dtype]:.1f}x",
+            detail=f"{tokens / step['compiled']:,.0f} vs {tokens / step[peer]:,.0f} tok/s ({shape}; "
+                   f"torch.compile'd pricegpt, {what}; median of {rounds} alternating rounds)"))
+    speedup = paired_ratio(seconds["pricegpt"], seconds["compiled"])
+    steps = break_even_steps(cost["compiled"], step["pricegpt"], step["compiled"])
+    pays = f"pays off after {steps:,.0f} steps" if steps is not None else "never pays off"
+    results.append(Result(
+        f"{label} compile", cost["compiled"], f"{cost['compiled']:.1f} s", lower_is_better=True,
+        detail=f"cold (fresh inductor cache): pricegpt's first {COMPILE_CALLS} steps took "
+               f"{compile_seconds['compiled']:.1f} s, {COMPILE_CALLS} steady ones "
+               f"{COMPILE_CALLS * step['compiled']:.2f} s; {speedup:.3f}x eager pricegpt, "
+               f"{1e3 * (step['pricegpt'] - step['compiled']):,.0f} ms saved a step ({shape}): {pays}; LeanGPT "
+               f"compiled in {cost['lean_compiled']:.1f} s"))
     return results
 
 
@@ -113,7 +175,8 @@ def section_train(settings: BenchSettings) -> Iterator[Result]:
     gqa = replace(seed, n_kv_head=2)
     runs = [(seed, "fp32"), (seed, "bf16"), (gqa, "fp32")] + ([(gqa, "bf16")] if settings.train_bf16_gqa else [])
     for config, dtype in runs:
-        yield from bench_train(config, settings.train_batch, dtype, settings.train_rounds, settings.peak_size)
+        yield from bench_train(config, settings.train_batch, dtype, settings.train_rounds, settings.peak_size,
+                               compiled=config is seed and dtype in settings.train_compile)
 
 
 # ------------------------------------------------------------------------------------------------- generate

@@ -34,6 +34,10 @@ class Preset:
 # chosen on the validation split of four real datasets over static scaling and within-code decoding, and divides
 # intraday returns by their time-of-day profile first (seasonal; daily data are unaffected), chosen on the
 # validation split of EUR/USD hourly (the tables are in MODEL_README, "Scaling: the ablation" and "Calendar").
+# train.compile (torch.compile) stays off in every preset: at each preset's own training shape, with its dropout, a
+# compiled step was slower than an eager one on CPU (tiny 0.98x, small 0.92x, seed at batch 8 0.93x; 1 thread,
+# 2026-12-01), so the 30-45 s of a cold compile never pays back. Dropout is why: without it the small shape
+# compiles to 1.25x (paying off after ~270 steps) and the seed shape to 1.1-1.9x (benchmarks/README.md, issue 19).
 RUNNING_SCALE = {"scaling": "ewma", "decode": "centroid", "seasonal": True}
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(

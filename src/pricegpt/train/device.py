@@ -93,3 +93,15 @@ def _known_peak_flops(device: torch.device, dtype: str) -> float:
     if dtype == "bf16":
         return bf16
     return tf32 if torch.get_float32_matmul_precision() != "highest" else fp32
+
+
+def compile_unavailable() -> str | None:
+    """Why torch.compile cannot run here (inductor builds its CPU kernels with a C++ compiler), or None."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        return "torch.compile needs a C++ compiler (g++ or clang++ on PATH, or CXX)"
+    return None
