@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import assert_user_error, run_cli
 from pricegpt.data import time_splits
 from pricegpt.errors import DataError, OutputExistsError, TokenizerError
 from pricegpt.tokenizer import TokenStore, create_tokenizer, load_tokenizer, write_token_store
@@ -308,3 +310,131 @@ def test_the_writer_refuses_split_labels_out_of_time_order(tmp_path):
     with pytest.raises(DataError, match="time order"):
         write_store(tmp_path / "s", {"X": (np.arange(6), starts, np.array([0, 0, 1, 0, 2, 2]))}, header)
     assert not (tmp_path / "s").exists()
+
+
+# ---------------------------------------------------------------------------------- streaming tokenization
+def _same_files(a, b) -> int:
+    """Assert two store directories hold the same files with the same bytes; returns how many."""
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for rel in files_a:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    return len(files_a)
+
+
+@pytest.fixture(scope="module")
+def stocks_tokenizer(stocks_frame):
+    return create_tokenizer("quantile", codebook_size=32, patch_len=4).fit(stocks_frame)
+
+
+def test_streaming_writes_the_in_memory_store_byte_for_byte(stocks_frame, stocks_tokenizer, tmp_path):
+    """sample:stocks-daily as a folder of per-symbol CSV files and as one Parquet file of several row groups read in
+    small batches: every file of the store (index, arrays, side ids, all_tokens.txt) as write_token_store's."""
+    from pricegpt.data import load_prices
+    from pricegpt.data.readers import stream_prices
+    from pricegpt.tokenizer.stream import stream_token_store
+
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    for symbol, rows in stocks_frame.groupby("symbol"):
+        rows.drop(columns="symbol").to_csv(folder / f"{symbol}.csv", index=False)
+    parquet = tmp_path / "stocks.parquet"
+    stocks_frame.iloc[::-1].to_parquet(parquet, row_group_size=2000, index=False)  # newest first: sorted on read
+    for source, batch_rows in ((folder, 3000), (parquet, 2500), ("sample:stocks-daily", 10**6)):
+        expected = write_token_store(stocks_tokenizer, load_prices(source), tmp_path / "memory")
+        batches = list(stream_prices(source, batch_rows=batch_rows))
+        symbols = [s for b in batches for s in b["symbol"].unique()]
+        assert len(symbols) == len(set(symbols)) == 4 and len(batches) > (source != "sample:stocks-daily")
+        index = stream_token_store(stocks_tokenizer, source, tmp_path / "stream", batch_rows=batch_rows)
+        assert index == expected and "side" in index
+        assert _same_files(tmp_path / "memory", tmp_path / "stream") > 20
+        shutil.rmtree(tmp_path / "memory")
+        shutil.rmtree(tmp_path / "stream")
+    # explicit cutoffs, as `pricegpt tokenize --train-end --val-end` gives them
+    splits = time_splits(stocks_frame, "2010-06-30", "2012-06-30")
+    write_token_store(stocks_tokenizer, stocks_frame, tmp_path / "memory", splits)
+    stream_token_store(stocks_tokenizer, parquet, tmp_path / "stream", train_end="2010-06-30", val_end="2012-06-30",
+                       batch_rows=2500)
+    _same_files(tmp_path / "memory", tmp_path / "stream")
+
+
+def test_streaming_a_folder_of_mixed_files(tmp_path):
+    """Long-format files of several symbols each, CSV and Parquet, one without volume (so no symbol keeps it), odd
+    and case-colliding names, a symbol too short to tokenize: the same store as in memory."""
+    from pricegpt.data import load_prices
+    from pricegpt.tokenizer.stream import stream_token_store
+
+    rng = np.random.default_rng(3)
+    frame = walks(["abc", "ABC", "a/b", "Zed", "tiny"], seed=3, bars=120)
+    frame = frame[(frame["symbol"] != "tiny") | (frame["timestamp"] < "2021-01-04")]
+    spread = np.exp(np.abs(rng.normal(0, 0.004, (len(frame), 3))))
+    frame = frame.assign(open=frame["close"] * spread[:, 0] / spread[:, 1], high=frame["close"] * spread[:, 0],
+                         low=frame["close"] / spread[:, 2], volume=rng.integers(100, 10_000, len(frame)))
+    frame["open"] = frame["open"].clip(frame["low"], frame["high"])
+    folder = tmp_path / "data"
+    folder.mkdir()
+    frame[frame["symbol"].isin(["abc", "tiny"])].to_csv(folder / "one.csv", index=False)
+    two = frame[frame["symbol"].isin(["ABC", "a/b"])].sample(frac=1, random_state=0)
+    again = two[two["symbol"] == "ABC"].iloc[[5]]  # a duplicate timestamp, later in the file: the row kept
+    pd.concat([two, again.assign(close=again["close"] * 1.5, high=again["high"] * 1.5)]).to_parquet(
+        folder / "two.parquet", row_group_size=50, index=False)
+    frame[frame["symbol"] == "Zed"].drop(columns="volume").to_csv(folder / "three.csv", index=False)
+    loaded = load_prices(folder)
+    assert "volume" not in loaded.columns
+    tokenizer = create_tokenizer("quantile", codebook_size=16, patch_len=3).fit(loaded)
+    write_token_store(tokenizer, loaded, tmp_path / "memory")
+    index = stream_token_store(tokenizer, folder, tmp_path / "stream", batch_rows=60)
+    assert index["symbols"] == ["ABC", "Zed", "a/b", "abc"] and list(index["skipped"]) == ["tiny"]
+    assert index["side"]["edges"][2] == []  # volume: unknown everywhere, as in the folder's price frame
+    _same_files(tmp_path / "memory", tmp_path / "stream")
+
+
+def test_pooled_side_edges_are_exactly_fit_side_edges():
+    from pricegpt.tokenizer.side import fit_side_edges
+    from pricegpt.tokenizer.stream import pooled_side_edges
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        parts = []
+        for _ in range(int(rng.integers(1, 5))):
+            values = (rng.standard_normal((int(rng.integers(0, 400)), 3)) * 10 ** rng.uniform(-3, 3))
+            values = values.astype(np.float32) + np.float32(0.0)
+            if trial % 3 == 1:  # many ties
+                values = np.round(values, 1) + np.float32(0.0)
+            values[rng.random(values.shape) < 0.2] = np.nan
+            parts.append(values)
+        assert pooled_side_edges(lambda parts=parts: iter(parts)) == fit_side_edges(np.concatenate(parts)), trial
+
+
+def test_streaming_keeps_load_prices_errors(stocks_frame, stocks_tokenizer, tmp_path):
+    from pricegpt.data import load_prices
+    from pricegpt.tokenizer.stream import stream_token_store
+
+    bad = stocks_frame.copy()
+    bad.loc[7000, "close"] = -1.0
+    bad.to_parquet(tmp_path / "bad.parquet", row_group_size=1500, index=False)
+    with pytest.raises(DataError) as memory:
+        load_prices(tmp_path / "bad.parquet")
+    with pytest.raises(DataError) as stream:
+        stream_token_store(stocks_tokenizer, tmp_path / "bad.parquet", tmp_path / "out", batch_rows=1000)
+    assert str(stream.value) == str(memory.value) and "row 7001" in str(stream.value)
+    assert not (tmp_path / "out").exists()
+    stocks_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    result = run_cli("tokenize", "--tokenizer", tmp_path / "tokenizer", "--data", tmp_path / "bad.parquet", "--out",
+                     tmp_path / "out")
+    assert_user_error(result, "bad.parquet: row 7001, column 'close'", "not positive")
+    folder = tmp_path / "twice"
+    folder.mkdir()
+    stocks_frame.to_csv(folder / "a.csv", index=False)
+    stocks_frame[stocks_frame["symbol"] == "IBM"].to_csv(folder / "b.csv", index=False)
+    with pytest.raises(DataError, match="is in two files"):
+        stream_token_store(stocks_tokenizer, folder, tmp_path / "out")
+
+
+def test_the_tokenize_bench_lines():
+    from pricegpt.bench.scaling import bench_tokenize
+
+    results = bench_tokenize(base_bars=4000, threads=1, factors=(1, 2))
+    assert [r.name for r in results] == ["tokenize 1x bars/s", "tokenize 2x bars/s", "tokenize end to end bars/s",
+                                         "tokenize peak RSS per bar"], [r.line() for r in results]
+    assert results[2].value > 0 and results[2].goal == 5e6 and "4,000 bars, 2 symbols" in results[0].detail

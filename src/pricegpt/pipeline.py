@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from .backtest import MIN_DECISIONS, BacktestConfig, run_backtest
-from .config import check_choice, load_config, preset_tokenizer_options, resolve_config
+from .config import check_choice, explicit_keys, load_config, preset_tokenizer_options, resolve_config
 from .data import iso, load_prices, time_splits
 from .data.windows import (
     decision_origins,
@@ -53,6 +53,7 @@ from .train.device import pick_device
 log = logging.getLogger("pricegpt")
 
 FORMAT_VERSION = 1
+MAX_VOL_BARS = 4096  # the largest model.vol_bars
 DEFAULT_HORIZON = 4  # bars: a week of daily bars, half a trading day of hourly FX
 TOKENIZER_KINDS = ("vqvae", "quantile", "uniform")
 # Under torchrun the processes wait at a barrier while rank 0 alone fits the tokenizer and tokenizes: generous.
@@ -306,12 +307,22 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
                                         overwrite=run.tokens.exists()))
         stage(f"{prefix}train", run, lambda: run.model_meta.is_file() and _training_finished(run),
               lambda: train_run(tokens=run.tokens, out=run.root, preset=settings.preset,
-                                config_file=settings.config, overrides=list(settings.overrides),
+                                config_file=settings.config,
+                                overrides=train_overrides(latest_checkpoint(run.root) is not None),
                                 max_steps=settings.max_steps, resume=latest_checkpoint(run.root) is not None,
                                 allow_existing=True, init=None if init is None else init.path))
 
-    model_stages(out, settings.tokenizer_kind)
     horizon = record["horizon"]
+    # A volatility head for the run's horizon unless the config or --set chose (MODEL_README, "Side channels and
+    # the volatility head": neutral for the paths' CRPS, a better variance forecast than the paths' own)
+    # (a resumed training keeps the network its RUN/config.yaml records)
+    vol_head = init is None and "model.vol_bars" not in explicit_keys(settings.config, settings.overrides)
+
+    def train_overrides(resume: bool) -> list[str]:
+        head = [f"model.vol_bars={min(horizon, MAX_VOL_BARS)}"] if vol_head and not resume else []
+        return head + list(settings.overrides)
+
+    model_stages(out, settings.tokenizer_kind)
     num_samples = settings.num_samples or 256
     stage("calibrate", out, out.calibration.is_file,
           lambda: calibrate_temperature(load_run(out.root), frame, splits, horizon=horizon, num_samples=num_samples))

@@ -4,6 +4,8 @@
             quickstart (no extra flags) has a goal of E2E_GOAL seconds on an idle 2-core machine.
   scaling   training tokens/s and peak RSS as a memory-mapped token store grows 1x, 10x, 100x (one subprocess per
             size, so each peak RSS is its own). The stores are written by the token store's own writer.
+            Then tokenizing end to end from files: bars/s of `stream_token_store` (what `pricegpt tokenize` runs)
+            on a generated Parquet file of many symbols, and its peak RSS as the file grows 1x -> 10x.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
+from ..data.readers import BATCH_ROWS
 from ..model import GPT, preset_model_config
 from ..tokenizer.store import write_store
 from ..train import TokenData, read_token_source
@@ -30,6 +33,8 @@ from .harness import BenchSettings, Result
 
 # Flat memory: a memory-mapped store may at most leave its own pages (1 byte per token) resident, plus slack.
 MEMORY_PER_TOKEN = 2.0  # bytes of peak RSS per extra token
+TOKENIZE_GOAL = 5e6  # bars/s tokenizing end to end from files (issue 19)
+TOKENIZE_BARS_PER_SYMBOL = 2000  # the generated dataset grows by its number of symbols, as a universe does
 E2E_GOAL = 90.0  # seconds of the quickstart pipeline (issue 15)
 E2E_LARGE_GOAL = 240.0  # seconds of the pipeline on a 45,000-bar, 18-symbol daily set (issue 15)
 # the large set: 21 ETFs x 2,141 days (44,961 bars) from mlfinpy's wheel, written by scripts/ablation_data.sh
@@ -179,3 +184,100 @@ def bench_scaling(base_tokens: int, threads: int, steps: int, factors: tuple[int
 
 def section_scaling(settings: BenchSettings, threads: int) -> Iterator[Result]:
     yield from bench_scaling(settings.scaling_base_tokens, threads, settings.scaling_steps)
+    yield from bench_tokenize(max(10 * settings.scaling_base_tokens, BATCH_ROWS), threads)  # 1x: a full batch
+
+
+# ------------------------------------------------------------------------------------------ tokenize from files
+def write_synthetic_prices(path: str | os.PathLike, n_bars: int, bars_per_symbol: int = TOKENIZE_BARS_PER_SYMBOL,
+                           seed: int = 0) -> Path:
+    """A Parquet file of daily OHLCV random walks, n_bars // bars_per_symbol symbols sorted by symbol (the layout
+    of a file written from a sorted frame), written 100 symbols (a row group) at a time."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    n_symbols = max(1, n_bars // bars_per_symbol)
+    times = pd.date_range("2000-01-03", periods=bars_per_symbol, freq="D", tz="UTC")
+    writer = None
+    try:
+        for first in range(0, n_symbols, 100):  # a row group of 100 symbols
+            count = min(100, n_symbols - first)
+            close = 50 * np.exp(np.cumsum(0.01 * rng.standard_normal((count, bars_per_symbol)), axis=1))
+            open_ = close * np.exp(0.003 * rng.standard_normal(close.shape))
+            high = np.maximum(close, open_) * np.exp(np.abs(0.005 * rng.standard_normal(close.shape)))
+            low = np.minimum(close, open_) * np.exp(-np.abs(0.005 * rng.standard_normal(close.shape)))
+            frame = pd.DataFrame({"timestamp": np.tile(times, count),
+                                  "symbol": np.repeat([f"S{i:06d}" for i in range(first, first + count)],
+                                                      bars_per_symbol),
+                                  "open": open_.ravel(), "high": high.ravel(), "low": low.ravel(),
+                                  "close": close.ravel(),
+                                  "volume": rng.integers(1_000, 100_000, close.size).astype(np.float64)})
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            writer = writer or pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    return path
+
+
+def tokenize_child(tokenizer: str, data: str, out: str) -> dict:
+    """In a fresh process: `stream_token_store` of `data` into `out`; seconds, bars and RSS."""
+    from ..tokenizer import load_tokenizer
+    from ..tokenizer.stream import stream_token_store
+
+    tokenizer = load_tokenizer(tokenizer)
+    start_rss = _rss_mb()[0]
+    start = time.perf_counter()
+    index = stream_token_store(tokenizer, data, out)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "n_tokens": index["n_tokens"], "start_rss_mb": start_rss, "peak_rss_mb": _rss_mb()[1]}
+
+
+def bench_tokenize(base_bars: int, threads: int, factors: tuple[int, ...] = (1, 10)) -> list[Result]:
+    """tokenize_child on generated Parquet files of base_bars * factor bars, each in its own subprocess, with a
+    quantile tokenizer fitted on the smallest file."""
+    from ..data import load_prices
+    from ..tokenizer import create_tokenizer
+
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="pricegpt-bench-") as tmp:
+        first = write_synthetic_prices(Path(tmp) / "fit.parquet", min(base_bars, 100 * TOKENIZE_BARS_PER_SYMBOL))
+        tokenizer = create_tokenizer("quantile").fit(load_prices(first))
+        tokenizer.save_pretrained(Path(tmp) / "tokenizer")
+        for factor in factors:
+            data = write_synthetic_prices(Path(tmp) / f"x{factor}.parquet", base_bars * factor)
+            code = ("import json, sys; from pricegpt.bench.scaling import tokenize_child; "
+                    "print(json.dumps(tokenize_child(*sys.argv[1:])))")
+            proc = subprocess.run([sys.executable, "-c", code, str(Path(tmp) / "tokenizer"), str(data),
+                                   str(Path(tmp) / f"store{factor}")], capture_output=True, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            if proc.returncode != 0:
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                return [Result(f"tokenize {factor}x bars/s", None, "failed", f"exit {proc.returncode}: {last}")]
+            rows[factor] = {**json.loads(proc.stdout.strip().splitlines()[-1]), "bars": base_bars * factor,
+                            "mb": data.stat().st_size / 2**20}
+            shutil.rmtree(Path(tmp) / f"store{factor}")
+            data.unlink()
+    results = []
+    for factor, r in rows.items():
+        rate = r["bars"] / r["seconds"]
+        results.append(Result(f"tokenize {factor}x bars/s", rate, f"{rate:,.0f}",
+                              detail=f"{r['bars']:,} bars, {r['bars'] // TOKENIZE_BARS_PER_SYMBOL:,} symbols, "
+                                     f"{r['mb']:.0f} MB Parquet -> {r['n_tokens']:,} tokens in {r['seconds']:.1f} s; "
+                                     f"RSS {r['start_rss_mb']:.0f} MB at start, peak {r['peak_rss_mb']:.0f} MB"))
+    lo, hi = min(factors), max(factors)
+    rate = rows[hi]["bars"] / rows[hi]["seconds"]
+    results.append(Result("tokenize end to end bars/s", rate, f"{rate:,.0f}", goal=TOKENIZE_GOAL,
+                          goal_text=f">= {TOKENIZE_GOAL:,.0f}",
+                          detail="stream_token_store (pricegpt tokenize): read, validate, encode (quantile, "
+                                 "patch_len 4), side channels, write the store, on the largest file"))
+    per_bar = (rows[hi]["peak_rss_mb"] - rows[lo]["peak_rss_mb"]) * 2**20 / (rows[hi]["bars"] - rows[lo]["bars"])
+    results.append(Result("tokenize peak RSS per bar", per_bar, f"{per_bar:.1f} B", goal=MEMORY_PER_TOKEN,
+                          goal_text=f"<= {MEMORY_PER_TOKEN:g} B (flat)", lower_is_better=True,
+                          detail=f"peak RSS growth from {lo}x to {hi}x over the extra bars ({hi}x / {lo}x = "
+                                 f"{rows[hi]['peak_rss_mb'] / rows[lo]['peak_rss_mb']:.2f}); symbols stream a "
+                                 "batch at a time"))
+    return results

@@ -75,15 +75,14 @@ def cmd_tokenizer_fit(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from ..data import load_prices, time_splits
-    from ..tokenizer import load_tokenizer, write_token_store
+    from ..tokenizer import load_tokenizer
+    from ..tokenizer.stream import stream_token_store
 
     tokenizer = load_tokenizer(args.tokenizer)
-    frame = load_prices(args.data, date_format=args.date_format)
+    # A symbol batch at a time, so data larger than memory tokenizes; the same store write_token_store writes.
     # Without explicit cutoffs the store takes the tokenizer's train_end (see write_token_store).
-    splits = time_splits(frame, train_end=args.train_end, val_end=args.val_end) \
-        if args.train_end or args.val_end else None
-    write_token_store(tokenizer, frame, args.out, splits, overwrite=args.force)
+    stream_token_store(tokenizer, args.data, args.out, train_end=args.train_end or None,
+                       val_end=args.val_end or None, date_format=args.date_format, overwrite=args.force)
     print(f"token store written to {args.out}")
     return 0
 

@@ -42,6 +42,20 @@ def verdict_line(forecast: dict, label: str = "verdict") -> str:
             f"{_ratio(verdict.get('crps_ratio'), verdict.get('crps_ratio_ci'))}")
 
 
+def volatility_line(vol: dict | None) -> str | None:
+    """`variance of the 4-bar return: vol_head QLIKE 0.667 — vs garch 0.783 [0.705, 0.881] better, vs ewma ...`"""
+    if not vol:
+        return None
+    head = vol.get("headline")
+    entry = (vol.get("forecasters") or {}).get(head) or {}
+    if entry.get("qlike") is None:
+        return None
+    parts = [f"vs {name} {_ratio(c.get('qlike_ratio'), c.get('qlike_ratio_ci'))} {c.get('verdict')}"
+             for name, c in (vol.get("comparison") or {}).items() if c]
+    return (f"variance of the {vol.get('horizon_bars')}-bar return: {head} QLIKE {entry['qlike']:.3f}"
+            + (" — QLIKE ratio " + ", ".join(parts) if parts else ""))
+
+
 def forecast_table(forecast: dict) -> list[str]:
     """One line per forecaster: CRPS, the model's CRPS ratio to it with its 95% interval, the verdict (the
     model relative to it), coverage of the 50% and 90% intervals; n/a where one could not run or be compared."""
@@ -77,6 +91,9 @@ def headline_table(evaluation: dict) -> str:
     mcs = forecast.get("mcs")
     if mcs:
         lines.append(f"model confidence set ({1 - mcs['size']:.0%}): {', '.join(mcs['included'])}")
+    vol_line = volatility_line(forecast.get("volatility"))
+    if vol_line:
+        lines.append(vol_line)
     main = str(forecast["horizon_bars"])
     for horizon, block in (evaluation.get("forecasts_by_horizon") or {}).items():
         if horizon != main and block is not None:

@@ -39,6 +39,8 @@ ARCHITECTURE_KEYS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_he
 # rows of the calendar embeddings: data.calendar.TOD_SLOTS times of day + 7 weekdays (config sits below data, so
 # the number is repeated here; a test checks that GPT and GPTConfig count the same parameters)
 CALENDAR_ROWS = 48 + 7
+# side channels (tokenizer/side.py): range, gap and volume, each in at most SIDE_BINS bins plus one "unknown" row
+SIDE_CHANNELS, SIDE_BINS = 3, 16
 
 
 @dataclass
@@ -60,6 +62,15 @@ class GPTConfig:
     # learned time-of-day and weekday embeddings of each token's last bar, added to the token embedding; they start
     # at zero, so a fresh calendar model computes what the same model without them does
     calendar: bool = False
+    # learned embeddings of each token's side channels (range, gap and volume of its bars, binned; tokenizer/side.py)
+    # added to the token embedding; they start at zero. Needs a token store of data with open/high/low.
+    side: bool = False
+    # the side channels' bin edges, fit on the token store's train split and copied in by the trainer (not a
+    # setting: the model reads new data's side values through them)
+    side_edges: list | None = None
+    # a volatility head: from the same trunk, the log of the mean squared return of the next vol_bars bars in units
+    # of the volatility scale at the forecast origin (QLIKE loss, weighted by train.vol_loss_weight); 0: no head
+    vol_bars: int = 0
 
     def __post_init__(self):
         for name, hi in (("sequence_len", MAX_SEQUENCE_LEN), ("vocab_size", MAX_VOCAB), ("n_layer", MAX_LAYERS),
@@ -96,6 +107,12 @@ class GPTConfig:
         check_bool(self.zero_init_proj, "model.zero_init_proj")
         check_bool(self.zero_init_head, "model.zero_init_head")
         check_bool(self.calendar, "model.calendar")
+        check_bool(self.side, "model.side")
+        check_int(self.vol_bars, "model.vol_bars", 0, 4096, "0 builds no volatility head")
+        if self.side_edges is not None:
+            check_side_edges(self.side_edges, "model.side_edges")
+            if not self.side:
+                raise ConfigError("model.side_edges given for a model without side channels (model.side=false)")
 
     @property
     def head_dim(self) -> int:
@@ -107,7 +124,9 @@ class GPTConfig:
         attention = E * (self.n_head + 2 * self.n_kv_head) * D + E * E
         mlp = 2 * self.mlp_ratio * E * E
         calendar = CALENDAR_ROWS * E if self.calendar else 0
-        return 2 * self.vocab_size * E + calendar + self.n_layer * (attention + mlp)
+        side = SIDE_CHANNELS * (SIDE_BINS + 1) * E if self.side else 0
+        vol = E if self.vol_bars else 0
+        return 2 * self.vocab_size * E + calendar + side + vol + self.n_layer * (attention + mlp)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +145,18 @@ class GPTConfig:
         if missing:
             raise ConfigError(f"{where} lacks the model config key(s) {missing}")
         return cls(**d)
+
+
+def check_side_edges(edges, where: str) -> None:
+    """ConfigError unless `edges` is SIDE_CHANNELS lists of strictly increasing finite numbers, each shorter than
+    SIDE_BINS."""
+    ok = isinstance(edges, list) and len(edges) == SIDE_CHANNELS and all(
+        isinstance(e, list) and len(e) < SIDE_BINS
+        and all(isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in e)
+        and all(a < b for a, b in zip(e, e[1:])) for e in edges)
+    if not ok:
+        raise ConfigError(f"{where} must be {SIDE_CHANNELS} lists of at most {SIDE_BINS - 1} increasing finite "
+                          "numbers (the bin edges the trainer copies from the token store); it is not a setting")
 
 
 # ------------------------------------------------------------------------------------------------------- train
@@ -165,6 +196,11 @@ class TrainConfig:
     # fraction of training windows whose calendar is hidden (model.calendar): the model then also forecasts well
     # without timestamps (the seed's generate --seed-tokens)
     calendar_dropout: float = 0.1
+    # fraction of training tokens whose side channels are hidden (model.side): generated positions have none, so
+    # the model must forecast well both ways
+    side_dropout: float = 0.5
+    # weight of the volatility head's QLIKE loss (model.vol_bars) next to the next-token cross-entropy
+    vol_loss_weight: float = 0.1
 
     def __post_init__(self):
         check_choice(self.optimizer, "train.optimizer", OPTIMIZERS)
@@ -194,6 +230,10 @@ class TrainConfig:
         check_number(self.peak_flops, "train.peak_flops", 0, 1e18, hint="FLOP/s of one device, 0 when unknown")
         check_number(self.calendar_dropout, "train.calendar_dropout", 0, 1, hi_open=True,
                      hint="the fraction of training windows whose calendar is hidden; 0.1 is the default")
+        check_number(self.side_dropout, "train.side_dropout", 0, 1, hi_open=True,
+                     hint="the fraction of training tokens whose side channels are hidden; 0.5 is the default")
+        check_number(self.vol_loss_weight, "train.vol_loss_weight", 0, 100,
+                     hint="the volatility head's loss weight; 0.1 is the default")
 
     def grad_accum_steps(self, world_size: int) -> int:
         """Micro-batches each process runs per optimizer step so that the step sees global_batch_size windows."""
@@ -267,6 +307,10 @@ def coerce(cls: type, section: str, key: str, value):
     if key not in names:
         raise ConfigError(f"unknown key '{section}.{str(key)[:60]}'; valid keys in '{section}' are "
                           f"{', '.join(names)}")
+    if key in DERIVED_KEYS:
+        if value is None or isinstance(value, list):  # as saved in RUN/config.yaml; __post_init__ checks it
+            return value
+        raise ConfigError(f"{section}.{key} is not a setting: {DERIVED_KEYS[key]}")
     hint = hints[key]
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
         else (hint,)
@@ -285,6 +329,7 @@ def coerce(cls: type, section: str, key: str, value):
 
 
 _FAIL = object()
+DERIVED_KEYS = {"side_edges": "the trainer copies the side channels' bin edges from the token store"}
 
 
 def _convert(kind: type, value):

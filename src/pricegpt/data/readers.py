@@ -33,6 +33,7 @@ import io
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ PRICE_COLUMNS = ("open", "high", "low", "close")
 CANONICAL_COLUMNS = ("timestamp", "symbol", "open", "high", "low", "close", "volume")
 MAX_SYMBOL_LEN = 64  # symbols become file names and report lines
 IN_MEMORY = "the DataFrame"
+BATCH_ROWS = 250_000  # rows of whole symbols stream_prices yields at a time (about 100 MB of work memory)
 
 # Column names are matched after lower-casing and removing spaces, underscores, dashes, dots and <> (MetaTrader).
 _TIMESTAMP_NAMES = ("timestamp", "datetime", "date", "dtyyyymmdd", "time", "gmttime", "localtime", "ts", "unnamed0")
@@ -73,6 +75,7 @@ class LoadReport:
     files: dict[str, str] = field(default_factory=dict)
     adjusted: bool = False
     date_notes: list[tuple[str, DateNote]] = field(default_factory=list, repr=False)
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)  # file -> canonical columns
 
 
 def load_prices(source: str | Path | pd.DataFrame, *, date_format: str | None = None) -> pd.DataFrame:
@@ -121,17 +124,233 @@ def read_prices(source: str | Path | pd.DataFrame, *,
                                 "keep one file per symbol (rename or remove one of them)")
             owner[symbol] = file
         frames.append(frame)
-    common = set.intersection(*(set(f.columns) for f in frames))
-    partial = [c for c in CANONICAL_COLUMNS if c not in common and any(c in f.columns for f in frames)]
+    partial = partial_columns(report, path)
     if partial:  # a column only some files have would be NaN for the others' symbols
-        log.warning(f"{path.name}: column(s) {', '.join(partial)} missing from some files; using only the "
-                    "columns every file has")
-        frames = [f[[c for c in f.columns if c in common]] for f in frames]
+        frames = [f[[c for c in f.columns if c not in partial]] for f in frames]
     return _done(pd.concat(frames, ignore_index=True), report), report
 
 
-def _done(frame: pd.DataFrame, report: LoadReport, path: Path | None = None) -> pd.DataFrame:
-    """Warn once per kind of date note (a folder of 500 day-first files is one warning), then finish."""
+def partial_columns(report: LoadReport, path: Path) -> list[str]:
+    """The canonical columns some files of the folder `path` have and others lack (warned once): a folder's price
+    frame keeps only the columns every file has."""
+    sets = [set(columns) for columns in report.columns.values()]
+    common = set.intersection(*sets) if sets else set()
+    partial = [c for c in CANONICAL_COLUMNS if c not in common and any(c in s for s in sets)]
+    if partial:
+        log.warning(f"{path.name}: column(s) {', '.join(partial)} missing from some files; using only the "
+                    "columns every file has")
+    return partial
+
+
+def stream_prices(source: str | Path | pd.DataFrame, *, date_format: str | None = None,
+                  report: LoadReport | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
+    """`load_prices` a batch of whole symbols at a time, for data larger than memory: each frame is canonical and
+    holds every row of its symbols (about `batch_rows` rows, more when one symbol has more), and no symbol is in
+    two frames. The frames together hold exactly the rows of `load_prices(source)`, with the same checks and
+    messages; only which of several problems is reported first can differ.
+
+    A folder is read file by file; a Parquet file (alone or in a folder) whose timestamps are a datetime column
+    (or read with `date_format`) row group by row group, a symbol leaving memory once its last row group is read,
+    so that a file grouped or sorted by symbol takes memory for about one row group. Other files (CSV, Parquet with
+    text dates) are read whole, since one date format is inferred per column of a file. Pass `report` to read it
+    afterwards; for a folder whose files have different columns, `partial_columns(report, path)` names those the
+    price frame would drop (the frames keep each file's own)."""
+    report = report if report is not None else LoadReport(source="")
+    if isinstance(source, pd.DataFrame):  # in memory already
+        frame, loaded = read_prices(source, date_format=date_format)
+        for name in LoadReport.__dataclass_fields__:
+            setattr(report, name, getattr(loaded, name))
+        yield from _symbol_batches(frame, batch_rows)
+        return
+    if isinstance(source, str) and source.startswith("sample:"):
+        path, folder = sample_path(source.split(":", 1)[1]), None
+        files, report.source = [path], source
+    else:
+        if not isinstance(source, (str, os.PathLike)) or not str(os.fspath(source)).strip():
+            raise DataError(f"prices must come from a file or folder path, 'sample:NAME' or a pandas DataFrame; got "
+                            f"{type(source).__name__} {str(source)[:40]!r}")
+        path = Path(os.fsdecode(source))
+        report.source = str(path)
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder; give a CSV/Parquet file, a folder of them, or "
+                            "sample:NAME (see `pricegpt data list`)")
+        note_input(path)
+        folder = path if path.is_dir() else None
+        files = sorted(p for p in path.iterdir() if p.is_file() and _is_data_file(p)) if folder else [path]
+        if folder and not files:
+            raise DataError(f"{path}: folder has no data files (expected {', '.join(DATA_SUFFIXES)}); "
+                            "put one file per symbol in it")
+    owner: dict[str, Path] = {}
+    batch: list[pd.DataFrame] = []
+    rows_out = 0
+    for file in files:
+        for frame in _file_frames(file, report, date_format, batch_rows):
+            if folder is not None:
+                for symbol in frame["symbol"].unique():
+                    if symbol in owner:
+                        raise DataError(f"{path}: symbol '{_shown(symbol)}' is in two files, {owner[symbol]} and "
+                                        f"{file}; keep one file per symbol (rename or remove one of them)")
+                    owner[symbol] = file
+            if len(frame) == 0:  # every price cell empty: its symbols are gone, as in load_prices
+                continue
+            if batch and (list(frame.columns) != list(batch[0].columns)
+                          or sum(map(len, batch)) + len(frame) > batch_rows):
+                rows_out += sum(map(len, batch))
+                yield from _symbol_batches(_finish(pd.concat(batch, ignore_index=True), report, path=None
+                                                   if folder else path), batch_rows)
+                batch = []
+            batch.append(frame)
+    if batch:
+        rows_out += sum(map(len, batch))
+        yield from _symbol_batches(_finish(pd.concat(batch, ignore_index=True), report, None if folder else path),
+                                   batch_rows)
+    if rows_out == 0:
+        raise DataError(f"{folder or path}: no row has a price (every price cell is empty); it needs at least 2 bars")
+    _warn_dates(report)
+
+
+def _symbol_batches(frame: pd.DataFrame, batch_rows: int) -> Iterator[pd.DataFrame]:
+    """A canonical frame (sorted by symbol) in slices of whole symbols of about `batch_rows` rows."""
+    if len(frame) <= batch_rows:
+        yield frame
+        return
+    symbols = frame["symbol"].to_numpy()
+    starts = np.append(np.flatnonzero(np.concatenate([[True], symbols[1:] != symbols[:-1]])), len(frame))
+    start = 0
+    while start < len(frame):
+        if start + batch_rows >= len(frame):
+            stop = len(frame)
+        else:  # the last symbol start within batch_rows, or the end of a symbol longer than that
+            cut = int(np.searchsorted(starts, start + batch_rows, side="right")) - 1
+            stop = int(starts[cut]) if starts[cut] > start else int(starts[cut + 1])
+        yield frame.iloc[start:stop].reset_index(drop=True)
+        start = stop
+
+
+def _file_frames(path: Path, report: LoadReport, date_format: str | None,
+                 batch_rows: int) -> Iterator[pd.DataFrame]:
+    """The validated rows of one file (not yet sorted or de-duplicated), in frames of whole symbols."""
+    plan = _parquet_plan(path, date_format) if path.name.lower().endswith((".parquet", ".pq")) else None
+    if plan is None:
+        yield _read_file(path, report, _stem(path), date_format)
+        return
+    import pyarrow as pa
+
+    parquet, symbol_column, last_group = plan
+    pool = pa.default_memory_pool()
+    pending: list = []  # (arrow table, file rows, the row group each row's symbol is complete after)
+    ready: list = []
+    offset = 0
+    for group in range(parquet.num_row_groups):
+        table = parquet.read_row_group(group)
+        last = _last_groups(table.column(symbol_column), last_group, parquet.num_row_groups - 1)
+        pending.append((table, offset + np.arange(table.num_rows), last))
+        offset += table.num_rows
+        still = []
+        for part, rows, part_last in pending:
+            done = part_last <= group
+            if done.all():
+                ready.append((part, rows))
+            elif done.any():
+                ready.append((part.filter(done), rows[done]))
+                still.append((part.filter(~done), rows[~done], part_last[~done]))
+            else:
+                still.append((part, rows, part_last))
+        pending = still
+        if sum(part.num_rows for part, _ in ready) >= batch_rows or group == parquet.num_row_groups - 1:
+            yield from _parquet_frames(ready, symbol_column, path, report, date_format, batch_rows)
+            ready = []
+            pool.release_unused()  # arrow's allocator keeps freed row groups' pages otherwise
+    assert not pending, f"{path}: rows of symbols never completed"
+
+
+def _parquet_plan(path: Path, date_format: str | None):
+    """(ParquetFile, symbol column, symbol -> its last row group) when `path` can be read row group by row group
+    with the same result as whole (several row groups, a symbol column, datetime timestamps or a date_format, no
+    separate time-of-day column); else None."""
+    try:
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(path)
+        empty = parquet.schema_arrow.empty_table().to_pandas()
+    except Exception:  # no pyarrow, or a file _read_table reports on properly
+        return None
+    if parquet.num_row_groups < 2:
+        return None
+    if not isinstance(empty.index, pd.RangeIndex):
+        empty = empty.reset_index()
+    columns: dict[str, str] = {}
+    for col in empty.columns:
+        columns.setdefault(_norm(col), col)
+    ts_col, symbol_column = _pick(columns, _TIMESTAMP_NAMES), _pick(columns, _SYMBOL_NAMES)
+    if ts_col is None or symbol_column is None or symbol_column not in parquet.schema_arrow.names:
+        return None
+    if date_format is None and not pd.api.types.is_datetime64_any_dtype(empty[ts_col].dtype):
+        return None  # text or number dates: the format is inferred from the whole column
+    if _norm(ts_col) in _DATE_ONLY_NAMES and _pick(columns, _CLOCK_NAMES) is not None:
+        return None  # whether the time column is used depends on every date of the file
+    last_group: dict[str, int] = {}
+    for group in range(parquet.num_row_groups):
+        column = parquet.read_row_group(group, columns=[symbol_column]).column(0)
+        for key in _symbol_keys(column.unique()):
+            last_group[key] = group
+    return parquet, symbol_column, last_group
+
+
+def _symbol_keys(values) -> list[str]:
+    """Symbols as _read_table_rows makes them (text, stripped) of an arrow array."""
+    return values.to_pandas().astype(str).str.strip().tolist()
+
+
+def _last_groups(column, last_group: dict[str, int], final: int) -> np.ndarray:
+    """The last row group of each row's symbol, of an arrow symbol column (`final` for a missing symbol, which
+    _read_table_rows refuses)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = column.combine_chunks()
+    if not pa.types.is_dictionary(encoded.type):
+        encoded = encoded.dictionary_encode()
+    last = np.array([last_group.get(key, final) for key in _symbol_keys(encoded.dictionary)] + [final], dtype=np.int64)
+    codes = pc.fill_null(encoded.indices, len(last) - 1).to_numpy(zero_copy_only=False)
+    return last[codes]
+
+
+def _parquet_frames(parts: list, symbol_column: str, path: Path, report: LoadReport, date_format: str | None,
+                    batch_rows: int) -> Iterator[pd.DataFrame]:
+    """The validated rows of whole symbols of a Parquet file (rows named by their row in the file), in frames of
+    about batch_rows rows: a large row group is cut between symbols (after grouping its rows by symbol, each
+    symbol's rows kept in file order)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not parts:
+        return
+    table = pa.concat_tables([part for part, _ in parts])
+    rows = np.concatenate([rows for _, rows in parts]) + 1
+    bounds = [0, table.num_rows]
+    if table.num_rows > batch_rows:
+        column = table.column(symbol_column).combine_chunks()
+        encoded = column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
+        codes = pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy(zero_copy_only=False)
+        if np.any(codes[1:] < codes[:-1]):
+            order = np.argsort(codes, kind="stable")
+            table, rows, codes = table.take(order), rows[order], codes[order]
+        starts = np.append(np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]])), len(codes))
+        bounds = [0]
+        while bounds[-1] < len(codes):
+            cut = int(np.searchsorted(starts, bounds[-1] + batch_rows, side="right")) - 1
+            bounds.append(int(starts[cut]) if starts[cut] > bounds[-1] else int(starts[cut + 1]))
+    for start, stop in zip(bounds, bounds[1:]):
+        frame = table.slice(start, stop - start).to_pandas()
+        if not isinstance(frame.index, pd.RangeIndex):
+            frame = frame.reset_index()
+        yield _read_table_rows(frame.reset_index(drop=True), Rows(str(path), rows[start:stop], word="row"), report,
+                               _stem(path), date_format)
+
+
+def _warn_dates(report: LoadReport) -> None:
+    """Warn once per kind of date note (a folder of 500 day-first files is one warning)."""
     seen: dict[str, int] = {}
     for _, note in report.date_notes:
         seen[note.kind] = seen.get(note.kind, 0) + 1
@@ -139,6 +358,11 @@ def _done(frame: pd.DataFrame, report: LoadReport, path: Path | None = None) -> 
         where, note = next((w, n) for w, n in report.date_notes if n.kind == kind)
         more = f" (and {count - 1} more file(s) like it)" if count > 1 else ""
         log.warning(f"{_short(where)}: {note.message}{more}")
+
+
+def _done(frame: pd.DataFrame, report: LoadReport, path: Path | None = None) -> pd.DataFrame:
+    """Warn once per kind of date note (a folder of 500 day-first files is one warning), then finish."""
+    _warn_dates(report)
     return _finish(frame, report, path)
 
 
@@ -376,6 +600,7 @@ def _read_table_rows(table: pd.DataFrame, rows: Rows, report: LoadReport, defaul
     for sym, n in out["symbol"].value_counts().items():
         report.rows_read[sym] = report.rows_read.get(sym, 0) + int(n)
         report.files.setdefault(sym, where)
+    report.columns[where] = tuple(out.columns)
     return out
 
 
@@ -435,21 +660,27 @@ def _finish(frame: pd.DataFrame, report: LoadReport, path: Path | None = None) -
     frame["symbol"] = frame["symbol"].astype(str)
     _check_symbols(frame, report, where)
     ns = pd.DatetimeIndex(frame["timestamp"]).asi8
-    order = np.lexsort((np.arange(len(frame)), ns, frame["symbol"].to_numpy()))
-    frame = frame.iloc[order].reset_index(drop=True)
-    dup = frame.duplicated(subset=["symbol", "timestamp"], keep="last")
+    # integer codes in symbol order sort like the strings, many times faster
+    codes, symbols = pd.factorize(frame["symbol"], sort=True)
+    same_symbol = codes[1:] == codes[:-1]
+    if not np.all((codes[1:] > codes[:-1]) | (same_symbol & (ns[1:] >= ns[:-1]))):
+        order = np.lexsort((np.arange(len(frame)), ns, codes))  # stable: a duplicate's last row stays last
+        frame, codes, ns = frame.iloc[order].reset_index(drop=True), codes[order], ns[order]
+        same_symbol = codes[1:] == codes[:-1]
+    dup = np.zeros(len(frame), dtype=bool)
+    dup[:-1] = same_symbol & (ns[1:] == ns[:-1])  # sorted: a row equal to the next one is not the last
     if dup.any():
         counts = frame.loc[dup, "symbol"].value_counts()
         for sym, n in counts.items():
             report.dropped[sym] = report.dropped.get(sym, 0) + int(n)
         log.warning(f"{_short(where)}: {int(dup.sum())} duplicate "
                     "timestamp(s); kept the last row of each")
-        frame = frame.loc[~dup].reset_index(drop=True)
-    counts = frame.groupby("symbol", sort=True)["timestamp"].size()
-    short = counts[counts < 2]
+        frame, codes = frame.loc[~dup].reset_index(drop=True), codes[~dup]
+    counts = np.bincount(codes, minlength=len(symbols))
+    short = np.flatnonzero(counts < 2)
     if len(short):
-        sym = short.index[0]
-        raise DataError(f"{report.files.get(sym, where)}: symbol '{_shown(sym)}' has {int(short.iloc[0])} usable "
+        sym = str(symbols[short[0]])
+        raise DataError(f"{report.files.get(sym, where)}: symbol '{_shown(sym)}' has {int(counts[short[0]])} usable "
                         "bar(s); at least 2 are needed to compute a return")
     cols = [c for c in CANONICAL_COLUMNS if c in frame.columns]
     return frame[cols]

@@ -337,6 +337,32 @@ def _scores_section(out: Path, fc: dict, best: str | None) -> Section:
     return s
 
 
+def _volatility_section(fc: dict) -> Section:
+    """The variance forecasts of the H-bar return against the realised variance (forecast.volatility)."""
+    s = Section("Volatility forecast")
+    vol = _dict(fc.get("volatility"))
+    forecasters = _dict(vol.get("forecasters"))
+    if not forecasters:
+        s.p("No volatility evaluation in these metrics.")
+        return s
+    s.p(f"Variance of the {_fmt(vol.get('horizon_bars'))}-bar return against the realised variance (the sum of the "
+        "target bars' squared returns). QLIKE = RV/f - log(RV/f) - 1 and the MSE of log variance: lower is better. "
+        "vol_head is the model's volatility head, model the variance of its sampled paths.")
+    s.table(["forecaster", "QLIKE", "MSE log variance", "origins"],
+            [[name, _fmt(_dict(entry).get("qlike")), _fmt(_dict(entry).get("mse_log")), _fmt(_dict(entry).get("n"))]
+             for name, entry in forecasters.items() if entry])
+    rows = [[f"{vol.get('headline')} vs {name}", _with_ci(_dict(entry).get("qlike_ratio"),
+                                                         _dict(entry).get("qlike_ratio_ci"), ".3f"),
+             _with_ci(_dict(entry).get("qlike_diff"), _dict(entry).get("qlike_diff_ci")),
+             _fmt(_dict(entry).get("verdict"))]
+            for name, entry in _dict(vol.get("comparison")).items() if entry]
+    if rows:
+        s.table(["comparison", "QLIKE ratio [95% CI]", "QLIKE difference [95% CI]", "verdict"], rows)
+    for key, note in _dict(vol.get("notes")).items():
+        s.p(f"{key}: {note}")
+    return s
+
+
 def _calibration_section(out: Path, fc: dict, best: str | None) -> Section:
     s = Section("Calibration")
     names = _forecaster_names(fc)
@@ -594,7 +620,8 @@ def build_sections(out: Path, metrics: dict, *, origins_table: pd.DataFrame | No
     fc = _dict(metrics.get("forecast"))
     best = best_baseline(fc)
     sections = [_verdict_section(metrics, fc), _scores_section(out, fc, best),
-                _calibration_section(out, fc, best), _crps_over_time_section(out, fc, origins_table, best),
+                _calibration_section(out, fc, best), _volatility_section(fc),
+                _crps_over_time_section(out, fc, origins_table, best),
                 _fan_section(out, fc), _backtest_section(out, backtest, equity), _per_symbol_section(fc),
                 _token_section(out, metrics)]
     s = Section("Training")

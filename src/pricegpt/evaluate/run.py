@@ -65,7 +65,7 @@ from ..forecast import Forecaster, check_paths_memory, check_sampling, paths_byt
 from ..forecast.shard import sharding
 from ..rundir import RunDir
 from ..runs import load_run
-from . import calibration, report, significance, tokens
+from . import calibration, report, significance, tokens, volatility
 from .baselines import BASELINES, baseline_forecasts
 from .metrics import SamplePredictive, coverage_and_width, coverage_by_horizon, summary
 from .origins import combine, forecaster_columns, origin_table, write_csv
@@ -146,6 +146,7 @@ def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = Fals
         if main is None:
             main = scored
     forecast = blocks[str(setup.horizons[0].horizon)]
+    forecast["volatility"] = _volatility(setup, main)
     if ablation_runs:
         forecast["ablations"] = _ablations(ablation_runs, paths, main["realised"][:, -1])
 
@@ -349,7 +350,27 @@ def _score(setup: _Setup, paths: _Paths):
         final = cum[..., -1]
         predictives = {"model": SamplePredictive(final), **{name: predictives.get(name) for name in BASELINES}}
         table = origin_table(series, origins, H, realised[:, -1], predictives, np.mean(final > 0, axis=-1))
-        yield {"horizon": h, "table": table, "cum": cum, "realised": realised, "notes": dict(notes)}
+        yield {"horizon": h, "table": table, "cum": cum, "realised": realised, "notes": dict(notes),
+               "predictives": predictives}
+
+
+def _volatility(setup: _Setup, main: dict) -> dict:
+    """forecast.volatility (volatility.py) on the main horizon's origins: the volatility head (if the model has
+    one), the paths' variance, GARCH and EWMA against the realised variance of the target bars."""
+    h = main["horizon"]
+    forecaster, predictives = setup.forecaster, main["predictives"]
+    variances = {name: volatility.predictive_variance(predictives.get(name)) for name in volatility.VOL_BASELINES}
+    variances["model"] = np.var(main["cum"][..., -1], axis=-1)
+    if getattr(forecaster, "has_vol_head", False):
+        variances["vol_head"] = forecaster.predict_variance(
+            h.origins.contexts(setup.series), h.origins.symbols, h.horizon,
+            context_times=h.origins.context_times(setup.series))
+    per_bar = np.diff(main["realised"], axis=-1, prepend=0.0)
+    block = volatility.volatility_block(main["table"], variances, volatility.realised_variance(per_bar), h.horizon,
+                                        seed=setup.seed)
+    if "vol_head" not in variances:
+        block["notes"]["vol_head"] = "the model has no volatility head (train with --set model.vol_bars=N)"
+    return block
 
 
 def _forecast_block(setup: _Setup, h: _Horizon, table: pd.DataFrame, cum: np.ndarray, realised: np.ndarray,

@@ -20,8 +20,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..config.schema import SIDE_CHANNELS
 from ..data import SPLIT_NAMES, Splits
 from ..data.calendar import calendar_ids
+from ..tokenizer.side import patch_side, side_values
 
 ADD_K = 0.5
 TOP_K = 5
@@ -42,10 +44,11 @@ def token_streams(tokenizer, frame: pd.DataFrame, splits: Splits,
 
 
 @torch.inference_mode()
-def model_logits_at(model, stream: np.ndarray, positions: np.ndarray, calendar: np.ndarray | None = None
-                    ) -> torch.Tensor:
+def model_logits_at(model, stream: np.ndarray, positions: np.ndarray, calendar: np.ndarray | None = None,
+                    side: np.ndarray | None = None) -> torch.Tensor:
     """Logits (len(positions), V) predicting stream[q] from up to sequence_len tokens before q, positions >= 1.
-    calendar: (n, 2) [time of day, weekday] of every token of the stream, for a calendar model."""
+    calendar: (n, 2) [time of day, weekday] of every token of the stream, for a calendar model; side: (n, 3)
+    side-channel ids of every token, for a side model."""
     T = model.config.sequence_len
     group = max(1, T // 2)
     device = next(model.parameters()).device
@@ -58,7 +61,8 @@ def model_logits_at(model, stream: np.ndarray, positions: np.ndarray, calendar: 
         windows.append((start, stop))
         picks.append(chunk - 1 - start)
     stream_t = torch.as_tensor(stream, dtype=torch.long)
-    calendar_t = None if calendar is None else torch.as_tensor(np.asarray(calendar), dtype=torch.long)
+    inputs = {name: torch.as_tensor(np.asarray(values), dtype=torch.long)
+              for name, values in (("calendar", calendar), ("side", side)) if values is not None}
     out = [None] * len(windows)
     by_len: dict[int, list[int]] = {}
     for w, (start, stop) in enumerate(windows):
@@ -67,8 +71,8 @@ def model_logits_at(model, stream: np.ndarray, positions: np.ndarray, calendar: 
         for b in range(0, len(members), EVAL_BATCH):
             batch = members[b:b + EVAL_BATCH]
             idx = torch.stack([stream_t[windows[w][0]:windows[w][1]] for w in batch]).to(device)
-            extra = {} if calendar_t is None else \
-                {"calendar": torch.stack([calendar_t[windows[w][0]:windows[w][1]] for w in batch]).to(device)}
+            extra = {name: torch.stack([values[windows[w][0]:windows[w][1]] for w in batch]).to(device)
+                     for name, values in inputs.items()}
             logits = model(idx, **extra).float().cpu()
             for j, w in enumerate(batch):
                 out[w] = logits[j, torch.as_tensor(picks[w])]
@@ -104,16 +108,18 @@ def token_metrics(model, tokenizer, frame: pd.DataFrame, splits: Splits, split: 
     code = SPLIT_NAMES.index(split)
     uses_calendar = bool(getattr(model.config, "calendar", False))
     streams = token_streams(tokenizer, frame, splits, with_ends=uses_calendar)
+    sides = token_side(model, tokenizer, frame, streams)
     V = model.config.vocab_size
     unigram, bigram = ngram_log_probs({s: v[:2] for s, v in streams.items()}, V)
     model_lp, uni_lp, bi_lp, targets = [], [], [], []
-    for ids, labels, *ends in streams.values():
+    for symbol, (ids, labels, *ends) in streams.items():
         calendar = np.stack(calendar_ids(ends[0]), axis=-1) if ends else None
         positions = np.flatnonzero(labels == code)
         positions = positions[positions >= 1]
         if len(positions) == 0:
             continue
-        model_lp.append(torch.log_softmax(model_logits_at(model, ids, positions, calendar), dim=-1))
+        side = None if sides is None else sides[symbol]
+        model_lp.append(torch.log_softmax(model_logits_at(model, ids, positions, calendar, side), dim=-1))
         uni_lp.append(torch.as_tensor(np.broadcast_to(unigram, (len(positions), V)).copy()))
         bi_lp.append(torch.as_tensor(bigram[ids[positions - 1]]))
         targets.append(torch.as_tensor(ids[positions]))
@@ -125,6 +131,16 @@ def token_metrics(model, tokenizer, frame: pd.DataFrame, splits: Splits, split: 
             "unigram": _scores(torch.cat(uni_lp), y), "bigram": _scores(torch.cat(bi_lp), y),
             "smoothing": f"add-{ADD_K:g} (fixed, not tuned), fit on train-split tokens",
             "usage": code_usage(y.numpy(), V), "size": model_size(model)}
+
+
+def token_side(model, tokenizer, frame: pd.DataFrame, streams: dict) -> dict[str, np.ndarray] | None:
+    """Per symbol of `streams`, the side-channel ids (n, 3) of its tokens for a side model (None otherwise); a frame
+    without open/high/low gives every token unknown ids."""
+    if not getattr(model.config, "side", False):
+        return None
+    values = side_values(frame)
+    return {s: np.full((len(v[0]), SIDE_CHANNELS), -1) if values is None else
+            model.side_ids(patch_side(values[s], tokenizer.patch_len)).numpy() for s, v in streams.items()}
 
 
 def code_usage(ids: np.ndarray, vocab_size: int) -> dict:

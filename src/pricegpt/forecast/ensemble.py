@@ -38,6 +38,9 @@ class EnsembleForecaster(Forecaster):
         if len(features) != 1:
             raise ConfigError(f"ensemble members read different features ({', '.join(sorted(features))}); pool "
                               "runs whose tokenizers use the same features")
+        if len({m.uses_side for m in members}) != 1:
+            raise ConfigError("ensemble members differ in side channels (model.side): pool runs that all read them "
+                              "or none")
         cutoffs = {run_cutoffs(m.run) for m in members}
         if len(cutoffs) != 1:
             raise ConfigError("ensemble members were trained with different train/validation cutoffs; pool runs "

@@ -62,6 +62,7 @@ import pandas as pd
 import torch
 
 from ..config import check_int, check_memory, check_num_samples, check_seed, check_temperature, derive_seed, show
+from ..config.schema import SIDE_CHANNELS
 from ..data import iso, load_prices, parse_time
 from ..data.calendar import calendar_ids, future_times
 from ..data.windows import run_cutoffs, timestamps_ns
@@ -70,6 +71,7 @@ from ..fileio import atomic_dir, json_ready, write_json
 from ..model import GPT, generate
 from ..runs import Run, load_run
 from ..tokenizer import bar_features, load_tokenizer
+from ..tokenizer.side import patch_side, side_values
 from ..train.checkpoint import resolve_init as resolve_model
 from ..train.device import resolve_device
 from .frames import DF_QUANTILE_LEVELS, check_levels, paths_frame, paths_html, quantile_frame, target_times, utc_index
@@ -180,8 +182,22 @@ class Forecaster:
         return float(self.run.calibration.get("temperature", 1.0))
 
     def features(self, frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per symbol: (timestamps (n,) datetime64[ns], features (n, n_features)); column 0 is the log return."""
-        return bar_features(frame, self.tokenizer.config.features)
+        """Per symbol: (timestamps (n,) datetime64[ns], features (n, n_features)); column 0 is the log return.
+        For a side model, the tokenizer's features are followed by the bars' side values (range, gap, volume;
+        tokenizer/side.py; NaN where unknown or where the frame lacks open, high and low)."""
+        features = bar_features(frame, self.tokenizer.config.features)
+        if not self.uses_side:
+            return features
+        values = side_values(frame)
+        return {s: (times, np.concatenate([x, np.full((len(x), SIDE_CHANNELS), np.nan) if values is None
+                                           else values[s].astype(np.float64)], axis=1))
+                for s, (times, x) in features.items()}
+
+    @property
+    def uses_side(self) -> bool:
+        """Whether the model reads side channels: its contexts then carry side values after the tokenizer's
+        features (`features`); a context without them forecasts with unknown side inputs."""
+        return bool(getattr(self.model.config, "side", False))
 
     def context_patches(self, horizon: int) -> int:
         """How many patches of context a forecast of `horizon` bars uses when the history allows."""
@@ -208,7 +224,7 @@ class Forecaster:
         horizon, num_samples, seed = check_sampling(horizon, num_samples, seed)
         temperature = self.temperature if temperature is None else check_temperature(temperature)
         symbols = [str(s) for s in symbols]
-        contexts = list(contexts)
+        contexts, sides = self._split_side(list(contexts))
         assert len(contexts) == len(symbols), f"{len(contexts)} contexts but {len(symbols)} symbols"
         if context_ends is not None:
             keys = timestamps_ns(context_ends)
@@ -238,6 +254,8 @@ class Forecaster:
                 if calendar_model and ctx_times[jobs[0][0]] is not None:
                     extra["calendar"] = torch.as_tensor(np.stack([
                         self._calendar(ctx_times[i], tgt_times[i], len(tokens[i]), n_new) for i, _, _ in jobs]))
+                if sides is not None:
+                    extra["side"] = torch.stack([self._side(sides[i], len(tokens[i]), n_new) for i, _, _ in jobs])
                 generated = generate(self.model, idx, n_new, num_samples=rows, temperature=temperature,
                                      seed=[job_seed for _, job_seed, _ in jobs], autocast=self.autocast, **extra)
                 generated = generated.cpu().numpy()
@@ -248,6 +266,58 @@ class Forecaster:
                         paths, symbols[i], states[i], rng=np.random.default_rng(job_seed),
                         times=tgt_times[i], profile=profiles[i])[:, :horizon]
                 bar.update(sum(samples.stop == num_samples for _, _, samples in jobs))
+        return out
+
+    @property
+    def has_vol_head(self) -> bool:
+        """Whether the model has a volatility head (model.vol_bars): `predict_variance` then forecasts."""
+        return bool(getattr(self.model.config, "vol_bars", 0))
+
+    @torch.no_grad()
+    def predict_variance(self, contexts, symbols, horizon: int, *, context_times=None) -> np.ndarray:
+        """The volatility head's forecast of the variance of each origin's `horizon`-bar cumulative log return:
+        (origins,) float64. Arguments as `sample_returns`'s; one forward pass over each context, no sampling.
+
+        The head predicts the mean squared return of the next model.vol_bars bars in units of the volatility scale
+        at the origin (the s0 of `decode_paths`), so the forecast is horizon x s0^2 x exp(head) (x the mean squared
+        seasonal factor of the target bars for a seasonally scaled symbol); for a horizon other than vol_bars the
+        per-bar level is carried over unchanged, an approximation."""
+        if not self.has_vol_head:
+            raise ConfigError("this model has no volatility head; train one with --set model.vol_bars=N")
+        horizon = check_int(horizon, "horizon", 1, 10**6)
+        symbols = [str(s) for s in symbols]
+        contexts, sides = self._split_side(list(contexts))
+        ctx_times, tgt_times = self._times(contexts, symbols, context_times, None, horizon)
+        profiles = [self.tokenizer.profile_for(s, c, t) for c, s, t in zip(contexts, symbols, ctx_times)]
+        tokens = self._context_tokens(contexts, symbols, horizon, ctx_times, profiles)
+        calendar_model = getattr(self.model.config, "calendar", False)
+        device = self.device
+        out = np.empty(len(contexts))
+        by_length: dict[int, list[int]] = {}
+        for i, ids in enumerate(tokens):
+            by_length.setdefault(len(ids), []).append(i)
+        self.model.eval()
+        for members in by_length.values():
+            for lo in range(0, len(members), ROWS_PER_CALL):
+                batch = members[lo:lo + ROWS_PER_CALL]
+                extra = {}
+                if calendar_model and ctx_times[batch[0]] is not None:
+                    extra["calendar"] = torch.as_tensor(np.stack([
+                        self._calendar(ctx_times[i], ctx_times[i][-1:], len(tokens[i]), 0) for i in batch]),
+                        device=device)
+                if sides is not None:
+                    extra["side"] = torch.stack([self._side(sides[i], len(tokens[i]), 0) for i in batch]).to(device)
+                idx = torch.as_tensor(np.stack([tokens[i] for i in batch]), dtype=torch.long, device=device)
+                with (torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None
+                      else contextlib.nullcontext()):
+                    h = self.model.log_variance(self.model.hidden(idx, **extra))[:, -1]
+                out[batch] = h.double().cpu().numpy()
+        for i, (c, s, t, p) in enumerate(zip(contexts, symbols, ctx_times, profiles)):
+            s0 = self.tokenizer.origin_state(np.asarray(c, dtype=np.float64), s, times=t, profile=p)
+            seasonal = 1.0
+            if p is not None and t is not None and len(t):
+                seasonal = float(np.mean(p.factors(future_times(t, horizon)) ** 2))
+            out[i] = horizon * s0 ** 2 * math.exp(out[i]) * seasonal
         return out
 
     def sample_cumulative(self, contexts, symbols, horizon: int, num_samples: int, *, seed: int = 0,
@@ -299,6 +369,33 @@ class Forecaster:
         ends = np.concatenate([context_ends, target_times[P - 1:n_new * P:P]])
         tod, dow = calendar_ids(ends)
         return np.stack([tod, dow], axis=-1)
+
+    def _split_side(self, contexts: list) -> tuple[list, list | None]:
+        """(the contexts' tokenizer features, their side values (bars, 3) or None) for a side model's contexts
+        of tokenizer features followed by side values; a context without the side columns gets unknown values.
+        (contexts, None) for other models."""
+        if not self.uses_side:
+            return contexts, None
+        n = self.tokenizer.n_features
+        features, sides = [], []
+        for c in contexts:
+            x = np.asarray(c, dtype=np.float64)
+            x = x[:, None] if x.ndim == 1 else x
+            if x.shape[1] == n + SIDE_CHANNELS:
+                features.append(x[:, :n])
+                sides.append(x[:, n:])
+            else:
+                features.append(c)
+                sides.append(np.full((len(x), SIDE_CHANNELS), np.nan))
+        return features, sides
+
+    def _side(self, values: np.ndarray, n_context: int, n_new: int) -> torch.Tensor:
+        """(n_context + n_new, 3) side-channel ids: those of the context's last n_context patches (ending at the
+        origin; side values averaged over each patch's bars), then unknown (-1) for the n_new generated ones."""
+        P = self.patch_len
+        context = patch_side(values[len(values) - n_context * P:], P)
+        ids = self.model.side_ids(context)
+        return torch.cat([ids, torch.full((n_new, SIDE_CHANNELS), -1, dtype=torch.long)])
 
     def _context_tokens(self, contexts, symbols, horizon: int, context_times=None, profiles=None
                         ) -> list[np.ndarray]:

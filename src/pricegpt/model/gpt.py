@@ -3,10 +3,16 @@
 A nanochat-style decoder-only transformer:
 - token embedding (no learned positions) followed by a parameter-free RMSNorm; with `calendar`, learned
   time-of-day and weekday embeddings of each token's last bar are added to it (zero at initialisation, so a fresh
-  calendar model computes exactly what the model without them does),
+  calendar model computes exactly what the model without them does); with `side`, learned embeddings of each
+  token's side channels (its bars' range, open gap and volume change, binned; tokenizer/side.py) are added too,
+  one learned "unknown" row per channel standing in where a value is missing and at generated positions (zero at
+  initialisation as well),
 - rotary position embeddings (cos/sin tables precomputed once, non-persistent buffers),
 - pre-norm blocks of grouped-query attention with QK-norm and a ReLU^2 MLP, no biases and no norm weights,
-- a final RMSNorm, an untied lm_head and a tanh logit softcap computed in fp32.
+- a final RMSNorm, an untied lm_head and a tanh logit softcap computed in fp32,
+- with `vol_bars`, a volatility head on the same final hidden state: one linear map to the log of the mean
+  squared return of the next vol_bars bars in units of the origin's volatility scale (zero at initialisation:
+  variance 1, a standardised shock's), trained with the QLIKE loss (`vol_loss`).
 
 Shapes: B batch, T time, V vocab, E n_embd, H query heads, Hkv key/value heads, D head_dim = E // H.
 
@@ -33,17 +39,19 @@ import torch.nn.functional as F
 
 from ..config import ARCHITECTURE_KEYS, GPTConfig, check_memory, preset_model_config
 from ..config import MODEL_PRESETS as PRESETS
+from ..config.schema import SIDE_BINS, SIDE_CHANNELS
 from ..data.calendar import TOD_SLOTS
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import atomic_path, write_json
 
-__all__ = ["GPT", "GPTConfig", "PRESETS", "preset_model_config", "check_token_ids", "check_calendar",
-           "CalendarInputError", "CALENDAR_SIZES", "CONFIG_FILE", "WEIGHTS_FILE"]
+__all__ = ["GPT", "GPTConfig", "PRESETS", "preset_model_config", "check_token_ids", "check_calendar", "check_side",
+           "CalendarInputError", "CALENDAR_SIZES", "SIDE_CHANNELS", "SIDE_BINS", "CONFIG_FILE", "WEIGHTS_FILE"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 CALENDAR_SIZES = (TOD_SLOTS, 7)  # the calendar inputs [time of day, day of week] take values 0 .. size - 1, or -1
+VOL_FLOOR = 1e-4  # added to the volatility head's squared-return targets (in units of a squared scale)
 INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 
 
@@ -87,6 +95,27 @@ def check_calendar(calendar: torch.Tensor, shape: tuple[int, int], calendar_mode
         if lo < -1 or hi >= size:
             raise CalendarInputError(f"{what}: {name} ids must lie in [0, {size}) or be -1 (unknown), found values "
                                      f"in [{lo}, {hi}]; compute them with pricegpt.data.calendar.calendar_ids")
+
+
+def check_side(side: torch.Tensor, shape: tuple[int, int], side_model: bool, what: str = "side",
+               check_range: bool = True) -> None:
+    """Raise CalendarInputError unless `side` is an integer tensor of shape (*shape, SIDE_CHANNELS) of side-channel
+    ids in 0..SIDE_BINS-1 or -1 (unknown), for a model built with side=True. With `check_range` (one host sync on
+    an accelerator) the values are checked too."""
+    if not side_model:
+        raise CalendarInputError(f"{what} given to a model without side channels (model.side=false); pass side=None, "
+                                 "or train a model with --set model.side=true")
+    if not isinstance(side, torch.Tensor) or side.dtype not in INTEGER_DTYPES:
+        kind = side.dtype if isinstance(side, torch.Tensor) else type(side).__name__
+        raise CalendarInputError(f"{what} must be an integer tensor of side-channel ids, got {kind}")
+    if tuple(side.shape) != (*shape, SIDE_CHANNELS):
+        raise CalendarInputError(f"{what} must have shape {(*shape, SIDE_CHANNELS)} ([range, gap, volume] ids for "
+                                 f"each of the {shape} token positions), got {tuple(side.shape)}")
+    if check_range and side.numel():
+        lo, hi = int(side.min()), int(side.max())
+        if lo < -1 or hi >= SIDE_BINS:
+            raise CalendarInputError(f"{what}: side-channel ids must lie in [0, {SIDE_BINS}) or be -1 (unknown), "
+                                     f"found values in [{lo}, {hi}]; compute them with GPT.side_ids")
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -219,9 +248,15 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.vol_bars:  # skip_init draws no random numbers: the other weights are as without a head
+            self.vol_head = nn.utils.skip_init(nn.Linear, config.n_embd, 1, bias=False)
         if config.calendar:  # built from zeros, drawing no random numbers: the other weights are as without them
             self.calendar_tod = nn.Embedding.from_pretrained(torch.zeros(CALENDAR_SIZES[0], config.n_embd), False)
             self.calendar_dow = nn.Embedding.from_pretrained(torch.zeros(CALENDAR_SIZES[1], config.n_embd), False)
+        if config.side:  # one table per channel: SIDE_BINS bins and a last "unknown" row; zeros, as the calendar's
+            self.side_tables = nn.ModuleList(
+                nn.Embedding.from_pretrained(torch.zeros(SIDE_BINS + 1, config.n_embd), False)
+                for _ in range(SIDE_CHANNELS))
         # Not saved with the weights: they are a pure function of the config.
         cos, sin = rotary_tables(config.sequence_len, config.head_dim, config.rope_base)
         self.register_buffer("cos", cos, persistent=False)
@@ -232,8 +267,8 @@ class GPT(nn.Module):
     def init_weights(self):
         c = self.config
         nn.init.normal_(self.wte.weight, mean=0.0, std=c.embedding_init_std)
-        for table in self.calendar_tables():
-            nn.init.zeros_(table.weight)  # a fresh calendar model is the model without one, exactly
+        for table in self.calendar_tables() + self.side_embedding_tables():
+            nn.init.zeros_(table.weight)  # a fresh calendar / side model is the model without them, exactly
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 fan_out, fan_in = module.weight.shape
@@ -246,6 +281,8 @@ class GPT(nn.Module):
                 nn.init.zeros_(block.mlp.c_proj.weight)
         if c.zero_init_head:
             nn.init.zeros_(self.lm_head.weight)
+        if c.vol_bars:
+            nn.init.zeros_(self.vol_head.weight)  # log variance 0: a standardised shock's variance
 
     def _rotary(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for positions [start, start + length); tables grow (doubling) past sequence_len."""
@@ -269,18 +306,62 @@ class GPT(nn.Module):
             out = out + table(ids.clamp(min=0)) * known.to(table.weight.dtype)
         return out
 
+    def side_embedding_tables(self) -> list[nn.Embedding]:
+        """The side channels' tables (range, gap, volume) of a side model, [] otherwise."""
+        return list(self.side_tables) if self.config.side else []
+
+    def side_embedding(self, side: torch.Tensor) -> torch.Tensor:
+        """side (B, T, SIDE_CHANNELS) ids, -1 for unknown -> (B, T, E): the sum of the channels' embeddings, an
+        unknown id reading its channel's learned "unknown" row."""
+        ids = side.long()
+        ids = torch.where(ids < 0, SIDE_BINS, ids)
+        out = 0
+        for i, table in enumerate(self.side_embedding_tables()):
+            out = out + table(ids[..., i])
+        return out
+
+    def side_ids(self, values) -> torch.Tensor:
+        """(..., SIDE_CHANNELS) side values (tokenizer/side.py; NaN unknown) -> int64 ids through the model's bin
+        edges (model.side_edges, copied from its training store), -1 where unknown."""
+        from ..tokenizer.side import side_ids
+
+        if not self.config.side or self.config.side_edges is None:
+            raise CalendarInputError("this model has no side channels (or was never trained: no side_edges)")
+        return torch.as_tensor(side_ids(values, self.config.side_edges), dtype=torch.long)
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache=None, reduction: str = "mean",
-        calendar: torch.Tensor | None = None,
+        calendar: torch.Tensor | None = None, side: torch.Tensor | None = None,
+        vol_targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """idx (B, T) int64 -> logits (B, T, V) fp32, or with targets (B, T) the cross-entropy loss.
+        """idx (B, T) int64 -> logits (B, T, V) fp32, or with targets (B, T) the cross-entropy loss; with
+        vol_targets too (B, T) (a volatility-head model in training), the pair [cross-entropy, QLIKE loss of the
+        volatility head] as a (2,) tensor (`vol_loss`; one forward, so DDP and torch.compile see one call).
 
         targets equal to -1 are ignored. `reduction` is F.cross_entropy's ("mean" -> scalar, "none" -> (B*T,)).
         kv_cache (see engine.KVCache) makes positions start at kv_cache.pos and appends this call's K/V to it.
         calendar (B, T, 2): [time of day, day of week] ids (data.calendar.calendar_ids) of the last bar of each
         token of idx, -1 where unknown; None is no calendar input (the same as all -1). Only for a model built
-        with calendar=True (CalendarInputError otherwise).
+        with calendar=True (CalendarInputError otherwise). side (B, T, SIDE_CHANNELS): each token's side-channel ids
+        (`side_ids`), -1 where unknown; None: all unknown. Only for a model built with side=True.
         """
+        x = self.hidden(idx, kv_cache=kv_cache, calendar=calendar, side=side)
+        B, T = idx.shape
+        logits = self.lm_head(x).float()
+        softcap = self.config.logit_softcap
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1, reduction=reduction)
+        if vol_targets is None:
+            return loss
+        return torch.stack([loss, self.vol_loss(x, vol_targets)])
+
+    def hidden(self, idx: torch.Tensor, *, kv_cache=None, calendar: torch.Tensor | None = None,
+               side: torch.Tensor | None = None) -> torch.Tensor:
+        """The trunk: idx (B, T) -> the final normed hidden states (B, T, E) that the heads read (arguments as
+        `forward`'s)."""
         B, T = idx.shape
         start = 0 if kv_cache is None else kv_cache.pos
         cos, sin = self._rotary(start, T)
@@ -289,17 +370,36 @@ class GPT(nn.Module):
             check_calendar(calendar, (B, T), self.config.calendar,
                            check_range=calendar.device.type == "cpu" and not torch.compiler.is_compiling())
             x = x + self.calendar_embedding(calendar).to(x.dtype)
+        if side is not None:
+            check_side(side, (B, T), self.config.side,
+                       check_range=side.device.type == "cpu" and not torch.compiler.is_compiling())
+            x = x + self.side_embedding(side).to(x.dtype)
+        elif self.config.side:  # no side input: every position reads the "unknown" rows
+            x = x + sum(table.weight[SIDE_BINS] for table in self.side_tables).to(x.dtype)
         for block in self.blocks:
             x = block(x, cos, sin, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
-        logits = self.lm_head(norm(x)).float()
-        softcap = self.config.logit_softcap
-        if softcap:
-            logits = softcap * torch.tanh(logits / softcap)
-        if targets is None:
-            return logits
-        return F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1, reduction=reduction)
+        return norm(x)
+
+    def log_variance(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The volatility head: hidden states (B, T, E) -> (B, T) fp32, the predicted log of the mean squared
+        return of the next vol_bars bars after each position, in units of the volatility scale at the first of
+        them (the origin's). Only for a model built with vol_bars > 0."""
+        assert self.config.vol_bars, "this model has no volatility head (model.vol_bars=0)"
+        return self.vol_head(hidden).squeeze(-1).float()
+
+    def vol_loss(self, hidden: torch.Tensor, realised: torch.Tensor) -> torch.Tensor:
+        """Mean QLIKE loss v / exp(h) + h of the head's log variance h against `realised` (B, T) mean squared
+        returns in origin-scale units (NaN: no target, e.g. too close to the window's end); minimised by
+        exp(h) = E[v]. A small floor keeps an all-zero target from driving h to minus infinity."""
+        h = self.log_variance(hidden)
+        known = torch.isfinite(realised)
+        v = realised.float().clamp(min=0.0)[known] + VOL_FLOOR
+        h = h[known]
+        if h.numel() == 0:
+            return h.sum()  # zero, and still part of the graph
+        return (v * torch.exp(-h) + h).mean()
 
     # ---------------------------------------------------------------- bookkeeping
 
@@ -318,12 +418,14 @@ class GPT(nn.Module):
             "embedding": sum(p.numel() for p in self.embedding_params()),
             "attention": sum(p.numel() for b in self.blocks for p in b.attn.parameters()),
             "mlp": sum(p.numel() for b in self.blocks for p in b.mlp.parameters()),
-            "head": self.lm_head.weight.numel(),
+            "head": self.lm_head.weight.numel() + (self.vol_head.weight.numel() if self.config.vol_bars else 0),
             "attention_per_layer": attention_per_layer,
             "mlp_per_layer": mlp_per_layer,
         }
         if self.config.calendar:
             counts["calendar"] = sum(t.weight.numel() for t in self.calendar_tables())
+        if self.config.side:
+            counts["side"] = sum(t.weight.numel() for t in self.side_embedding_tables())
         counts["total"] = self.num_params()
         return counts
 
@@ -347,11 +449,11 @@ class GPT(nn.Module):
         return [p for p in self.blocks.parameters()]
 
     def embedding_params(self) -> list[nn.Parameter]:
-        """The input lookups: the token embedding and, in a calendar model, the calendar tables."""
-        return [self.wte.weight] + [t.weight for t in self.calendar_tables()]
+        """The input lookups: the token embedding and, in a calendar or side model, their tables."""
+        return [self.wte.weight] + [t.weight for t in self.calendar_tables() + self.side_embedding_tables()]
 
     def head_params(self) -> list[nn.Parameter]:
-        return [self.lm_head.weight]
+        return [self.lm_head.weight] + ([self.vol_head.weight] if self.config.vol_bars else [])
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups named "matrix", "embedding", "head" (so each can get its own lr or optimizer).

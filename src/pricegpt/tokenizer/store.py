@@ -9,10 +9,16 @@ A store directory (built atomically; an existing one is an OutputExistsError unl
     arrays/<name>.npy    one token array per symbol (uint8 when K <= 256, else uint16), memory-mappable
     arrays/starts/<name>.npy, arrays/ends/<name>.npy
                          the patch start and end times per symbol: int64 nanoseconds since 1970 UTC, memory-mappable
+    arrays/side/<name>.npy
+                         data with open, high and low only: each token's side-channel ids (n_tokens, 3) int8 (range,
+                         gap, volume; -1 unknown; side.py), binned by the edges in index.json's "side" record, fit
+                         on the store's train split
     all_tokens.txt       every id, space-separated, symbols in index order, all splits (the seed's format)
     tokenizer/           a copy of the tokenizer, so the store is self-contained
 
 Nothing in index.json grows with the number of tokens, so opening a store of any size takes the same memory.
+`write_token_store` encodes a price frame in memory; stream.py writes the same bytes from a file or folder of any
+size, a batch of symbols at a time (what `pricegpt tokenize` runs). Both go through `write_store`'s helpers.
 
 Patches are time-ordered and a patch belongs to the split of its last bar, so each split is one contiguous range
 of a symbol's array. Symbol names can be anything: file names are sanitised (and disambiguated by a hash) and
@@ -30,6 +36,7 @@ from __future__ import annotations
 import codecs
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +44,16 @@ import pandas as pd
 
 from ..data import SPLIT_NAMES, Splits, iso
 from ..errors import DataError, OutputExistsError, TokenizerError
-from ..fileio import atomic_dir, atomic_path, safe_file_names, write_text
+from ..fileio import atomic_dir, atomic_path, safe_file_names
 from .base import Tokenizer
 from .patches import splits_for
+from .side import SIDE_BINS, SIDE_CHANNELS, SIDE_HALFLIFE, fit_side_edges, patch_side, side_ids, side_values
 
 log = logging.getLogger("pricegpt")
 
 INDEX_FILE, ALL_TOKENS_FILE, ARRAYS_DIR, TOKENIZER_DIR = "index.json", "all_tokens.txt", "arrays", "tokenizer"
 STORE_FORMAT = 2  # 1: per-patch ISO times and split labels in index.json (still read)
-STARTS_DIR, ENDS_DIR = "starts", "ends"  # inside ARRAYS_DIR
+STARTS_DIR, ENDS_DIR, SIDE_DIR = "starts", "ends", "side"  # inside ARRAYS_DIR
 TXT_TRAIN_FRACTION = 0.8
 
 
@@ -95,55 +103,121 @@ def write_token_store(tokenizer: Tokenizer, frame: pd.DataFrame, out_dir: str | 
               "vocab_size": tokenizer.vocab_size, "patch_len": tokenizer.patch_len, **splits.to_dict(),
               "tokenizer_train_end": tokenizer.config.train_end}
     series = {symbol: (tokens, p.starts, labels, p.ends) for symbol, (tokens, p, labels) in encoded.items()}
-    return write_store(out_dir, series, header, tokenizer=tokenizer, skipped=skipped, overwrite=overwrite)
+    side = store_side(frame, {s: (len(e[0]), e[2]) for s, e in encoded.items()}, tokenizer.patch_len)
+    return write_store(out_dir, series, header, tokenizer=tokenizer, skipped=skipped, overwrite=overwrite, side=side)
+
+
+def store_side(frame: pd.DataFrame, tokens: dict[str, tuple[int, np.ndarray]], patch_len: int
+               ) -> tuple[dict[str, np.ndarray], dict] | None:
+    """The side-channel ids of a store's tokens and its "side" index record, or None for data without open, high
+    and low. tokens: symbol -> (n_tokens, split labels (n_tokens,)); the edges are fit on the train-split tokens of
+    all symbols together (side.py)."""
+    values = side_values(frame)
+    if values is None:
+        return None
+    per_token = {}
+    for symbol, (n, _) in tokens.items():
+        v = patch_side(values[symbol], patch_len)
+        assert len(v) == n, f"{symbol}: {len(v)} side rows for {n} tokens"
+        per_token[symbol] = v
+    train = [v[labels == 0] for (_, labels), v in zip(tokens.values(), per_token.values())]
+    edges = fit_side_edges(np.concatenate(train) if train else np.zeros((0, len(SIDE_CHANNELS))))
+    record = {"channels": list(SIDE_CHANNELS), "bins": SIDE_BINS, "halflife": SIDE_HALFLIFE, "edges": edges}
+    return {s: side_ids(v, edges) for s, v in per_token.items()}, record
 
 
 def write_store(out_dir: str | Path, series: dict[str, tuple[np.ndarray, ...]], header: dict,
                 *, tokenizer: Tokenizer | None = None, skipped: dict[str, str] | None = None,
-                overwrite: bool = False, all_tokens: bool = True) -> dict:
+                overwrite: bool = False, all_tokens: bool = True,
+                side: tuple[dict[str, np.ndarray], dict] | None = None) -> dict:
     """THE writer of the store format: `series` maps symbol -> (token ids (n,), patch start times (n,) as
     datetime64 UTC, split labels (n,) as indices into SPLIT_NAMES in time order (a DataError otherwise)[, patch end
     times (n,) as datetime64 UTC: the time of each token's last bar, what a calendar model reads; without them the
     store has no patch_ends]); `header` holds tokenizer_kind, tokenizer_hash, vocab_size, patch_len, train_end,
     val_end, tokenizer_train_end. Built atomically (an existing store is an OutputExistsError unless `overwrite`);
     with a `tokenizer`, a copy of it goes inside; with `all_tokens`, the seed's flat all_tokens.txt too. Returns
-    the index."""
+    the index. `side`: (symbol -> side-channel ids (n, 3) int8, the index's "side" record), from `store_side`.
+    (stream.py writes the same files a symbol at a time through the helpers below.)"""
     dtype = token_dtype(int(header["vocab_size"]))
     files = safe_file_names(list(series))
-    index = {"format": STORE_FORMAT, **{k: header[k] for k in STORE_HEADER_KEYS}, "dtype": dtype.name,
-             "symbols": list(series), "n_tokens": int(sum(len(entry[0]) for entry in series.values())),
-             "split_counts": {name: 0 for name in SPLIT_NAMES}, "per_symbol": {}, "skipped": dict(skipped or {})}
+    index = store_index(header, list(series), int(sum(len(entry[0]) for entry in series.values())), skipped,
+                        None if side is None else side[1])
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         for symbol, (tokens, starts, labels, *ends) in series.items():
-            stem = files[symbol]
-            entry = {"file": f"{ARRAYS_DIR}/{stem}.npy", "n_tokens": len(tokens)}
-            _save_array(tmp / entry["file"], np.asarray(tokens).astype(dtype, copy=False))
             stops = _label_stops(labels, len(tokens), symbol)
-            counts = {name: stop - start for name, start, stop in zip(SPLIT_NAMES, [0, *stops], stops)}
-            for name, count in counts.items():
-                index["split_counts"][name] += count
-            entry.update(split_counts=counts, split_bounds=stops, patch_starts=f"{ARRAYS_DIR}/{STARTS_DIR}/{stem}.npy")
+            entry = add_entry(index, symbol, files[symbol], stops, ends=bool(ends), side=side is not None)
+            save_array(tmp / entry["file"], np.asarray(tokens).astype(dtype, copy=False))
             assert len(starts) == len(tokens), f"{symbol}: one start time per token"
-            _save_array(tmp / entry["patch_starts"], _ns(starts))
+            save_array(tmp / entry["patch_starts"], _ns(starts))
             if ends:
                 assert len(ends) == 1 and len(ends[0]) == len(tokens), f"{symbol}: one end time per token"
-                entry["patch_ends"] = f"{ARRAYS_DIR}/{ENDS_DIR}/{stem}.npy"
-                _save_array(tmp / entry["patch_ends"], _ns(ends[0]))
-            index["per_symbol"][symbol] = entry
+                save_array(tmp / entry["patch_ends"], _ns(ends[0]))
+            if side is not None:
+                ids = np.asarray(side[0][symbol], dtype=np.int8)
+                assert ids.shape == (len(tokens), len(SIDE_CHANNELS)), f"{symbol}: one side row per token"
+                save_array(tmp / entry["side"], ids)
         if all_tokens:
-            write_text(tmp / ALL_TOKENS_FILE,
-                       " ".join(str(i) for entry in series.values() for i in np.asarray(entry[0]).tolist()) + "\n")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
-        with atomic_path(tmp / INDEX_FILE) as path, open(path, "w", encoding="utf-8") as fh:
-            json.dump(index, fh, indent=2, allow_nan=False)
-            fh.write("\n")
+            write_all_tokens(tmp, (entry[0] for entry in series.values()))
+        finish_store(tmp, index, tokenizer)
     return index
 
 
-def _save_array(file: Path, values: np.ndarray) -> None:
+def store_index(header: dict, symbols: list[str], n_tokens: int, skipped: dict[str, str] | None,
+                side_record: dict | None) -> dict:
+    """index.json of a store without its per-symbol entries (add_entry adds them, in `symbols` order)."""
+    index = {"format": STORE_FORMAT, **{k: header[k] for k in STORE_HEADER_KEYS},
+             "dtype": token_dtype(int(header["vocab_size"])).name, "symbols": list(symbols), "n_tokens": n_tokens,
+             "split_counts": {name: 0 for name in SPLIT_NAMES}, "per_symbol": {}, "skipped": dict(skipped or {})}
+    if side_record is not None:
+        index["side"] = side_record
+    return index
+
+
+def add_entry(index: dict, symbol: str, stem: str, stops: list[int], *, ends: bool, side: bool) -> dict:
+    """Add a symbol's entry (its array files, relative to the store, and split stops) to `index`; returns it."""
+    counts = {name: stop - start for name, start, stop in zip(SPLIT_NAMES, [0, *stops], stops)}
+    for name, count in counts.items():
+        index["split_counts"][name] += count
+    entry = {"file": f"{ARRAYS_DIR}/{stem}.npy", "n_tokens": stops[-1], "split_counts": counts,
+             "split_bounds": stops, "patch_starts": f"{ARRAYS_DIR}/{STARTS_DIR}/{stem}.npy"}
+    if ends:
+        entry["patch_ends"] = f"{ARRAYS_DIR}/{ENDS_DIR}/{stem}.npy"
+    if side:
+        entry["side"] = f"{ARRAYS_DIR}/{SIDE_DIR}/{stem}.npy"
+    index["per_symbol"][symbol] = entry
+    return entry
+
+
+def write_all_tokens(tmp: Path, tokens) -> None:
+    """all_tokens.txt of a store being built in `tmp` from `tokens`: each symbol's ids, in index order, written one
+    symbol at a time so the text of a large store never sits in memory."""
+    with atomic_path(tmp / ALL_TOKENS_FILE) as path, open(path, "w", encoding="utf-8", newline="") as fh:
+        separator = ""
+        for ids in tokens:
+            text = " ".join(map(str, np.asarray(ids).tolist()))
+            if text:
+                fh.write(separator + text)
+                separator = " "
+        fh.write("\n")
+
+
+def finish_store(tmp: Path, index: dict, tokenizer: Tokenizer | None) -> None:
+    """The last files of a store being built in `tmp`: the tokenizer copy and index.json; then everything is flushed
+    to disk, so that the directory is complete before atomic_dir renames it into place."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+    with atomic_path(tmp / INDEX_FILE) as path, open(path, "w", encoding="utf-8") as fh:
+        json.dump(index, fh, indent=2, allow_nan=False)
+        fh.write("\n")
+    if hasattr(os, "sync"):  # one flush for the many array files save_array wrote without their own fsync
+        os.sync()
+
+
+def save_array(file: Path, values: np.ndarray) -> None:
+    """An .npy file inside a store being built (atomic_dir makes the whole store appear at once, so the file needs
+    no temporary name or fsync of its own: finish_store flushes them all)."""
     file.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(file) as path, open(path, "wb") as fh:
+    with open(file, "wb") as fh:
         np.save(fh, values)
 
 
@@ -255,6 +329,47 @@ class TokenStore:
             raise DataError(f"{self.path / INDEX_FILE}: {key} of {symbol} hold {len(index)} times for "
                             f"{len(self._arrays[symbol])} tokens; {redo}")
         return _ns(index)
+
+    @property
+    def has_side(self) -> bool:
+        """Whether the store holds side-channel ids (data with open, high and low, written since they exist)."""
+        return self.index is not None and isinstance(self.index.get("side"), dict) \
+            and all("side" in self.index["per_symbol"][s] for s in self.symbols)
+
+    @property
+    def side_edges(self) -> list[list[float]]:
+        """The side channels' bin edges (side.py), fit on the store's train split."""
+        redo = "re-create the store with `pricegpt tokenize`"
+        if not self.has_side:
+            raise DataError(f"{self.path} has no side channels (the data has no open/high/low columns, or the store "
+                            f"was written by an older pricegpt); {redo}")
+        edges = self.index["side"].get("edges")
+        if not (isinstance(edges, list) and len(edges) == len(SIDE_CHANNELS)
+                and all(isinstance(e, list) and len(e) < SIDE_BINS
+                        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in e)
+                        and all(a < b for a, b in zip(e, e[1:])) for e in edges)):
+            raise DataError(f"{self.path / INDEX_FILE}: the side record's edges are damaged; {redo}")
+        return [[float(x) for x in e] for e in edges]
+
+    def side_ids(self, symbol: str) -> np.ndarray:
+        """The symbol's side-channel ids (n_tokens, 3) int8, -1 unknown: a read-only memmap."""
+        self._check_symbol(symbol)
+        redo = "re-create the store with `pricegpt tokenize`"
+        entry = self.index["per_symbol"][symbol] if self.index is not None else {}
+        if "side" not in entry:
+            raise DataError(f"{self.path}: symbol {symbol!r} has no side channels; {redo}")
+        file = _inside(self.path, entry["side"], f"{self.path / INDEX_FILE}: side of {symbol!r}", redo)
+        try:
+            ids = np.load(file, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError as err:
+            raise DataError(f"{file}: side array of symbol {symbol!r} is missing; {redo}") from err
+        except (OSError, ValueError, EOFError) as err:
+            raise DataError(f"{file}: side array of symbol {symbol!r} is truncated or corrupted ({err}); {redo}") \
+                from err
+        if ids.dtype != np.int8 or ids.shape != (len(self._arrays[symbol]), len(SIDE_CHANNELS)):
+            raise DataError(f"{file}: expected int8 of shape ({len(self._arrays[symbol])}, {len(SIDE_CHANNELS)}), "
+                            f"got {ids.dtype} {ids.shape}; {redo}")
+        return ids
 
     @property
     def n_tokens(self) -> int:

@@ -13,6 +13,10 @@ Calendar. For a calendar model (model.calendar) every token also carries the [ti
 last bar (data.calendar.calendar_ids of the store's patch_ends), gathered next to the tokens
 (`WindowSet.gather_calendar`). Only a token store directory has timestamps; a plain .txt cannot train such a model.
 
+Side channels. For a side model (model.side) every token also carries its side-channel ids (range, gap, volume;
+tokenizer/side.py), read from the store's memory-mapped int8 arrays (`WindowSet.gather_side`); the trainer hides
+a `train.side_dropout` fraction of them.
+
 Memory. The windows are gathered straight from the store's memory-mapped uint8/uint16 arrays (only a batch is ever
 converted to int64), and a store's calendar ids are computed per gathered batch from its memory-mapped end times
 (`EndCalendar`), so training takes no memory per token beyond the pages of the maps.
@@ -29,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config.schema import SIDE_CHANNELS
 from ..data.calendar import calendar_ids
 from ..errors import DataError
 from ..tokenizer import TokenStore
@@ -80,7 +85,8 @@ class WindowSet:
     Window ids 0 .. num_windows-1 enumerate them segment after segment; segments shorter than a window hold none.
     """
 
-    def __init__(self, segments: list[np.ndarray], length: int, calendars: list | None = None):
+    def __init__(self, segments: list[np.ndarray], length: int, calendars: list | None = None,
+                 sides: list | None = None):
         assert length >= 2, f"a window needs an input and a target token, got length {length}"
         self.length = length
         self.segments = [np.asarray(s) for s in segments]  # views: a memmap stays a map
@@ -96,6 +102,10 @@ class WindowSet:
             assert [len(c) for c in calendars] == lengths.tolist(), "one calendar row per token"
             self.calendar = [c if isinstance(c, EndCalendar) else np.asarray(c, dtype=np.int8).reshape(-1, 2)
                              for c in calendars]
+        self.side: list | None = None  # per segment: (n, SIDE_CHANNELS) int8 side-channel ids (memory maps)
+        if sides is not None:
+            assert [len(c) for c in sides] == lengths.tolist(), "one side row per token"
+            self.side = [np.asarray(c) for c in sides]
 
     def _locate(self, window_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(segment, start inside the segment) of each window id."""
@@ -132,6 +142,12 @@ class WindowSet:
         return torch.from_numpy(self._gather(window_ids, self.calendar, (2,),
                                              lambda c, i: c.take(i) if isinstance(c, EndCalendar) else c[i]))
 
+    def gather_side(self, window_ids: np.ndarray) -> torch.Tensor:
+        """The windows' side-channel ids as an int64 tensor (len(window_ids), length, SIDE_CHANNELS); side sets
+        only."""
+        assert self.side is not None, "this window set has no side channels"
+        return torch.from_numpy(self._gather(window_ids, self.side, (SIDE_CHANNELS,), lambda c, i: c[i]))
+
     def sample(self, seed: int, step: int, n: int, calendar_dropout: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """The batch of optimizer step `step`, a pure function of the arguments: n window ids drawn uniformly (with
         replacement), and (n,) bool, True for the windows whose calendar is hidden (a `calendar_dropout` fraction
@@ -164,26 +180,34 @@ class TokenData:
     def has_calendar(self) -> bool:
         return self.train.calendar is not None
 
+    @property
+    def has_side(self) -> bool:
+        return self.train.side is not None
+
     @classmethod
     def from_series(cls, series: dict[str, tuple], sequence_len: int, vocab_size: int,
                     source: dict | None = None, tokenizer_dir: Path | None = None, where: str = "tokens",
-                    calendar: bool = False):
-        """series: symbol -> (tokens, {"train": (start, stop), "val": (start, stop), ...}[, calendar ids (n, 2)])
-        with index ranges; with `calendar` every symbol has its calendar ids (read_token_source(calendar=True))
-        and the windows carry them."""
+                    calendar: bool = False, side: bool = False):
+        """series: symbol -> (tokens, {"train": (start, stop), "val": (start, stop), ...}[, calendar ids (n, 2) or
+        None[, side-channel ids (n, SIDE_CHANNELS)]]) with index ranges; with `calendar` / `side` every symbol has
+        them (read_token_source(calendar=True, side=True)) and the windows carry them."""
         check_vocab(series, vocab_size, where)
         windows = {}
         for split in ("train", "val"):
-            segments, calendars = [], []
+            segments, calendars, sides = [], [], []
             for symbol, (tokens, bounds, *ids) in series.items():
                 start, stop = bounds.get(split, (0, 0))
                 assert 0 <= start <= stop <= len(tokens), f"{symbol} {split} ({start}, {stop}) outside 0..{len(tokens)}"
                 segments.append(np.asarray(tokens[start:stop]))
                 if calendar:
-                    assert ids, f"{symbol}: no calendar ids; read the source with read_token_source(calendar=True)"
+                    assert ids and ids[0] is not None, \
+                        f"{symbol}: no calendar ids; read the source with read_token_source(calendar=True)"
                     calendars.append(ids[0][start:stop])
+                if side:
+                    assert len(ids) > 1, f"{symbol}: no side ids; read the source with read_token_source(side=True)"
+                    sides.append(ids[1][start:stop])
             length = window_length(segments, sequence_len + 1, split, where)
-            windows[split] = WindowSet(segments, length, calendars if calendar else None)
+            windows[split] = WindowSet(segments, length, calendars if calendar else None, sides if side else None)
         n_tokens = {split: int(sum(stop - start for entry in series.values()
                                    for start, stop in [entry[1].get(split, (0, 0))]))
                     for split in ("train", "val")}
@@ -192,13 +216,16 @@ class TokenData:
         return cls(train=windows["train"], val=windows["val"], source=source, tokenizer_dir=tokenizer_dir)
 
 
-def read_token_source(path: str | os.PathLike, calendar: bool = False) -> tuple[dict[str, tuple], dict, Path | None]:
+def read_token_source(path: str | os.PathLike, calendar: bool = False, side: bool = False
+                      ) -> tuple[dict[str, tuple], dict, Path | None]:
     """Open a token store directory or a plain .txt token file: (series, source record, tokenizer dir or None).
 
     series: symbol -> (tokens, split bounds), and with `calendar` (a calendar model) the tokens' calendar ids
     (n, 2) [time of day, day of week] of their last bars third, as an EndCalendar over the memory-mapped end times
-    (np.asarray gives the int8 array); a source without timestamps is then a DataError. The source record is what
-    checkpoints and RUN/model/meta.json keep.
+    (np.asarray gives the int8 array); a source without timestamps is then a DataError. With `side` (a side model)
+    the side-channel ids (n, SIDE_CHANNELS) come fourth (the third is then None without `calendar`) and the source
+    record holds the store's bin edges ("side_edges"); a store without side channels is a DataError. The source
+    record is what checkpoints and RUN/model/meta.json keep.
     """
     if not Path(path).exists():
         raise DataError(f"--tokens {path} does not exist; give a token store directory or a .txt file of token ids")
@@ -209,10 +236,18 @@ def read_token_source(path: str | os.PathLike, calendar: bool = False) -> tuple[
         raise DataError(f"model.calendar needs a token store with timestamps: --tokens {path} is {what}. Tokenize "
                         "the prices into a store directory with `pricegpt tokenize` (or run `pricegpt pipeline`), "
                         "or train without --set model.calendar=true")
+    if side and not getattr(store, "has_side", False):
+        what = ("a plain token file" if not getattr(store, "is_store", False)
+                else "a token store of data without open/high/low columns (or written before side channels existed)")
+        raise DataError(f"model.side needs a token store with side channels: --tokens {path} is {what}. Tokenize "
+                        "prices with open, high and low columns with `pricegpt tokenize` (or run `pricegpt "
+                        "pipeline`), or train without --set model.side=true")
     series = {symbol: (store.tokens(symbol), store.split_bounds(symbol)) for symbol in store.symbols}
-    if calendar:
-        series = {symbol: (*entry, EndCalendar(store.patch_times_ns(symbol, "patch_ends")))
+    if calendar or side:
+        series = {symbol: (*entry, EndCalendar(store.patch_times_ns(symbol, "patch_ends")) if calendar else None)
                   for symbol, entry in series.items()}
+    if side:
+        series = {symbol: (*entry, store.side_ids(symbol)) for symbol, entry in series.items()}
     tokenizer_dir = getattr(store, "tokenizer_dir", None)
     source = {
         "tokens": str(Path(path).resolve()),
@@ -223,6 +258,8 @@ def read_token_source(path: str | os.PathLike, calendar: bool = False) -> tuple[
         "vocab_size": _plain(store.vocab_size) if getattr(store, "is_store", True) else None,
         "patch_len": _plain(getattr(store, "patch_len", None)),
     }
+    if side:
+        source["side_edges"] = store.side_edges
     return series, source, Path(tokenizer_dir) if tokenizer_dir else None
 
 

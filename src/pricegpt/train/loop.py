@@ -23,6 +23,14 @@ Calendar (model.calendar): each window's calendar ids go to the model with its t
 evaluation; in training a `train.calendar_dropout` fraction of the windows has its calendar hidden (-1), so the
 model also works without timestamps.
 
+Side channels (model.side): each window's side-channel ids go to the model with its tokens; in training each
+token's are hidden (-1, the "unknown" rows) with probability `train.side_dropout`, drawn as a pure function of
+(seed, step), because generated positions have none.
+
+Volatility head (model.vol_bars): the loss minimised is the cross-entropy plus train.vol_loss_weight times the
+head's QLIKE loss against targets computed from each window's own next tokens (vol_targets.py); the losses logged
+and early stopping use the cross-entropy alone.
+
 Fine-tuning: `Trainer(..., init_model=GPT)` starts step 0 from a trained model's weights instead of a fresh
 initialisation (run.py checks the architecture and the tokenizer); after that the run is like any other.
 
@@ -37,6 +45,7 @@ training with a CallbackError.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -71,9 +80,10 @@ from .checkpoint import (
 )
 from .data import TokenData
 from .device import _known_peak_flops as _known_peak_flops  # re-exported: tests read the MFU peak from here
-from .device import peak_flops, pick_device
+from .device import compile_unavailable, peak_flops, pick_device
 from .metrics import METRICS_FILE, MetricsLog
 from .optim import build_optimizers, lr_factor, set_lr
+from .vol_targets import VolTargets
 
 log = logging.getLogger("pricegpt")
 
@@ -100,6 +110,12 @@ class Trainer:
             raise ConfigError("model.calendar needs a token store with timestamps: the training data carries no "
                               "calendar; read it with read_token_source(path, calendar=True) from a store written "
                               "by `pricegpt tokenize`")
+        if config.model.side and not data.has_side:
+            raise ConfigError("model.side needs a token store with side channels: the training data carries none; "
+                              "read it with read_token_source(path, side=True) from a store of data with open, high "
+                              "and low columns")
+        if config.model.side and config.model.side_edges is None and data.source.get("side_edges") is not None:
+            config.model = dataclasses.replace(config.model, side_edges=data.source["side_edges"])
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.device = pick_device(t.device, self.dist)
@@ -113,7 +129,9 @@ class Trainer:
         if init_model is not None:
             self._load_init(init_model)
         self.optimizers = build_optimizers(self.model, t)
-        self.forward_model = torch.compile(self.model) if t.compile else self.model
+        # the volatility head's targets come from the tokenizer's code table (vol_targets.py)
+        self.vol_targets = VolTargets(_tokenizer_of(data), config.model.vol_bars) if config.model.vol_bars else None
+        self.forward_model = self._compiled() if t.compile else self.model
         if self.dist.enabled:
             self.forward_model = DistributedDataParallel(
                 self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -136,11 +154,19 @@ class Trainer:
                                   tensorboard=t.tensorboard) if self.dist.is_main else None
         self.peak_flops = peak_flops(t, self.device, self.dist.world_size)
 
+    def _compiled(self):
+        """torch.compile of the model; on a CPU without a C++ compiler (inductor builds its kernels with one) a
+        ConfigError before any step, instead of a crash at the first."""
+        reason = compile_unavailable() if self.device.type == "cpu" else None
+        if reason:
+            raise ConfigError(f"train.compile=true: {reason}; install one, or set train.compile=false")
+        return torch.compile(self.model)
+
     def _load_init(self, init_model: GPT) -> None:
         """Copy a trained model's weights in (cast to the training weights' fp32 and moved to the device), before
         the optimizer, torch.compile and DDP see the model."""
         mine, theirs = self.config.model.to_dict(), init_model.config.to_dict()
-        differ = [key for key in (*ARCHITECTURE_KEYS, "calendar") if mine[key] != theirs[key]]
+        differ = [key for key in (*ARCHITECTURE_KEYS, "calendar", "side") if mine[key] != theirs[key]]
         assert not differ, f"the init model's architecture differs from model config in {differ}"
         self.model.load_state_dict(init_model.state_dict())
 
@@ -266,38 +292,55 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def _batch(self, windows, ids: np.ndarray, hidden: np.ndarray | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """inputs (B, T), targets (B, T) and, for a calendar model, the inputs' calendar ids (B, T, 2), -1 in
-        the windows `hidden` marks."""
+    def _batch(self, windows, ids: np.ndarray, hidden: np.ndarray | None = None,
+               side_hidden: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """inputs (B, T), targets (B, T) and the model's other inputs: for a calendar model the inputs' calendar
+        ids (B, T, 2), -1 in the windows `hidden` marks; for a side model their side-channel ids (B, T, 3), -1
+        where `side_hidden` (B, T) is True."""
         batch = windows.gather(ids)
-        calendar = None
+        extra = {}
         if self.config.model.calendar:
             calendar = windows.gather_calendar(ids)[:, :-1]
             if hidden is not None and hidden.any():
                 calendar[torch.from_numpy(hidden)] = -1
+            extra["calendar"] = calendar
+        if self.config.model.side:
+            side = windows.gather_side(ids)[:, :-1]
+            if side_hidden is not None:
+                side[torch.from_numpy(side_hidden)] = -1
+            extra["side"] = side
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-            if calendar is not None:
-                calendar = calendar.pin_memory().to(self.device, non_blocking=True)
-        return batch[:, :-1], batch[:, 1:], calendar
+            extra = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in extra.items()}
+        return batch[:, :-1], batch[:, 1:], extra
 
     def train_step(self) -> None:
         """One optimizer step on the global batch of step `self.step`."""
         t, step, rank, world = self.config.train, self.step, self.dist.rank, self.dist.world_size
         ids, hidden = self.data.train.sample(t.seed, step, self.global_batch, t.calendar_dropout)
+        side_hidden = None
+        if self.config.model.side:  # its own stream: the windows drawn never depend on it
+            side_hidden = np.random.default_rng([t.seed, step, 1]).random(
+                (self.global_batch, self.data.train.length - 1)) < t.side_dropout
         torch.manual_seed(_step_seed(t.seed, step, rank))  # dropout: a pure function of the step too
         set_lr(self.optimizers, self._lr_factor(step))
         B = t.batch_size
         for micro in range(self.accum_steps):
             lo = (micro * world + rank) * B
-            x, y, calendar = self._batch(self.data.train, ids[lo : lo + B], hidden[lo : lo + B])
+            x, y, extra = self._batch(self.data.train, ids[lo : lo + B], hidden[lo : lo + B],
+                                      None if side_hidden is None else side_hidden[lo : lo + B])
             last = micro == self.accum_steps - 1
             no_sync = self.forward_model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
+            if self.vol_targets is not None:
+                extra["vol_targets"] = self.vol_targets(y).to(self.device)
             with no_sync:
                 with self._autocast():
-                    loss = self.forward_model(x, y, calendar=calendar)
-                (loss / self.accum_steps).backward()
+                    loss = self.forward_model(x, y, **extra)
+                if self.vol_targets is not None:  # [cross-entropy, volatility QLIKE]: the loss logged is the first
+                    loss, vol_loss = loss[0], loss[1]
+                    ((loss + t.vol_loss_weight * vol_loss) / self.accum_steps).backward()
+                else:
+                    (loss / self.accum_steps).backward()
             self._loss_sum += loss.detach()
             self._loss_count += 1
         if t.grad_clip:
@@ -316,9 +359,9 @@ class Trainer:
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
         self.model.eval()
         for lo in range(0, len(ids), t.batch_size):
-            x, y, calendar = self._batch(self.data.val, ids[lo : lo + t.batch_size])
+            x, y, extra = self._batch(self.data.val, ids[lo : lo + t.batch_size])
             with self._autocast():
-                loss = self.model(x, y, calendar=calendar)
+                loss = self.model(x, y, **extra)
             total[0] += loss.double() * len(x)
             total[1] += len(x)
         self.model.train()
@@ -525,6 +568,15 @@ class Trainer:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+def _tokenizer_of(data: TokenData):
+    """The tokenizer the training tokens were written with, or None (a bare token file)."""
+    if data.tokenizer_dir is None:
+        return None
+    from ..tokenizer import load_tokenizer
+
+    return load_tokenizer(data.tokenizer_dir)
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:

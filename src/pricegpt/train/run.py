@@ -112,8 +112,12 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
         if start is not None:
             config.model = _init_model_config(start, config.model, explicit, restarted=resume)
             record = start.record()
-        # a calendar model reads each token's timestamp: a source without them fails here, before any file
-        series, source, tokenizer_dir = read_token_source(tokens, calendar=config.model.calendar)
+        # a calendar model reads each token's timestamp, a side model its side channels: a source without them
+        # fails here, before any file
+        series, source, tokenizer_dir = read_token_source(tokens, calendar=config.model.calendar,
+                                                          side=config.model.side)
+        if config.model.side:
+            config.model = _with_side_edges(config.model, source["side_edges"], tokens)
         if start is not None:
             _check_init_tokens(start, source, tokens)
         elif "model.vocab_size" not in explicit and source.get("vocab_size"):
@@ -121,7 +125,8 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
         if record is not None:
             source["init"] = record
         data = TokenData.from_series(series, config.model.sequence_len, config.model.vocab_size, source=source,
-                                     tokenizer_dir=tokenizer_dir, where=str(tokens), calendar=config.model.calendar)
+                                     tokenizer_dir=tokenizer_dir, where=str(tokens), calendar=config.model.calendar,
+                                     side=config.model.side)
         if checkpoint is not None:
             _check_same_data(checkpoint, data.source, out)
         trainer = Trainer(config, data, out, dist_info=info, init_model=start.model if start else None,
@@ -143,6 +148,16 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
             dist.shutdown()
 
 
+def _with_side_edges(model: GPTConfig, edges: list, tokens) -> GPTConfig:
+    """The model config with the token store's side-channel bin edges; a model that already has others (an init
+    model, a resumed run) cannot read this store's side ids."""
+    if model.side_edges is not None and model.side_edges != edges:
+        raise ConfigError(f"the side channels of --tokens {tokens} are binned differently from the model's "
+                          "(model.side_edges): the store was written from other training data. Train a new side "
+                          "model on it, or tokenize with the data the model was trained on")
+    return dataclasses.replace(model, side_edges=edges)
+
+
 def _run_callbacks(callbacks, config: RunConfig, is_main: bool) -> list:
     """The user's callbacks, plus an MlflowCallback (rank 0 only) for train.mlflow=true."""
     callbacks = check_callbacks(callbacks)
@@ -158,7 +173,8 @@ def _init_model_config(start: InitModel, model: GPTConfig, explicit: set[str], r
     config.yaml already holds the choice: it must describe the init model's network)."""
     theirs = start.model.config
     if restarted:
-        differ = [key for key in (*ARCHITECTURE_KEYS, "calendar") if getattr(model, key) != getattr(theirs, key)]
+        differ = [key for key in (*ARCHITECTURE_KEYS, "calendar", "side")
+                  if getattr(model, key) != getattr(theirs, key)]
         if differ:
             raise CheckpointError(f"the init model {start.path} is no longer the network this run was started "
                                   f"with ({', '.join(f'model.{k}' for k in differ)} differ): restore it, or start "
