@@ -5,7 +5,7 @@ import torch
 
 from pricegpt.errors import ConfigError, DataError
 from pricegpt.model import Engine, KVCache, generate, sample_next_token
-from pricegpt.model.engine import PrefixKVCache
+from pricegpt.model.engine import PrefixKVCache, distinct_paths
 from test_model import tiny_model
 
 
@@ -206,3 +206,54 @@ def test_prefix_cache_attends_like_every_row_with_its_own_copy_of_the_prefix(n_h
         per_row.advance(1)
         shared.advance(1)
     assert shared.pos == per_row.pos == filled + steps
+
+
+@pytest.mark.parametrize("n_head, n_kv_head", [(4, 2), (2, 2)])
+def test_prefix_cache_keeps_the_rows_it_is_told_to(n_head, n_kv_head):
+    # The engine keeps one row per distinct path: rows may be dropped, kept twice, and contexts padded unevenly.
+    torch.manual_seed(0)
+    contexts, samples, filled, D = 2, 3, 5, 8
+    prefix = KVCache(1, contexts, n_kv_head, filled, D)
+    prefix.update(0, torch.randn(contexts, n_kv_head, filled, D), torch.randn(contexts, n_kv_head, filled, D))
+    prefix.advance(filled)
+    per_row = prefix.repeat_rows(samples, max_len=filled + 3)
+    shared = PrefixKVCache(prefix, samples, max_new=3)
+    for kept in (None, torch.tensor([0, 0, 1, 2, 4, 4, 5, 5]), torch.tensor([1, 3, 5, 6])):
+        if kept is not None:
+            per_row = per_row.take_rows(kept)
+            shared.keep_rows(kept)
+        rows = per_row.rows
+        q = torch.randn(rows, n_head, 1, D)
+        k, v = torch.randn(rows, n_kv_head, 1, D), torch.randn(rows, n_kv_head, 1, D)
+        torch.testing.assert_close(shared.attend(0, q, k, v), per_row.attend(0, q, k, v), rtol=1e-5, atol=1e-6)
+        per_row.advance(1)
+        shared.advance(1)
+    assert shared.rows_per_context == 2
+
+
+def test_distinct_paths_share_a_row_per_path_and_pad_each_context_alike():
+    # 2 contexts of 3 rows (cache rows 0-2 and 3-5); rows 0 and 2 drew the same token after the same path.
+    path = torch.tensor([0, 1, 0, 3, 3, 3])
+    newest = torch.tensor([7, 7, 7, 1, 2, 2])
+    rows_of, parents, tokens, width = distinct_paths(path, newest, vocab_size=10, rows_per_context=3)
+    assert width == 2  # context 0: (0, 7) and (1, 7); context 1: (3, 1) and (3, 2)
+    assert parents.tolist() == [0, 1, 3, 3] and tokens.tolist() == [7, 7, 1, 2]
+    assert rows_of.tolist() == [0, 1, 0, 2, 3, 3]
+    # a context with fewer distinct paths repeats its last one, and the total reaches min_rows
+    rows_of, parents, tokens, width = distinct_paths(torch.tensor([0, 0, 0, 3, 3, 3]), newest, 10, 3, min_rows=6)
+    assert width == 3 and parents.tolist() == [0, 0, 0, 3, 3, 3] and tokens.tolist() == [7, 7, 7, 1, 2, 2]
+    assert rows_of.tolist() == [0, 0, 0, 3, 4, 4]
+
+
+def test_peaked_sampling_shares_rows_and_matches_recomputation_alone_and_batched():
+    # At a low temperature most samples of a context draw the same tokens: the engine runs the model once per
+    # distinct path, which must change nothing, against recomputation and for each context alone.
+    model = tiny_model()
+    contexts = torch.randint(0, 32, (3, 12))
+    kwargs = dict(num_samples=40, temperature=0.3, seed=[4, 5, 6])
+    together = generate(model, contexts, 8, **kwargs)
+    assert torch.equal(together, generate(model, contexts, 8, use_cache=False, **kwargs))
+    assert len(torch.unique(together[0, :, :2], dim=0)) < 40  # paths were shared
+    for i in range(3):
+        alone = generate(model, contexts[i], 8, num_samples=40, temperature=0.3, seed=4 + i)
+        assert torch.equal(alone[0], together[i])

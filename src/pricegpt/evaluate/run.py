@@ -362,7 +362,7 @@ def _volatility(setup: _Setup, main: dict) -> dict:
     variances = {name: volatility.predictive_variance(predictives.get(name)) for name in volatility.VOL_BASELINES}
     variances["model"] = np.var(main["cum"][..., -1], axis=-1)
     if getattr(forecaster, "has_vol_head", False):
-        variances["vol_head"] = forecaster.predict_variance(
+        variances["vol_head"] = forecaster.variance_of_contexts(
             h.origins.contexts(setup.series), h.origins.symbols, h.horizon,
             context_times=h.origins.context_times(setup.series))
     per_bar = np.diff(main["realised"], axis=-1, prepend=0.0)

@@ -1,7 +1,7 @@
 """Volatility forecasts judged as a risk desk judges them: QLIKE and the MSE of log variance against realised variance.
 
 For each origin of the main horizon H, every forecaster gives a variance of the H-bar cumulative log return:
-  vol_head  the model's volatility head (model.vol_bars; `Forecaster.predict_variance`), when the model has one;
+  vol_head  the model's volatility head (model.vol_bars; `Forecaster.variance_of_contexts`), when the model has one;
   model     the variance of the model's own sampled paths;
   garch     the variance of GARCH(1,1)-t's simulated sums (evaluate/baselines.py);
   ewma      RiskMetrics EWMA: H s^2.

@@ -74,6 +74,17 @@ class EnsembleForecaster(Forecaster):
     def temperature(self) -> float:
         return float(self.run.calibration.get("temperature", 1.0))
 
+    @property
+    def has_vol_head(self) -> bool:
+        return all(m.has_vol_head for m in self.members)
+
+    def variance_of_contexts(self, contexts, symbols, horizon: int, *, context_times=None) -> np.ndarray:
+        """The members' volatility heads' variance forecasts, averaged with equal weights."""
+        if not self.has_vol_head:
+            raise ConfigError("not every ensemble member has a volatility head (model.vol_bars)")
+        return np.mean([m.variance_of_contexts(contexts, symbols, horizon, context_times=context_times)
+                        for m in self.members], axis=0)
+
     def sample_returns(self, contexts, symbols, horizon: int, num_samples: int, *, seed: int = 0,
                        temperature: float | None = None, context_ends=None, progress: bool | None = None,
                        label: str = "sampling", context_times=None, target_times=None) -> np.ndarray:

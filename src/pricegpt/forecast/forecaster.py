@@ -273,8 +273,23 @@ class Forecaster:
         """Whether the model has a volatility head (model.vol_bars): `predict_variance` then forecasts."""
         return bool(getattr(self.model.config, "vol_bars", 0))
 
+    def predict_variance(self, context_frame, horizon_bars: int) -> pd.DataFrame:
+        """The volatility head's forecast of the variance of the `horizon_bars`-bar log return after the last bar
+        of each symbol in `context_frame` (a price frame, file, folder or sample:NAME): one row per symbol with
+        `origin` (the last bar's time), `variance` and `volatility` (its square root). One forward pass per
+        symbol, no sampling; a model without a head is a ConfigError."""
+        horizon_bars = check_int(horizon_bars, "horizon_bars", 1, 10**6)
+        context_frame = load_prices(context_frame)
+        per_symbol = self.features(context_frame)
+        symbols = sorted(per_symbol)
+        variance = self.variance_of_contexts([per_symbol[s][1] for s in symbols], symbols, horizon_bars,
+                                             context_times=[per_symbol[s][0] for s in symbols])
+        origins = [pd.Timestamp(per_symbol[s][0][-1]).tz_localize("UTC") for s in symbols]
+        return pd.DataFrame({"symbol": symbols, "origin": origins, "variance": variance,
+                             "volatility": np.sqrt(variance)})
+
     @torch.no_grad()
-    def predict_variance(self, contexts, symbols, horizon: int, *, context_times=None) -> np.ndarray:
+    def variance_of_contexts(self, contexts, symbols, horizon: int, *, context_times=None) -> np.ndarray:
         """The volatility head's forecast of the variance of each origin's `horizon`-bar cumulative log return:
         (origins,) float64. Arguments as `sample_returns`'s; one forward pass over each context, no sampling.
 

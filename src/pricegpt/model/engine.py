@@ -8,6 +8,12 @@ Generation of `num_samples` paths for each of B contexts:
    model whose attention asks the cache to attend (`cache.attend`) scores the prefix as one matrix product per
    context and head. A model that only stores keys in the cache (`cache.update`) gets every row's own copy of its
    context's keys, made once.
+   Rows of a context that drew the same tokens so far share every state of the model, so each step runs the
+   model once per distinct path (`distinct_paths`; padded to as many per context, and to MIN_GEMM_ROWS rows in
+   all) and hands its logits to each of its rows: the tiny preset's first decode step, where a context's 256
+   samples hold about 90 distinct first tokens of 128, costs a third. Every row still draws its own random
+   number, and its logits are bit for bit those it gets without the sharing, alone or among other contexts (as
+   long as a matrix product rounds a row the same whatever its number of rows, see MIN_GEMM_ROWS).
 
 Context window. Rotary positions must stay in [0, sequence_len), the lengths the model was trained on, so the
 tokens the model sees form a window tokens[start:n] of at most sequence_len tokens. When one more token would
@@ -22,7 +28,9 @@ of week] ids (data.calendar.calendar_ids of each token's last bar, -1 where unkn
 every position to be generated. Each row reads the calendar of its context at exactly the positions of its window,
 in the prefill, in every cached decode step and in every recomputed window alike. A token's calendar enters the
 model with the token, so the last generated position's is never read (it is asked for so that a caller passes one
-pair per token). None: no calendar input.
+pair per token). None: no calendar input. A side model (model.side) may get `side` (B, T + max_new_tokens, 3) the
+same way: each context token's side-channel ids (GPT.side_ids) and, for the positions to be generated, -1 (the
+"unknown" rows: a sampled token has no range, gap or volume); None: all unknown.
 
 Sampling draws one uniform number per row and step and inverts the row's cumulative distribution (see
 `sample_next_token`). Seeds: one generator for all rows, or one per context (a list of seeds): a context's
@@ -35,6 +43,7 @@ request whose estimated peak memory (`generation_bytes`) exceeds half of the fre
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -53,7 +62,12 @@ from ..config import (
     memory_budget_bytes,
 )
 from ..errors import DataError
-from .gpt import GPT, CalendarInputError, check_calendar, check_token_ids
+from .gpt import GPT, CalendarInputError, check_calendar, check_side, check_token_ids
+
+# A decode step computes at least this many rows (or all of them): MKL's fp32 GEMM rounds a row otherwise when the
+# product has few rows (measured: under 6 to 16 rows on one thread, under 348 rows at K=3072 on two), and a path
+# must not depend on how many distinct paths the other contexts of its call have.
+MIN_GEMM_ROWS = 512
 
 
 class KVCache:
@@ -122,35 +136,42 @@ class KVCache:
     def repeat_rows(self, repeats: int, max_len: int | None = None) -> KVCache:
         """A cache with each row repeated `repeats` times in a row (row r -> rows r*repeats ... r*repeats+repeats-1),
         holding `max_len` positions (default: as many as this one)."""
-        n_layer, rows, n_kv_head, own_len, head_dim = self.k.shape
+        rows = torch.arange(self.rows, device=self.k.device).repeat_interleave(repeats)
+        return self.take_rows(rows, max_len)
+
+    def take_rows(self, rows: torch.Tensor, max_len: int | None = None) -> KVCache:
+        """A cache whose row i is row rows[i] of this one (a row may be taken several times or not at all),
+        holding `max_len` positions (default: as many as this one)."""
+        n_layer, _, n_kv_head, own_len, head_dim = self.k.shape
         max_len = own_len if max_len is None else max_len
         assert max_len >= self.pos, f"max_len {max_len} < the {self.pos} filled positions"
-        out = KVCache(n_layer, rows * repeats, n_kv_head, max_len, head_dim, self.k.dtype, self.k.device)
+        out = KVCache(n_layer, rows.numel(), n_kv_head, max_len, head_dim, self.k.dtype, self.k.device)
         for src, dst in ((self.k, out.k), (self.v, out.v)):
-            # Broadcast copy of the filled part only; no repeated intermediate tensor.
-            dst.view(n_layer, rows, repeats, n_kv_head, max_len, head_dim)[..., : self.pos, :] = src[
-                :, :, None, :, : self.pos
-            ]
+            for layer in range(n_layer):  # the filled part only, one layer at a time: no whole-cache intermediate
+                dst[layer, :, :, : self.pos] = src[layer, :, :, : self.pos].index_select(0, rows)
         out.pos = self.pos
         return out
 
 
 class PrefixKVCache:
-    """The decode cache of `num_samples` rows per context that share the context's prefix: the prefix keys and
-    values once per context (`prefix`, a filled KVCache of B rows) and the generated tokens' per row, (n_layer,
-    B * num_samples, n_kv_head, max_new, head_dim). Rows r*num_samples ... (r+1)*num_samples-1 belong to context r.
+    """The decode cache of rows that share their context's prefix: the prefix keys and values once per context
+    (`prefix`, a filled KVCache of B rows) and the generated tokens' per row, (n_layer, B * rows_per_context,
+    n_kv_head, max_new, head_dim). Rows r*rows_per_context ... (r+1)*rows_per_context-1 belong to context r; it
+    starts with rows_per_context = num_samples, and `keep_rows` keeps other rows (the engine keeps one row per
+    distinct path).
 
-    `attend` scores a decode step's queries against the prefix as one (num_samples * heads per kv head) x prefix
-    matrix product per context and kv head, and against the row's own generated keys, with one softmax over both:
-    the prefix is read once per context instead of once per row. `update` (for attention that only stores keys)
-    copies the prefix to every row once and from then on is a plain per-row KVCache."""
+    `attend` scores a decode step's queries against the prefix as one (rows_per_context * heads per kv head) x
+    prefix matrix product per context and kv head, and against the row's own generated keys, with one softmax over
+    both: the prefix is read once per context instead of once per row. `update` (for attention that only stores
+    keys) copies the prefix to every row once and from then on is a plain per-row KVCache."""
 
     def __init__(self, prefix: KVCache, num_samples: int, max_new: int):
         n_layer, contexts, n_kv_head, _, head_dim = prefix.k.shape
-        self.prefix, self.num_samples = prefix, num_samples
-        shape = (n_layer, contexts * num_samples, n_kv_head, max_new, head_dim)
-        self.k = torch.empty(shape, dtype=prefix.k.dtype, device=prefix.k.device)
-        self.v = torch.empty_like(self.k)
+        self.prefix, self.rows_per_context = prefix, num_samples
+        shape = (2, n_layer, contexts * num_samples, n_kv_head, max_new, head_dim)
+        # Keys and values in one tensor, kv, which lives in one of two buffers: `keep_rows` gathers into the other.
+        self.buffers = [torch.empty(shape, dtype=prefix.k.dtype, device=prefix.k.device) for _ in range(2)]
+        self.kv = self.buffers[0]
         self.generated = 0
         self.per_row: KVCache | None = None  # the plain cache `update` falls back to
 
@@ -158,17 +179,41 @@ class PrefixKVCache:
     def pos(self) -> int:
         return self.prefix.pos + self.generated
 
+    @property
+    def k(self) -> torch.Tensor:
+        return self.kv[0]
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self.kv[1]
+
     def advance(self, num_tokens: int) -> None:
         self.generated += num_tokens
         if self.per_row is not None:
             self.per_row.advance(num_tokens)
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep rows `rows` (int64, B * rows_per_context of them for any rows_per_context; rows i*rows_per_context
+        ... of context i): row j becomes row rows[j]. A row may be kept several times or dropped."""
+        contexts = self.prefix.rows
+        assert rows.numel() % contexts == 0, f"{rows.numel()} rows do not split into {contexts} contexts"
+        self.rows_per_context = rows.numel() // contexts
+        shape = (*self.kv.shape[:2], rows.numel(), *self.kv.shape[3:])
+        spare = 1 if self.kv.data_ptr() == self.buffers[0].data_ptr() else 0
+        if self.buffers[spare].numel() < math.prod(shape):
+            self.buffers[spare] = self.kv.new_empty(shape)
+        kept = self.buffers[spare].view(-1)[: math.prod(shape)].view(shape)
+        # Whole rows, the positions not generated yet included: one contiguous gather is faster than a strided one.
+        self.kv = torch.index_select(self.kv, 2, rows, out=kept) if self.generated else kept
+        if self.per_row is not None:
+            self.per_row = self.per_row.take_rows(rows)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """One decode step: q (rows, n_head, 1, D), k, v (rows, n_kv_head, 1, D) -> (rows, n_head, 1, D)."""
         rows, H, T, D = q.shape
         assert T == 1, f"the prefix cache takes one token per step, got {T}"
         assert self.per_row is None, "a cache that copied its prefix to every row is a plain KVCache now"
-        Hkv, S, P, n = k.size(1), self.num_samples, self.prefix.pos, self.generated + 1
+        Hkv, S, P, n = k.size(1), self.rows_per_context, self.prefix.pos, self.generated + 1
         B, group = rows // S, H // Hkv
         self.k[layer, :, :, self.generated] = k[:, :, 0]
         self.v[layer, :, :, self.generated] = v[:, :, 0]
@@ -188,8 +233,32 @@ class PrefixKVCache:
         """KVCache.update for attention that reads whole per-row keys: the prefix is copied to every row once."""
         if self.per_row is None:
             assert self.generated == 0, "update after attend: one model uses one protocol"
-            self.per_row = self.prefix.repeat_rows(self.num_samples, max_len=self.prefix.pos + self.k.size(3))
+            self.per_row = self.prefix.repeat_rows(self.rows_per_context,
+                                                   max_len=self.prefix.pos + self.k.size(3))
         return self.per_row.update(layer, k, v)
+
+
+def distinct_paths(path: torch.Tensor, newest: torch.Tensor, vocab_size: int, rows_per_context: int,
+                   min_rows: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The rows of the next decode step, one per distinct path: sample rows of a context that drew the same tokens
+    share every state of the model. path (N,): the cache row holding each of the N sample rows' path so far (a
+    cache of `rows_per_context` rows per context, in context order); newest (N,): each sample row's newest token.
+
+    -> path (N,): each sample row's row in the next step; parents (C * width,): the cache row each row of the
+    next step extends; newest (C * width,): its newest token; width: rows per context (C contexts), the most
+    distinct paths of any context, at least 2 (one row would make the prefix products matrix-vector products,
+    rounded otherwise) and enough for `min_rows` rows in all. A context with fewer distinct paths repeats its last
+    one; no sample row points at a repeat."""
+    distinct, path = torch.unique(path * vocab_size + newest, sorted=True, return_inverse=True)
+    context = distinct // vocab_size // rows_per_context
+    counts = torch.bincount(context)  # the last context has paths too, so there is a count for every context
+    width = max(int(counts.max()), -(-min_rows // counts.numel()), min(rows_per_context, 2))
+    ends = counts.cumsum(0)
+    rank = torch.arange(distinct.numel(), device=distinct.device) - (ends - counts)[context]  # within its context
+    slot = context * width + rank
+    padded = distinct[ends - 1].repeat_interleave(width)  # each context's last path in every slot, then its own
+    padded[slot] = distinct
+    return slot[path], padded // vocab_size, padded % vocab_size, width
 
 
 def sample_next_token(
@@ -199,8 +268,10 @@ def sample_next_token(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """logits (N, V) -> token ids (N,) int64.
+    """logits (N, V) -> token ids (N,) int64; or logits (U, V) and `rows` (N,): draw i from logits row rows[i] (the
+    distribution is computed once for the draws that share it).
 
     temperature 0 is greedy (argmax). Otherwise logits / temperature, then top-k (keep the k largest logits;
     ties with the k-th are kept), then top-p (keep the smallest set of most likely tokens whose probability
@@ -213,8 +284,9 @@ def sample_next_token(
     """
     temperature, top_k, top_p = check_temperature(temperature), check_top_k(top_k), check_top_p(top_p)
     if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+        tokens = logits.argmax(dim=-1)
+        return tokens if rows is None else tokens.index_select(0, rows)
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # x / 1 == x: one pass less
     if top_k is not None and top_k < logits.size(-1):
         kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -225,13 +297,16 @@ def sample_next_token(
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
         sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
-    cumulative = probs.cumsum(dim=-1)
-    uniforms = draw_uniforms(probs.size(0), generator, probs.device)
-    tokens = torch.searchsorted(cumulative, uniforms.unsqueeze(-1) * cumulative[:, -1:], right=True).squeeze(-1)
-    # u * total rounds up to the total about once in 2**24 draws: take the last token that can be drawn then.
-    last_possible = probs.size(-1) - 1 - (probs > 0).flip(-1).to(torch.uint8).argmax(dim=-1)
-    return torch.minimum(tokens, last_possible)
+    cumulative = torch.softmax(logits, dim=-1).cumsum(dim=-1)
+    total = cumulative[:, -1:].contiguous()
+    # u * total rounds up to the total about once in 2**24 draws: take the first token where the cumulative
+    # probability reaches the total then (its probability is not 0: it raised the sum to the total).
+    last_possible = torch.searchsorted(cumulative, total)
+    if rows is not None:
+        cumulative, total, last_possible = (x.index_select(0, rows) for x in (cumulative, total, last_possible))
+    uniforms = draw_uniforms(cumulative.size(0), generator, cumulative.device)
+    tokens = torch.searchsorted(cumulative, uniforms.unsqueeze(-1) * total, right=True)
+    return torch.minimum(tokens, last_possible).squeeze(-1)
 
 
 def draw_uniforms(rows: int, generator, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -264,7 +339,11 @@ def generation_bytes(config: GPTConfig, batch: int, context_len: int, num_sample
     L = c.sequence_len
     T = min(context_len, L)
     per_position = 4 * (c.n_embd * (4 + c.mlp_ratio) + c.vocab_size)
-    kv = 2 * c.n_layer * (rows + batch) * c.n_kv_head * L * c.head_dim * dtype_bytes if use_cache else 0
+    refills = T + max_new_tokens - 1 > L
+    # The prefix once per context; the generated keys per row, twice (PrefixKVCache.keep_rows gathers from one
+    # buffer into another); and a whole window per row once the window refills.
+    positions = batch * T + rows * (2 * min(max_new_tokens - 1, L - T) + (L if refills else 0))
+    kv = 2 * c.n_layer * positions * c.n_kv_head * c.head_dim * dtype_bytes if use_cache else 0
     tokens = 2 * rows * (T + max_new_tokens) * 8  # the buffer and the returned copy
     sampling = 6 * rows * c.vocab_size * 4  # logits, sorted, softmax, cumsum, masks
     forward = batch * T * (per_position + 4 * c.n_head * T)
@@ -308,6 +387,23 @@ def as_calendar(calendar, batch: int, length: int, model: GPT,
     check_calendar(calendar, (batch, length), model.config.calendar,
                    "calendar (one [time of day, day of week] pair per context token and per generated token)")
     return calendar.to(device=device, dtype=torch.long)
+
+
+def as_side(side, batch: int, length: int, model: GPT, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """The (batch, length, 3) int64 side-channel ids of a generate call from a tensor or array of that shape (or
+    (length, 3) for one context), checked against the model (CalendarInputError); None stays None."""
+    if side is None:
+        return None
+    if not isinstance(side, torch.Tensor):
+        try:
+            side = torch.as_tensor(side)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise CalendarInputError(f"side must be an integer array of side-channel ids ({err})") from err
+    if side.dim() == 2 and batch == 1:
+        side = side[None]
+    check_side(side, (batch, length), model.config.side,
+               "side (one row of side-channel ids per context token and per generated token)")
+    return side.to(device=device, dtype=torch.long)
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -366,6 +462,7 @@ class Engine:
         refill_len: int | None = None,
         autocast: torch.dtype | None = None,
         calendar=None,
+        side=None,
     ) -> torch.Tensor:
         """Sample `num_samples` continuations of each context: idx (B, T) -> (B, num_samples, max_new_tokens).
 
@@ -381,14 +478,16 @@ class Engine:
         `calendar` (B, T + max_new_tokens, 2) (or (T + max_new_tokens, 2) for one context): the calendar ids of
         every context token and every generated token, for a calendar model (see the module docstring); the
         samples of a context share its calendar. None: no calendar input.
+        `side` (B, T + max_new_tokens, 3) (or (T + max_new_tokens, 3)): the side-channel ids of every position, for
+        a side model, -1 where unknown (the generated positions); None: all unknown.
         """
         with torch.inference_mode():
             paths = self._generate(idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache,
-                                   refill_len, autocast, calendar)
+                                   refill_len, autocast, calendar, side)
         return paths.clone()  # cloned outside inference mode: callers get an ordinary, writable tensor
 
     def _generate(self, idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache, refill_len,
-                  autocast, calendar):
+                  autocast, calendar, side):
         model, L = self.model, self.model.config.sequence_len
         args = check_sampling_args(max_new_tokens, num_samples, temperature, top_k, top_p)
         max_new_tokens, num_samples = args["max_new_tokens"], args["num_samples"]
@@ -398,9 +497,11 @@ class Engine:
         device = model.wte.weight.device
         contexts = as_contexts(idx, device)
         check_token_ids(contexts, model.config.vocab_size, "context tokens")
-        calendar = as_calendar(calendar, contexts.size(0), contexts.size(1) + max_new_tokens, model, device)
-        if calendar is not None:
-            calendar = calendar[:, max(0, contexts.size(1) - L):]  # cropped with its context
+        length = contexts.size(1) + max_new_tokens
+        inputs = {name: values[:, max(0, contexts.size(1) - L):]  # cropped with its context
+                  for name, values in (("calendar", as_calendar(calendar, contexts.size(0), length, model, device)),
+                                       ("side", as_side(side, contexts.size(0), length, model, device)))
+                  if values is not None}
         contexts = contexts[:, -L:]
         B, T = contexts.shape
         rows = B * num_samples
@@ -419,50 +520,59 @@ class Engine:
         try:
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 self._decode(contexts, tokens, max_new_tokens, num_samples, use_cache, refill_len, sample, autocast,
-                             calendar)
+                             inputs)
         finally:
             model.train(was_training)
         return tokens[:, T:].reshape(B, num_samples, max_new_tokens)
 
     def _decode(self, contexts, tokens, max_new_tokens, num_samples, use_cache, refill_len, sample, autocast,
-                calendar):
-        """Fill tokens[:, T:] of the (rows, T + max_new_tokens) buffer in place, one token per step. calendar:
-        (B, T + max_new_tokens, 2) per context, or None."""
+                inputs):
+        """Fill tokens[:, T:] of the (rows, T + max_new_tokens) buffer in place, one token per step. inputs: the
+        model's per-position inputs per context, (B, T + max_new_tokens, ...) each ("calendar", "side"; maybe
+        none)."""
         model, L = self.model, self.model.config.sequence_len
         (B, T), rows = contexts.shape, tokens.size(0)
 
-        def window_calendar(lo: int, hi: int) -> torch.Tensor | None:
-            """Every row's calendar at buffer positions [lo, hi): its context's."""
-            return None if calendar is None else calendar[:, lo:hi].repeat_interleave(num_samples, dim=0)
+        def window(lo: int, hi: int, repeats: int = num_samples) -> dict:
+            """The inputs at buffer positions [lo, hi), each context's repeated for its `repeats` rows."""
+            return {name: values[:, lo:hi].repeat_interleave(repeats, dim=0) for name, values in inputs.items()}
 
         start = 0
         if use_cache:
             prefix = KVCache.for_model(model, rows=B, max_len=T, dtype=autocast)
-            prefix_calendar = None if calendar is None else calendar[:, :T]
-            logits = model(contexts, kv_cache=prefix, calendar=prefix_calendar)[:, -1]
-            logits = logits.repeat_interleave(num_samples, dim=0)
-            cache = PrefixKVCache(prefix, num_samples, max_new=min(max_new_tokens, L - T))
+            logits = model(contexts, kv_cache=prefix, **window(0, T, 1))[:, -1]
+            logits_of = torch.arange(rows, device=tokens.device) // num_samples  # each sample row's logits row
+            # The keys of the tokens fed back: all but the last generated, up to the end of the first window.
+            cache = PrefixKVCache(prefix, num_samples, max_new=min(max_new_tokens - 1, L - T))
+            # The cache row holding each sample row's path so far: its context's first, all paths being empty.
+            path = logits_of * num_samples
         else:
-            logits = model(tokens[:, :T], calendar=window_calendar(0, T))[:, -1]
-        tokens[:, T] = sample_next_token(logits, **sample)
+            logits, logits_of = model(tokens[:, :T], **window(0, T))[:, -1], None
+        tokens[:, T] = sample_next_token(logits, rows=logits_of, **sample)
         for n in range(T + 1, T + max_new_tokens):  # n tokens known, predict token n
             refill = n - start > L
             if refill:
                 start = n - refill_len
+            logits_of = None  # a logits row per sample row, unless rows share their path
             if not use_cache:
-                logits = model(tokens[:, start:n], calendar=window_calendar(start, n))[:, -1]
+                logits = model(tokens[:, start:n], **window(start, n))[:, -1]
             elif refill:  # the rows no longer share a prefix: one cache row per sample row from now on
                 if not isinstance(cache, KVCache):
                     cache = KVCache.for_model(model, rows=rows, max_len=L, dtype=autocast)
                 cache.reset()
-                logits = model(tokens[:, start:n], kv_cache=cache, calendar=window_calendar(start, n))[:, -1]
+                logits = model(tokens[:, start:n], kv_cache=cache, **window(start, n))[:, -1]
+            elif isinstance(cache, PrefixKVCache):  # one forward per distinct path, its logits for each of its rows
+                path, parents, newest, width = distinct_paths(path, tokens[:, n - 1], model.config.vocab_size,
+                                                              cache.rows_per_context, min(rows, MIN_GEMM_ROWS))
+                cache.keep_rows(parents)
+                logits, logits_of = model(newest[:, None], kv_cache=cache, **window(n - 1, n, width))[:, -1], path
             else:
-                logits = model(tokens[:, n - 1 : n], kv_cache=cache, calendar=window_calendar(n - 1, n))[:, -1]
-            tokens[:, n] = sample_next_token(logits, **sample)
+                logits = model(tokens[:, n - 1 : n], kv_cache=cache, **window(n - 1, n))[:, -1]
+            tokens[:, n] = sample_next_token(logits, rows=logits_of, **sample)
 
 
 def generate(model: GPT, idx, max_new_tokens: int, **sampling) -> torch.Tensor:
     """Sample continuations of `model`: idx (B, T) (or a 1-D tensor / list of ints) -> (B, num_samples,
     max_new_tokens). `sampling`: num_samples, temperature, top_k, top_p, seed, use_cache, calendar (B, T +
-    max_new_tokens, 2) for a calendar model (Engine.generate)."""
+    max_new_tokens, 2) for a calendar model, side (B, T + max_new_tokens, 3) for a side model (Engine.generate)."""
     return Engine(model).generate(idx, max_new_tokens, **sampling)
