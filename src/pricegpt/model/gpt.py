@@ -456,14 +456,17 @@ class GPT(nn.Module):
         return [self.lm_head.weight] + ([self.vol_head.weight] if self.config.vol_bars else [])
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW parameter groups named "matrix", "embedding", "head" (so each can get its own lr or optimizer).
+        """AdamW parameter groups named "matrix", "embedding", "side" (a side model's tables), "head" (so each can
+        get its own lr or optimizer).
 
         Weight decay applies to 2-D tensors only; 1-D tensors (none in this architecture) would go in "no_decay".
         """
         groups = []
+        side = self.side_embedding_tables()
         for name, params in (
             ("matrix", self.matrix_params()),
-            ("embedding", self.embedding_params()),
+            ("embedding", [p for p in self.embedding_params() if all(p is not t.weight for t in side)]),
+            ("side", [t.weight for t in side]),  # its own group: the trainer may give it a larger lr
             ("head", self.head_params()),
         ):
             decay = [p for p in params if p.dim() >= 2]

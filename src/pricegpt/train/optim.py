@@ -40,17 +40,23 @@ def build_optimizers(model: nn.Module, config: TrainConfig) -> list[torch.optim.
     groups = model.param_groups(config.weight_decay)
     if config.optimizer == "adamw":
         for group in groups:
-            group["base_lr"] = group["lr"] = config.lr
+            group["base_lr"] = group["lr"] = _group_lr(group, config)
         return [torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=1e-8, fused=fused)]
     assert config.optimizer == "muon", config.optimizer
     adam_groups = [g for g in groups if not g["name"].startswith("matrix")]
     for group in adam_groups:
-        group["base_lr"] = group["lr"] = config.lr
+        group["base_lr"] = group["lr"] = _group_lr(group, config)
     matrices = model.matrix_params()
     assert all(p.dim() == 2 for p in matrices), "Muon takes 2-D matrices only"
     muon = Muon([{"params": matrices, "name": "matrix", "base_lr": config.muon_lr}], lr=config.muon_lr,
                 momentum=config.muon_momentum, weight_decay=config.weight_decay)
     return [torch.optim.AdamW(adam_groups, lr=config.lr, betas=betas, eps=1e-8, fused=fused), muon]
+
+
+def _group_lr(group: dict, config: TrainConfig) -> float:
+    """A group's peak lr: train.lr, times train.side_lr_scale for the side channels' tables (zero-initialised
+    lookups that AdamW grows by about lr per step: MODEL_README, "Side channels and the volatility head")."""
+    return config.lr * (config.side_lr_scale if group["name"].startswith("side") else 1.0)
 
 
 def _fused_ok(model: nn.Module) -> bool | None:
