@@ -116,6 +116,9 @@ def main() -> int:
                 paired(row["run"], results["plain"]["run"], args.split)
             rows.append(row)
     out = Path(args.out) / f"side-ablation-{args.split}.json"
+    done = {(r["dataset"], r["variant"]) for r in rows}
+    previous = json.loads(out.read_text()) if out.is_file() else []
+    rows = [r for r in previous if (r["dataset"], r["variant"]) not in done] + rows
     out.write_text(json.dumps(rows, indent=2) + "\n")
     print("| dataset | variant | paired CRPS ratio to plain [95% CI] | verdict | ratio to best baseline [95% CI] "
           "| verdict | cov90 | T |\n|---|---|---|---|---|---|---:|---:|")
