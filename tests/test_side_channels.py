@@ -307,3 +307,12 @@ def test_qlike_and_the_volatility_block():
     assert garch["verdict"] == "better" and garch["qlike_diff_ci"][1] < 0
     assert block["forecasters"]["vol_head"]["qlike"] < block["forecasters"]["model"]["qlike"]
     json.dumps(block)
+
+
+def test_the_pipeline_refuses_side_channels_for_close_only_data_before_any_work(tmp_path):
+    from pricegpt.pipeline import run_pipeline
+
+    frame = load_prices("sample:stocks-daily")[["timestamp", "symbol", "close"]]
+    with pytest.raises(ConfigError, match="model.side=true needs open, high and low"):
+        run_pipeline(frame, tmp_path / "run", overrides=["model.side=true"])
+    assert not (tmp_path / "run").exists()

@@ -46,6 +46,7 @@ from .forecast import calibrate_temperature
 from .rundir import RunDir
 from .runs import load_run
 from .tokenizer import fit_to_dir, load_tokenizer, tokenizer_report, write_token_store
+from .tokenizer.side import has_side_columns
 from .train import dist, latest_checkpoint, log_evaluation, train_run
 from .train.checkpoint import InitModel, load_init
 from .train.device import pick_device
@@ -117,6 +118,10 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
     # a bad --config/--set fails here, not after the tokenizer has been fitted into a new run directory
     config = resolve_config(settings.preset, settings.config, list(settings.overrides), settings.max_steps)
     _check_splits_hold_the_horizon(frame, splits, settings)
+    if config.model.side and not has_side_columns(frame):
+        raise ConfigError("model.side=true needs open, high and low columns (each bar's range and gap); the data has "
+                          f"{', '.join(c for c in frame.columns if c not in ('timestamp', 'symbol'))}: drop "
+                          "--set model.side=true")
     tokenizer_options.update({k: v for k, v in (("patch_len", settings.patch_len),
                                                  ("codebook_size", settings.codebook_size),
                                                  ("scaling", settings.scaling), ("halflife", settings.halflife),
