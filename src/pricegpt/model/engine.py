@@ -374,36 +374,37 @@ def as_calendar(calendar, batch: int, length: int, model: GPT,
                 device: torch.device | str = "cpu") -> torch.Tensor | None:
     """The (batch, length, 2) int64 calendar of a generate call from a tensor or array of that shape (or (length, 2)
     for one context), checked against the model (CalendarInputError); None stays None."""
-    if calendar is None:
-        return None
-    if not isinstance(calendar, torch.Tensor):
-        try:
-            calendar = torch.as_tensor(calendar)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise CalendarInputError(f"calendar must be an integer array of [time of day, day of week] ids ({err})") \
-                from err
-    if calendar.dim() == 2 and batch == 1:
-        calendar = calendar[None]
-    check_calendar(calendar, (batch, length), model.config.calendar,
-                   "calendar (one [time of day, day of week] pair per context token and per generated token)")
-    return calendar.to(device=device, dtype=torch.long)
+    def check(values):
+        check_calendar(values, (batch, length), model.config.calendar,
+                       "calendar (one [time of day, day of week] pair per context token and per generated token)")
+
+    return _as_positions(calendar, batch, device, "calendar", "[time of day, day of week]", check)
 
 
 def as_side(side, batch: int, length: int, model: GPT, device: torch.device | str = "cpu") -> torch.Tensor | None:
     """The (batch, length, 3) int64 side-channel ids of a generate call from a tensor or array of that shape (or
     (length, 3) for one context), checked against the model (CalendarInputError); None stays None."""
-    if side is None:
+    def check(values):
+        check_side(values, (batch, length), model.config.side,
+                   "side (one row of side-channel ids per context token and per generated token)")
+
+    return _as_positions(side, batch, device, "side", "side-channel", check)
+
+
+def _as_positions(values, batch: int, device, what: str, ids_text: str, check) -> torch.Tensor | None:
+    """A per-position input as an int64 tensor on `device` after `check`; an array becomes a tensor and a 2-D input
+    of one context gets its batch axis."""
+    if values is None:
         return None
-    if not isinstance(side, torch.Tensor):
+    if not isinstance(values, torch.Tensor):
         try:
-            side = torch.as_tensor(side)
+            values = torch.as_tensor(values)
         except (TypeError, ValueError, RuntimeError) as err:
-            raise CalendarInputError(f"side must be an integer array of side-channel ids ({err})") from err
-    if side.dim() == 2 and batch == 1:
-        side = side[None]
-    check_side(side, (batch, length), model.config.side,
-               "side (one row of side-channel ids per context token and per generated token)")
-    return side.to(device=device, dtype=torch.long)
+            raise CalendarInputError(f"{what} must be an integer array of {ids_text} ids ({err})") from err
+    if values.dim() == 2 and batch == 1:
+        values = values[None]
+    check(values)
+    return values.to(device=device, dtype=torch.long)
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:

@@ -82,19 +82,9 @@ def check_calendar(calendar: torch.Tensor, shape: tuple[int, int], calendar_mode
     if not calendar_model:
         raise CalendarInputError(f"{what} given to a model without calendar embeddings (model.calendar=false); "
                                  "pass calendar=None, or train a model with --set model.calendar=true")
-    if not isinstance(calendar, torch.Tensor) or calendar.dtype not in INTEGER_DTYPES:
-        kind = calendar.dtype if isinstance(calendar, torch.Tensor) else type(calendar).__name__
-        raise CalendarInputError(f"{what} must be an integer tensor of [time of day, day of week] ids, got {kind}")
-    if tuple(calendar.shape) != (*shape, 2):
-        raise CalendarInputError(f"{what} must have shape {(*shape, 2)} ([time of day, day of week] for each of "
-                                 f"the {shape} token positions), got {tuple(calendar.shape)}")
-    if not check_range or calendar.numel() == 0:
-        return
-    for i, (name, size) in enumerate(zip(("time of day", "day of week"), CALENDAR_SIZES)):
-        lo, hi = int(calendar[..., i].min()), int(calendar[..., i].max())
-        if lo < -1 or hi >= size:
-            raise CalendarInputError(f"{what}: {name} ids must lie in [0, {size}) or be -1 (unknown), found values "
-                                     f"in [{lo}, {hi}]; compute them with pricegpt.data.calendar.calendar_ids")
+    _check_position_ids(calendar, shape, tuple(zip(("time of day", "day of week"), CALENDAR_SIZES)),
+                        "[time of day, day of week]", what, check_range,
+                        "compute them with pricegpt.data.calendar.calendar_ids")
 
 
 def check_side(side: torch.Tensor, shape: tuple[int, int], side_model: bool, what: str = "side",
@@ -105,17 +95,27 @@ def check_side(side: torch.Tensor, shape: tuple[int, int], side_model: bool, wha
     if not side_model:
         raise CalendarInputError(f"{what} given to a model without side channels (model.side=false); pass side=None, "
                                  "or train a model with --set model.side=true")
-    if not isinstance(side, torch.Tensor) or side.dtype not in INTEGER_DTYPES:
-        kind = side.dtype if isinstance(side, torch.Tensor) else type(side).__name__
-        raise CalendarInputError(f"{what} must be an integer tensor of side-channel ids, got {kind}")
-    if tuple(side.shape) != (*shape, SIDE_CHANNELS):
-        raise CalendarInputError(f"{what} must have shape {(*shape, SIDE_CHANNELS)} ([range, gap, volume] ids for "
-                                 f"each of the {shape} token positions), got {tuple(side.shape)}")
-    if check_range and side.numel():
-        lo, hi = int(side.min()), int(side.max())
-        if lo < -1 or hi >= SIDE_BINS:
-            raise CalendarInputError(f"{what}: side-channel ids must lie in [0, {SIDE_BINS}) or be -1 (unknown), "
-                                     f"found values in [{lo}, {hi}]; compute them with GPT.side_ids")
+    _check_position_ids(side, shape, tuple((f"{name} side-channel", SIDE_BINS) for name in ("range", "gap", "volume")),
+                        "[range, gap, volume]", what, check_range, "compute them with GPT.side_ids")
+
+
+def _check_position_ids(values, shape: tuple[int, int], columns: tuple, ids_text: str, what: str,
+                        check_range: bool, hint: str) -> None:
+    """The checks of a per-position id input of `columns` ((name, size) each): integer dtype, shape (*shape,
+    len(columns)), and with `check_range` every id in [0, size) or -1 (unknown)."""
+    if not isinstance(values, torch.Tensor) or values.dtype not in INTEGER_DTYPES:
+        kind = values.dtype if isinstance(values, torch.Tensor) else type(values).__name__
+        raise CalendarInputError(f"{what} must be an integer tensor of {ids_text} ids, got {kind}")
+    if tuple(values.shape) != (*shape, len(columns)):
+        raise CalendarInputError(f"{what} must have shape {(*shape, len(columns))} ({ids_text} for each of the "
+                                 f"{shape} token positions), got {tuple(values.shape)}")
+    if not check_range or values.numel() == 0:
+        return
+    for i, (name, size) in enumerate(columns):
+        lo, hi = int(values[..., i].min()), int(values[..., i].max())
+        if lo < -1 or hi >= size:
+            raise CalendarInputError(f"{what}: {name} ids must lie in [0, {size}) or be -1 (unknown), found values "
+                                     f"in [{lo}, {hi}]; {hint}")
 
 
 class _RMSNorm(torch.autograd.Function):
