@@ -292,3 +292,27 @@ def test_two_processes_train_a_calendar_model_as_one(eurusd_store, tmp_path):
     assert ddp.keys() == single.keys() and single["calendar_tod.weight"].abs().max() > 0
     for name, weight in single.items():
         torch.testing.assert_close(ddp[name], weight, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_analyze_shows_a_calendar_models_learned_time_of_day_profile(eurusd_store, tmp_path, capsys):
+    from pricegpt.analysis import analyze_to_dir
+    from train_helpers import cli_main
+
+    path = eurusd_store[0]
+    model = tiny_model(0, calendar=True)
+    with torch.no_grad():  # only 14:00-14:30 (slot 28) means something to this model
+        model.calendar_tod.weight[28] = torch.randn(32, generator=torch.Generator().manual_seed(0)) * 3
+    model.save_pretrained(tmp_path / "run" / "model")
+    result, out, names = analyze_to_dir(path, tmp_path / "analysis", run=tmp_path / "run")
+    profile = result["calendar_profile"]
+    relative = np.array(profile["relative"])
+    others = np.delete(relative, 28)
+    assert len(relative) == TOD_SLOTS and "calendar_profile.png" in names and (out / "calendar_profile.png").is_file()
+    assert np.allclose(others, others[0]) and np.isclose(profile["unknown_relative"], others[0])
+    assert abs(relative[28] - others[0]) > 0.01
+    assert sum(profile["observed_tokens"]) == sum(len(TokenStore.open(path).tokens(s)) for s in ["EURUSD"])
+    # a run without calendar embeddings is one error line, before any output
+    tiny_model(0).save_pretrained(tmp_path / "plain" / "model")
+    result = cli_main(capsys, "analyze", "--tokens", path, "--run", tmp_path / "plain", "--out", tmp_path / "a2")
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "model.calendar=false" in result.stderr
+    assert not (tmp_path / "a2").exists()

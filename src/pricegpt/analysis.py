@@ -29,6 +29,14 @@ Definitions (all counts are taken within each symbol: no pair, n-gram or block c
   whose blocks were each seen at least 10 times on average: a longer context is undersampled, and its plug-in
   entropy drops far below the rate (N blocks can never show more than log2 N bits). The maximum is log2 K.
 
+With `--run RUN` (a calendar model: model.calendar) the analysis also shows what the model learned about the
+clock (`calendar_profile`): for each 30-minute time-of-day slot s, the standard deviation of the next token's
+decoded return under the model's predicted distribution, when the last context token's time of day is set to s
+(its weekday and the rest of the window as in the data), pooled over up to 256 windows spread evenly over the
+store's validation split (its train split when it has none); relative to the mean over slots, with the same
+number when that time of day is unknown (-1), and how many of the store's tokens end in each slot. A flat profile
+is a model that learned nothing of the time of day.
+
 Output: `--out DIR`, else `<store>/analysis` for a store directory and `<stem>_analysis/` beside a token file.
 The directory is built atomically and replaces an existing one only if that is empty or an earlier analysis
 (analysis.json of kind "pricegpt.analysis", PNGs and pricegpt's marker file, nothing else); under a user-named
@@ -305,12 +313,75 @@ def analyze(store_or_path, tokenizer=None) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------- calendar profile
+PROFILE_WINDOWS = 256
+PROFILE_NAME = "calendar_profile.png"
+
+
+@torch.no_grad()
+def calendar_profile(store, model, tokenizer, max_windows: int = PROFILE_WINDOWS) -> dict:
+    """The learned time-of-day profile of calendar model `model` on the windows of token store `store` (module
+    docstring). `tokenizer` decodes each code to its return (in the scale's units)."""
+    from .data.calendar import TOD_SLOTS, calendar_ids
+
+    if not getattr(model.config, "calendar", False):
+        raise DataError("the run's model has no calendar embeddings (model.calendar=false): it learned nothing of "
+                        "the clock to show; drop --run, or train with --set model.calendar=true")
+    if tokenizer is None or getattr(tokenizer, "decode_table", None) is None:
+        raise DataError("a calendar profile needs the tokens' tokenizer (the store's own copy or --tokenizer)")
+    if not getattr(store, "has_patch_ends", False):
+        raise DataError("a calendar profile needs a token store with timestamps; tokenize with `pricegpt tokenize`")
+    length = model.config.sequence_len
+    split = "val" if any(np.subtract(*store.split_bounds(s)["val"][::-1]) >= length for s in store.symbols) \
+        else "train"
+    starts = [(s, a) for s in store.symbols
+              for a in range(store.split_bounds(s)[split][0], store.split_bounds(s)[split][1] - length + 1)]
+    if not starts:
+        raise DataError(f"no symbol has {length} consecutive tokens (model.sequence_len) for a calendar profile")
+    picks = np.unique(np.linspace(0, len(starts) - 1, min(max_windows, len(starts))).round().astype(int))
+    idx = np.stack([np.asarray(store.tokens(starts[i][0])[starts[i][1]:starts[i][1] + length]) for i in picks])
+    ends = np.stack([store.patch_times_ns(starts[i][0])[starts[i][1]:starts[i][1] + length] for i in picks])
+    tod, dow = calendar_ids(ends.astype(np.int64).view("datetime64[ns]"))
+    calendar = torch.as_tensor(np.stack([tod, dow], axis=-1), dtype=torch.long)
+    values = torch.as_tensor(np.asarray(tokenizer.decode_table, dtype=np.float64).sum(axis=1))
+    device = next(model.parameters()).device
+    idx_t = torch.as_tensor(idx, dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+
+    def spread(slot: int) -> float:
+        window = calendar.clone()
+        window[:, -1, 0] = slot
+        p = torch.softmax(model(idx_t, calendar=window.to(device))[:, -1].double().cpu(), dim=-1)
+        mean = p @ values
+        return float(torch.sqrt(torch.mean(p @ values**2 - mean**2)))
+
+    try:
+        std = [spread(slot) for slot in range(TOD_SLOTS)]
+        unknown = spread(-1)
+    finally:
+        model.train(was_training)
+    all_ends = np.concatenate([np.asarray(store.patch_times_ns(s), dtype=np.int64) for s in store.symbols])
+    observed = np.bincount(calendar_ids(all_ends.view("datetime64[ns]"))[0], minlength=TOD_SLOTS)
+    mean = float(np.mean(std))
+    return {"slots": [f"{(i * 30) // 60:02d}:{(i * 30) % 60:02d}" for i in range(TOD_SLOTS)],
+            "std": std, "relative": [x / mean for x in std], "unknown_relative": unknown / mean,
+            "observed_tokens": observed.tolist(), "n_windows": int(len(picks)), "split": split,
+            "definition": "std of the next token's decoded return (scale units) under the model, the last "
+                          "context token's time of day set to each slot, pooled over the windows; relative to "
+                          "the mean over slots"}
+
+
 # ----------------------------------------------------------------------------------------------- plots
 def write_plots(result: dict, out_dir) -> list[Path]:
     """token_frequency.png (histogram by token id + rank plot) and transition_matrix.png (heatmap) in out_dir."""
     paths = [Path(out_dir) / name for name in PLOT_NAMES]
     plots.token_frequency(paths[0], np.asarray(result["vocabulary"]["counts"]))
     plots.transition_matrix(paths[1], np.asarray(result["transitions"]["probabilities"]))
+    profile = result.get("calendar_profile")
+    if profile:
+        paths.append(Path(out_dir) / PROFILE_NAME)
+        plots.calendar_profile(paths[-1], profile["slots"], profile["relative"], profile["observed_tokens"])
     return paths
 
 
@@ -351,18 +422,32 @@ def _write_outputs(result: dict, out: Path, user_named: bool) -> list[str]:
         out.rmdir()  # an empty folder holds nothing to protect (and has no marker for atomic_dir to replace it)
     with atomic_dir(out, overwrite=True) as tmp:
         write_json(tmp / JSON_NAME, result)
-        write_plots(result, tmp)
-    return [JSON_NAME, *PLOT_NAMES]
+        written = write_plots(result, tmp)
+    return [JSON_NAME, *(p.name for p in written)]
 
 
-def analyze_to_dir(source, out=None, tokenizer=None) -> tuple[dict, Path, list[str]]:
+def analyze_to_dir(source, out=None, tokenizer=None, run=None) -> tuple[dict, Path, list[str]]:
     """What `pricegpt analyze` does: analyse the token store directory or .txt file `source` and write
     analysis.json and the PNGs to `out` (default: `default_out_dir(source)`). The output folder is checked before
-    the work, not after (module docstring). Returns (the result, the output folder, the names written in it)."""
+    the work, not after (module docstring). With `run` (a run directory of a calendar model), its learned
+    time-of-day profile too (`calendar_profile`). Returns (the result, the output folder, the names written)."""
     source = Path(source)
     _check_exists(source)
+    model = None
+    if run is not None:  # loaded (and checked) before any work
+        from .model import GPT
+
+        if not (Path(run) / "model").is_dir():
+            raise DataError(f"--run {run}: no model/ folder; give a run directory written by `pricegpt train`")
+        model = GPT.from_pretrained(Path(run) / "model")
+        if not model.config.calendar:
+            raise DataError(f"--run {run}: its model has no calendar embeddings (model.calendar=false), so it "
+                            "learned nothing of the clock to show; drop --run")
     out_dir = Path(out) if out else default_out_dir(source)
     _check_out_dir(out_dir, str(source.resolve()), user_named=bool(out))
     result = analyze(source, tokenizer=tokenizer)
+    if model is not None:
+        store, _, tokenizer_obj = _open(source, tokenizer)
+        result["calendar_profile"] = calendar_profile(store, model, tokenizer_obj)
     names = _write_outputs(result, out_dir, user_named=bool(out))
     return result, out_dir, names

@@ -341,3 +341,17 @@ def reconstruction(path, real: np.ndarray, recon: np.ndarray, baseline: np.ndarr
     top.legend(fontsize=8)
     bottom.set_xlabel("bar")
     _save(fig, path)
+
+
+def calendar_profile(path, slots: list[str], relative: list[float], observed: list[int]) -> None:
+    """The learned time-of-day profile: relative std per 30-minute slot (bars), slots without data greyed."""
+    fig = _figure(10, 3.6)
+    ax = fig.subplots()
+    colors = [MAIN if n else "#c8c8c8" for n in observed]
+    ax.bar(range(len(slots)), relative, color=colors)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(0, len(slots), 4), [slots[i] for i in range(0, len(slots), 4)], rotation=45)
+    ax.set_xlabel("time of day (UTC) of the last context token")
+    ax.set_ylabel("predicted std / mean")
+    _title(ax, "learned time-of-day profile (grey: no bars in the data at that time)")
+    _save(fig, path)

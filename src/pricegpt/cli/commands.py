@@ -253,7 +253,13 @@ def cmd_analyze(args) -> int:
     from ..analysis import analyze_to_dir
     from .text import format_report
 
-    result, out, names = analyze_to_dir(args.tokens, args.out, tokenizer=args.tokenizer)
+    tokens = args.tokens
+    if tokens is None:
+        if args.run is None:
+            raise ConfigError("give --tokens (a token store or a .txt file of ids), or --run RUN to analyse its "
+                              "tokens and its model's learned time-of-day profile")
+        tokens = Path(args.run) / "tokens"
+    result, out, names = analyze_to_dir(tokens, args.out, tokenizer=args.tokenizer, run=args.run)
     print(format_report(result))
     print(f"\nwrote {out}/: {', '.join(names)}")
     return 0

@@ -322,9 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_forecast)
 
     p = sub.add_parser("analyze", help="token statistics, transitions, patterns, outliers, entropy")
-    p.add_argument("--tokens", required=True, help="token store directory or a .txt file of token ids")
+    p.add_argument("--tokens", help="token store directory or a .txt file of token ids (with --run: RUN/tokens)")
     p.add_argument("--out", help="directory for the PNGs and analysis.json")
     p.add_argument("--tokenizer", help="tokenizer directory, to flag tokens with extreme decoded returns")
+    p.add_argument("--run", help="a run of a calendar model (model.calendar): also show its learned time-of-day "
+                                 "profile")
     p.set_defaults(func=commands.cmd_analyze)
 
     p = sub.add_parser("backtest", help="walk-forward backtest of forecast-driven positions after costs")

@@ -258,4 +258,13 @@ def format_report(result: dict) -> str:
                     for c in entropy["by_context"]], left=2),
             f"plug-in entropies are biased low by about (distinct blocks - 1) / (2 N ln 2) bits; the estimate uses "
             f"the longest context seen >= {MIN_PER_BLOCK} times per block"]
+    profile = result.get("calendar_profile")
+    if profile:
+        rows = [[slot, f"{rel:.3f}", f"{n:,}"] for slot, rel, n in
+                zip(profile["slots"], profile["relative"], profile["observed_tokens"]) if n]
+        out += ["", "== learned time-of-day profile (calendar model) ==",
+                f"predicted std of the next token's return by the last token's time of day, relative to the mean "
+                f"over slots ({profile['n_windows']} {profile['split']}-split windows; unknown time of day: "
+                f"{profile['unknown_relative']:.3f}); slots with tokens in the data:",
+                _table(["time (UTC)", "relative std", "tokens"], rows)]
     return "\n".join(out)
