@@ -53,6 +53,14 @@ def test_pipeline_writes_every_documented_output(workdir):
         assert set(forecast[name]) >= {"crps", "coverage_50", "coverage_90", "directional_accuracy", "mae_median"}
     backtest = json.loads((run / "backtest" / "metrics.json").read_text())
     assert {"cost_bps", "strategy", "buy_and_hold"} <= set(backtest)
+    # the pipeline trains a volatility head for its horizon; its QLIKE against GARCH and EWMA is in the report
+    assert json.loads((run / "model" / "config.json").read_text())["vol_bars"] == 4
+    volatility = forecast["volatility"]
+    assert volatility["headline"] == "vol_head" and volatility["forecasters"]["vol_head"]["qlike"] > 0
+    assert set(volatility["comparison"]) == {"garch", "ewma"}
+    assert all(set(c) >= {"qlike_ratio", "qlike_ratio_ci", "verdict"} for c in volatility["comparison"].values() if c)
+    report = (run / "eval" / "report.md").read_text()
+    assert "## Volatility forecast" in report and "vol\\_head vs garch" in report
 
 
 def test_rerunning_the_pipeline_skips_finished_stages(workdir):

@@ -620,9 +620,9 @@ def build_sections(out: Path, metrics: dict, *, origins_table: pd.DataFrame | No
     fc = _dict(metrics.get("forecast"))
     best = best_baseline(fc)
     sections = [_verdict_section(metrics, fc), _scores_section(out, fc, best),
-                _calibration_section(out, fc, best), _volatility_section(fc),
-                _crps_over_time_section(out, fc, origins_table, best),
-                _fan_section(out, fc), _backtest_section(out, backtest, equity), _per_symbol_section(fc),
+                _calibration_section(out, fc, best), _crps_over_time_section(out, fc, origins_table, best),
+                _fan_section(out, fc), _backtest_section(out, backtest, equity), _volatility_section(fc),
+                _per_symbol_section(fc),
                 _token_section(out, metrics)]
     s = Section("Training")
     if (out / "training.png").is_file():
