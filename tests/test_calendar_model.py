@@ -316,3 +316,19 @@ def test_analyze_shows_a_calendar_models_learned_time_of_day_profile(eurusd_stor
     result = cli_main(capsys, "analyze", "--tokens", path, "--run", tmp_path / "plain", "--out", tmp_path / "a2")
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "model.calendar=false" in result.stderr
     assert not (tmp_path / "a2").exists()
+
+
+def test_analyze_refuses_tokens_of_another_tokenizer(eurusd_store, tmp_path):
+    from pricegpt.analysis import analyze_to_dir
+
+    path, frame, _ = eurusd_store
+    splits = time_splits(frame)
+    fit_to_dir(frame, tmp_path / "tok64", kind="quantile", patch_len=1, codebook_size=64,
+               train_end=splits.train_end, val_end=splits.val_end)
+    write_token_store(load_tokenizer(tmp_path / "tok64"), frame, tmp_path / "tokens64", splits)
+    tiny_model(0, calendar=True).save_pretrained(tmp_path / "run" / "model")
+    with pytest.raises(DataError, match="was not written with the tokenizer of --run"):
+        analyze_to_dir(tmp_path / "tokens64", tmp_path / "a1", run=tmp_path / "run")
+    with pytest.raises(DataError, match="the tokenizer has 64 codes but the tokens 32"):
+        analyze_to_dir(path, tmp_path / "a2", tokenizer=tmp_path / "tok64")
+    assert not (tmp_path / "a1").exists() and not (tmp_path / "a2").exists()

@@ -133,8 +133,7 @@ def test_the_store_holds_each_tokens_side_ids(stocks_store, tmp_path):
 def test_side_settings_are_checked():
     with pytest.raises(ConfigError, match="model.side_edges is not a setting"):
         resolve_config("tiny", overrides=["model.side_edges=1,2"])
-    with pytest.raises(ConfigError, match="model.side_edges given for a model without side channels"):
-        GPTConfig(side_edges=[[0.0], [0.0], []])
+    assert GPTConfig(side_edges=[[0.0], [0.0], []]).side_edges is None  # meaningless without side channels
     with pytest.raises(ConfigError, match="increasing finite"):
         GPTConfig(side=True, side_edges=[[1.0, 0.0], [], []])
     with pytest.raises(ConfigError, match="train.side_dropout"):
@@ -260,6 +259,18 @@ def test_two_processes_train_a_side_model_with_a_volatility_head_as_one(stocks_s
     assert single["side_tables.0.weight"].abs().max() > 0 and single["vol_head.weight"].abs().max() > 0
     for name, weight in single.items():
         torch.testing.assert_close(ddp[name], weight, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_a_reused_config_yaml_takes_the_new_stores_edges_and_a_too_long_head_is_refused(stocks_store, tmp_path):
+    path = stocks_store[0]
+    config = tmp_path / "config.yaml"
+    config.write_text("model:\n  side: true\n  side_edges: [[0.5], [0.0], [0.0]]\n")
+    with torch_threads_kept():
+        train_run(tokens=path, out=tmp_path / "run", preset="tiny", max_steps=2, config_file=config, overrides=TINY)
+    assert GPT.from_pretrained(tmp_path / "run" / "model").config.side_edges == TokenStore.open(path).side_edges
+    with pytest.raises(ConfigError, match="model.vol_bars=1000 needs 1000 tokens"):
+        train_run(tokens=path, out=tmp_path / "long", preset="tiny", overrides=[*TINY, "model.vol_bars=1000"])
+    assert not (tmp_path / "long").exists()
 
 
 def test_library_trainer_takes_the_stores_edges(stocks_store, tmp_path):

@@ -89,6 +89,9 @@ def _open(store_or_path, tokenizer):
         tokenizer = store.tokenizer_dir
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer)
+    if tokenizer is not None and getattr(tokenizer, "vocab_size", None) not in (None, store.vocab_size):
+        raise DataError(f"the tokenizer has {tokenizer.vocab_size} codes but the tokens {store.vocab_size}: they "
+                        "come from different tokenizers; pass the tokenizer the tokens were written with")
     return store, source, tokenizer
 
 
@@ -372,6 +375,19 @@ def calendar_profile(store, model, tokenizer, max_windows: int = PROFILE_WINDOWS
                           "the mean over slots"}
 
 
+def _check_run_tokens(run, source: Path, model) -> None:
+    """DataError unless the tokens at `source` were written by the run's own tokenizer (same hash, when both are
+    known) and fit its model's vocabulary: another tokenizer's ids mean other returns."""
+    store = TokenStore.open(source)
+    run_tokenizer = Path(run) / "tokenizer"
+    theirs = load_tokenizer(run_tokenizer).hash if (run_tokenizer / "config.json").is_file() else None
+    mine = getattr(store, "tokenizer_hash", None)
+    if store.vocab_size > model.config.vocab_size or (theirs is not None and mine is not None and theirs != mine):
+        raise DataError(f"--tokens {source} was not written with the tokenizer of --run {run} (tokenizer hash "
+                        f"{mine}, vocabulary {store.vocab_size}; the run's {theirs}, {model.config.vocab_size}); "
+                        f"pass that run's tokens, e.g. --tokens {Path(run) / 'tokens'}")
+
+
 # ----------------------------------------------------------------------------------------------- plots
 def write_plots(result: dict, out_dir) -> list[Path]:
     """token_frequency.png (histogram by token id + rank plot) and transition_matrix.png (heatmap) in out_dir."""
@@ -443,6 +459,7 @@ def analyze_to_dir(source, out=None, tokenizer=None, run=None) -> tuple[dict, Pa
         if not model.config.calendar:
             raise DataError(f"--run {run}: its model has no calendar embeddings (model.calendar=false), so it "
                             "learned nothing of the clock to show; drop --run")
+        _check_run_tokens(run, source, model)
     out_dir = Path(out) if out else default_out_dir(source)
     _check_out_dir(out_dir, str(source.resolve()), user_named=bool(out))
     result = analyze(source, tokenizer=tokenizer)

@@ -54,7 +54,6 @@ from .train.device import pick_device
 log = logging.getLogger("pricegpt")
 
 FORMAT_VERSION = 1
-MAX_VOL_BARS = 4096  # the largest model.vol_bars
 DEFAULT_HORIZON = 4  # bars: a week of daily bars, half a trading day of hourly FX
 TOKENIZER_KINDS = ("vqvae", "quantile", "uniform")
 # Under torchrun the processes wait at a barrier while rank 0 alone fits the tokenizer and tokenizes: generous.
@@ -324,7 +323,9 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
     vol_head = init is None and "model.vol_bars" not in explicit_keys(settings.config, settings.overrides)
 
     def train_overrides(resume: bool) -> list[str]:
-        head = [f"model.vol_bars={min(horizon, MAX_VOL_BARS)}"] if vol_head and not resume else []
+        # at most half a window of tokens ahead (VolTargets' bound), so that every head the pipeline adds can learn
+        bound = (config.model.sequence_len // 2) * (tokenizer_options.get("patch_len") or 1)
+        head = [f"model.vol_bars={min(horizon, bound)}"] if vol_head and not resume and bound >= 1 else []
         return head + list(settings.overrides)
 
     model_stages(out, settings.tokenizer_kind)

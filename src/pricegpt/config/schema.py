@@ -110,9 +110,10 @@ class GPTConfig:
         check_bool(self.side, "model.side")
         check_int(self.vol_bars, "model.vol_bars", 0, 4096, "0 builds no volatility head")
         if self.side_edges is not None:
-            check_side_edges(self.side_edges, "model.side_edges")
-            if not self.side:
-                raise ConfigError("model.side_edges given for a model without side channels (model.side=false)")
+            if not self.side:  # a run's config.yaml reused with model.side=false: the edges mean nothing then
+                self.side_edges = None
+            else:
+                check_side_edges(self.side_edges, "model.side_edges")
 
     @property
     def head_dim(self) -> int:

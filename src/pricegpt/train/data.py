@@ -241,7 +241,8 @@ def read_token_source(path: str | os.PathLike, calendar: bool = False, side: boo
                 else "a token store of data without open/high/low columns (or written before side channels existed)")
         raise DataError(f"model.side needs a token store with side channels: --tokens {path} is {what}. Tokenize "
                         "prices with open, high and low columns with `pricegpt tokenize` (or run `pricegpt "
-                        "pipeline`), or train without --set model.side=true")
+                        "pipeline`), or train a model without side channels (drop --set model.side=true; an --init "
+                        "model with side channels needs such a store)")
     series = {symbol: (store.tokens(symbol), store.split_bounds(symbol)) for symbol in store.symbols}
     if calendar or side:
         series = {symbol: (*entry, EndCalendar(store.patch_times_ns(symbol, "patch_ends")) if calendar else None)

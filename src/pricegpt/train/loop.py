@@ -130,7 +130,8 @@ class Trainer:
             self._load_init(init_model)
         self.optimizers = build_optimizers(self.model, t)
         # the volatility head's targets come from the tokenizer's code table (vol_targets.py)
-        self.vol_targets = VolTargets(_tokenizer_of(data), config.model.vol_bars) if config.model.vol_bars else None
+        self.vol_targets = VolTargets(_tokenizer_of(data), config.model.vol_bars, config.model.sequence_len) \
+            if config.model.vol_bars else None
         self.forward_model = self._compiled() if t.compile else self.model
         if self.dist.enabled:
             self.forward_model = DistributedDataParallel(
@@ -498,7 +499,8 @@ class Trainer:
                     if stopped_by:
                         name = (signal.Signals(self._stop_signal).name if self._stop_signal
                                 else "a signal on another rank")
-                        say(f"stopped by {name} at step {step}: checkpoint saved; continue with --resume")
+                        say(f"stopped by {name} at step {step}: checkpoint saved; continue with --resume (or rerun "
+                            "the same `pricegpt pipeline` command)")
                         break
         finally:
             bar.close()

@@ -117,7 +117,9 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
         series, source, tokenizer_dir = read_token_source(tokens, calendar=config.model.calendar,
                                                           side=config.model.side)
         if config.model.side:
-            config.model = _with_side_edges(config.model, source["side_edges"], tokens)
+            config.model = _with_side_edges(config.model, source["side_edges"], tokens,
+                                            fixed_by=str(out) if checkpoint is not None else
+                                            (str(start.path) if start is not None else None))
         if start is not None:
             _check_init_tokens(start, source, tokens)
         elif "model.vocab_size" not in explicit and source.get("vocab_size"):
@@ -148,13 +150,15 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
             dist.shutdown()
 
 
-def _with_side_edges(model: GPTConfig, edges: list, tokens) -> GPTConfig:
-    """The model config with the token store's side-channel bin edges; a model that already has others (an init
-    model, a resumed run) cannot read this store's side ids."""
-    if model.side_edges is not None and model.side_edges != edges:
-        raise ConfigError(f"the side channels of --tokens {tokens} are binned differently from the model's "
-                          "(model.side_edges): the store was written from other training data. Train a new side "
-                          "model on it, or tokenize with the data the model was trained on")
+def _with_side_edges(model: GPTConfig, edges: list, tokens, fixed_by: str | None) -> GPTConfig:
+    """The model config with the token store's side-channel bin edges. Edges a config file brought along (a run's
+    config.yaml reused) are replaced; those of a model whose weights already read them (`fixed_by`: a resumed run
+    or an --init model) must match, since the store holds binned ids, not the values."""
+    if fixed_by is not None and model.side_edges is not None and model.side_edges != edges:
+        raise ConfigError(f"the side channels of --tokens {tokens} are binned differently from those {fixed_by} "
+                          "was trained on (its store came from other training data): a side model reads only ids "
+                          "binned its own way, so it cannot continue or be fine-tuned on this store; train a new "
+                          "side model on it")
     return dataclasses.replace(model, side_edges=edges)
 
 

@@ -28,12 +28,17 @@ from ..tokenizer.scaling import ewma_lambda
 class VolTargets:
     """The volatility head's targets for windows of one tokenizer's tokens (module docstring)."""
 
-    def __init__(self, tokenizer, vol_bars: int):
+    def __init__(self, tokenizer, vol_bars: int, sequence_len: int | None = None):
         if tokenizer is None or getattr(tokenizer, "decode_table", None) is None:
             raise ConfigError("model.vol_bars needs the tokenizer of the tokens (to know what each token's returns "
                               "were): train on a token store written by `pricegpt tokenize`, not a bare token file")
         table = np.asarray(tokenizer.decode_table, dtype=np.float64)  # (K, patch_len) scaled close returns
         self.n_tokens = max(1, math.ceil(vol_bars / table.shape[1]))
+        if sequence_len is not None and self.n_tokens > sequence_len // 2:
+            raise ConfigError(f"model.vol_bars={vol_bars} needs {self.n_tokens} tokens after each position "
+                              f"({table.shape[1]} bar(s) per token), more than half of a {sequence_len}-token "
+                              f"window: the head would see (almost) no target; use model.vol_bars <= "
+                              f"{(sequence_len // 2) * table.shape[1]} or a longer model.sequence_len")
         self.z2 = torch.as_tensor((table ** 2).mean(axis=1), dtype=torch.float32)
         if tokenizer.config.scaling == "ewma":
             lam = ewma_lambda(tokenizer.config.halflife)
