@@ -45,7 +45,7 @@ from .fileio import OUTPUT_MARKER, atomic_dir, make_dirs, mark_output, remove_ou
 from .forecast import calibrate_temperature
 from .rundir import RunDir
 from .runs import load_run
-from .tokenizer import fit_to_dir, load_tokenizer, tokenizer_report, write_token_store
+from .tokenizer import DEFAULT_PATCH_LEN, fit_to_dir, load_tokenizer, tokenizer_report, write_token_store
 from .tokenizer.side import has_side_columns
 from .train import dist, latest_checkpoint, log_evaluation, train_run
 from .train.checkpoint import InitModel, load_init
@@ -321,10 +321,11 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
     # the volatility head": neutral for the paths' CRPS, a better variance forecast than the paths' own)
     # (a resumed training keeps the network its RUN/config.yaml records)
     vol_head = init is None and "model.vol_bars" not in explicit_keys(settings.config, settings.overrides)
+    sequence_len = resolve_config(settings.preset, settings.config, list(settings.overrides)).model.sequence_len
 
     def train_overrides(resume: bool) -> list[str]:
         # at most half a window of tokens ahead (VolTargets' bound), so that every head the pipeline adds can learn
-        bound = (config.model.sequence_len // 2) * (tokenizer_options.get("patch_len") or 1)
+        bound = (sequence_len // 2) * (record["tokenizer"].get("patch_len") or DEFAULT_PATCH_LEN)
         head = [f"model.vol_bars={min(horizon, bound)}"] if vol_head and not resume and bound >= 1 else []
         return head + list(settings.overrides)
 
