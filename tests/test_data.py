@@ -195,3 +195,14 @@ def test_download_offline_is_a_clear_error(tmp_path):
                      "--out", out, env={"PYTHONPATH": STUBS, "PRICEGPT_FAKE_YF": "offline"})
     assert_user_error(result, "download from yahoo finance failed", "network")
     assert not out.exists()
+
+
+def test_an_open_high_or_low_column_empty_in_every_row_is_read_as_absent(tmp_path, caplog):
+    frame = load_prices("sample:stocks-daily")
+    aapl = frame[frame["symbol"] == "AAPL"].copy()
+    aapl["high"] = float("nan")
+    aapl.to_csv(tmp_path / "aapl.csv", index=False)
+    with caplog.at_level("WARNING", logger="pricegpt"):
+        loaded = load_prices(tmp_path / "aapl.csv")
+    assert len(loaded) == len(aapl) and "high" not in loaded.columns and "low" in loaded.columns
+    assert "column 'high' is empty in every row" in caplog.text

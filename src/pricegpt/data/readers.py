@@ -17,7 +17,8 @@ The canonical frame: `timestamp` (UTC, tz-aware, ns), `symbol` (str), `close` (f
 them, `open`, `high`, `low`, `volume`. Sorted by (symbol, timestamp), unique timestamps per symbol, prices finite
 and > 0. Adjusted close is used when present (OHL are scaled by the same factor so a bar keeps its shape).
 
-Policy for imperfect files: rows whose cells are all blank are skipped; empty price cells drop their row (one
+Policy for imperfect files: rows whose cells are all blank are skipped; an open, high or low column empty in
+every row is read as absent (warning); otherwise empty price cells drop their row (one
 warning with the count); unsorted rows are sorted; duplicate timestamps keep the last row (warning). Text in a
 price column, unparseable or mixed-format timestamps, non-positive or infinite prices, no close column, an empty
 file, a folder without data files, two files of a folder holding the same symbol, a symbol longer than 64
@@ -561,6 +562,11 @@ def _read_table_rows(table: pd.DataFrame, rows: Rows, report: LoadReport, defaul
     empty_cells = np.zeros(len(table), dtype=bool)
     for key, col in {**price_source, **({"raw_close": raw_close_col} if raw_close_col else {})}.items():
         values[key], empty = _parse_numbers(table[col], rows, col)
+        if key in ("open", "high", "low") and len(empty) and empty.all():
+            # a column with no value at all is a column the file does not really have, not a reason to drop rows
+            log.warning(f"{_short(where)}: column '{col}' is empty in every row; reading the data without it")
+            del values[key], price_source[key]
+            continue
         if key != "volume":
             empty_cells |= empty
     if adj_col is not None:
