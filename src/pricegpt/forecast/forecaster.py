@@ -224,7 +224,7 @@ class Forecaster:
         horizon, num_samples, seed = check_sampling(horizon, num_samples, seed)
         temperature = self.temperature if temperature is None else check_temperature(temperature)
         symbols = [str(s) for s in symbols]
-        contexts, sides = self._split_side(list(contexts))
+        contexts = list(contexts)
         assert len(contexts) == len(symbols), f"{len(contexts)} contexts but {len(symbols)} symbols"
         if context_ends is not None:
             keys = timestamps_ns(context_ends)
@@ -233,16 +233,12 @@ class Forecaster:
             keys = np.array([len(c) for c in contexts], dtype=np.int64)
         check_paths_memory(len(contexts), num_samples, horizon)
         n_new = math.ceil(horizon / self.patch_len)
-        ctx_times, tgt_times = self._times(contexts, symbols, context_times, target_times, n_new * self.patch_len)
-        # each origin's seasonal profile: the symbol's own, or for a symbol the tokenizer never saw, one fit on
-        # its context alone (a pretrained model on a new intraday series)
-        profiles = [self.tokenizer.profile_for(s, c, t) for c, s, t in zip(contexts, symbols, ctx_times)]
-        calendar_model = getattr(self.model.config, "calendar", False)
         n_bars = n_new * self.patch_len
+        contexts, sides, ctx_times, tgt_times, profiles, tokens = self._prepare(
+            contexts, symbols, horizon, context_times, target_times, n_bars)
         # future bar times, inferred from each context's calendar, only where something reads them
         tgt_times = [future_times(c, n_bars) if g is None and c is not None and len(c) and (p is not None
-                     or calendar_model) else g for c, g, p in zip(ctx_times, tgt_times, profiles)]
-        tokens = self._context_tokens(contexts, symbols, horizon, ctx_times, profiles)
+                     or self.uses_calendar) else g for c, g, p in zip(ctx_times, tgt_times, profiles)]
         states = [self.tokenizer.origin_state(np.asarray(c, dtype=np.float64), s, times=t, profile=p)
                   for c, s, t, p in zip(contexts, symbols, ctx_times, profiles)]
         out = np.empty((len(contexts), num_samples, horizon))
@@ -250,12 +246,7 @@ class Forecaster:
             for jobs in self._engine_calls(tokens, symbols, keys, num_samples, seed):
                 idx = torch.as_tensor(np.stack([tokens[i] for i, _, _ in jobs]), dtype=torch.long)
                 rows = jobs[0][2].stop - jobs[0][2].start
-                extra = {}
-                if calendar_model and ctx_times[jobs[0][0]] is not None:
-                    extra["calendar"] = torch.as_tensor(np.stack([
-                        self._calendar(ctx_times[i], tgt_times[i], len(tokens[i]), n_new) for i, _, _ in jobs]))
-                if sides is not None:
-                    extra["side"] = torch.stack([self._side(sides[i], len(tokens[i]), n_new) for i, _, _ in jobs])
+                extra = self._model_inputs([i for i, _, _ in jobs], tokens, ctx_times, tgt_times, sides, n_new)
                 generated = generate(self.model, idx, n_new, num_samples=rows, temperature=temperature,
                                      seed=[job_seed for _, job_seed, _ in jobs], autocast=self.autocast, **extra)
                 generated = generated.cpu().numpy()
@@ -301,11 +292,8 @@ class Forecaster:
             raise ConfigError("this model has no volatility head; train one with --set model.vol_bars=N")
         horizon = check_int(horizon, "horizon", 1, 10**6)
         symbols = [str(s) for s in symbols]
-        contexts, sides = self._split_side(list(contexts))
-        ctx_times, tgt_times = self._times(contexts, symbols, context_times, None, horizon)
-        profiles = [self.tokenizer.profile_for(s, c, t) for c, s, t in zip(contexts, symbols, ctx_times)]
-        tokens = self._context_tokens(contexts, symbols, horizon, ctx_times, profiles)
-        calendar_model = getattr(self.model.config, "calendar", False)
+        contexts, sides, ctx_times, _, profiles, tokens = self._prepare(list(contexts), symbols, horizon,
+                                                                        context_times, None, horizon)
         device = self.device
         out = np.empty(len(contexts))
         by_length: dict[int, list[int]] = {}
@@ -315,13 +303,8 @@ class Forecaster:
         for members in by_length.values():
             for lo in range(0, len(members), ROWS_PER_CALL):
                 batch = members[lo:lo + ROWS_PER_CALL]
-                extra = {}
-                if calendar_model and ctx_times[batch[0]] is not None:
-                    extra["calendar"] = torch.as_tensor(np.stack([
-                        self._calendar(ctx_times[i], ctx_times[i][-1:], len(tokens[i]), 0) for i in batch]),
-                        device=device)
-                if sides is not None:
-                    extra["side"] = torch.stack([self._side(sides[i], len(tokens[i]), 0) for i in batch]).to(device)
+                extra = {name: values.to(device) for name, values in
+                         self._model_inputs(batch, tokens, ctx_times, None, sides, 0).items()}
                 idx = torch.as_tensor(np.stack([tokens[i] for i in batch]), dtype=torch.long, device=device)
                 with (torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None
                       else contextlib.nullcontext()):
@@ -348,7 +331,7 @@ class Forecaster:
     def uses_times(self) -> bool:
         """Whether bar times change this forecaster's paths (seasonal scaling or a calendar model): callers with
         the times at hand pass them as `context_times`."""
-        return bool(self.tokenizer.seasonal) or bool(getattr(self.model.config, "calendar", False))
+        return bool(self.tokenizer.seasonal) or self.uses_calendar
 
     def _times(self, contexts, symbols, context_times, target_times, n_bars: int) -> tuple[list, list]:
         """Per origin: its context bar times (or None) and the caller's end times of the n_bars it decodes (or
@@ -376,12 +359,41 @@ class Forecaster:
                                 f"number of patches), got {short[0]}")
         return context_times, target_times
 
-    def _calendar(self, context_times: np.ndarray, target_times: np.ndarray, n_context: int, n_new: int):
+    @property
+    def uses_calendar(self) -> bool:
+        """Whether the model reads calendar ids (model.calendar)."""
+        return bool(getattr(self.model.config, "calendar", False))
+
+    def _prepare(self, contexts: list, symbols: list[str], horizon: int, context_times, target_times, n_bars: int):
+        """What a forecast from each context needs before the model runs: (the contexts' tokenizer features, their
+        side values or None (`_split_side`), context times, the caller's target times (`_times`), seasonal
+        profiles, context token ids)."""
+        contexts, sides = self._split_side(contexts)
+        ctx_times, tgt_times = self._times(contexts, symbols, context_times, target_times, n_bars)
+        # each origin's seasonal profile: the symbol's own, or for a symbol the tokenizer never saw, one fit on
+        # its context alone (a pretrained model on a new intraday series)
+        profiles = [self.tokenizer.profile_for(s, c, t) for c, s, t in zip(contexts, symbols, ctx_times)]
+        tokens = self._context_tokens(contexts, symbols, horizon, ctx_times, profiles)
+        return contexts, sides, ctx_times, tgt_times, profiles, tokens
+
+    def _model_inputs(self, origins: list[int], tokens, ctx_times, tgt_times, sides, n_new: int) -> dict:
+        """The per-position inputs of one model call over `origins` (CPU tensors): calendar ids for a calendar
+        model given context times, side-channel ids for a side model; each (len(origins), tokens + n_new, ...)."""
+        extra = {}
+        if self.uses_calendar and ctx_times[origins[0]] is not None:
+            extra["calendar"] = torch.as_tensor(np.stack([
+                self._calendar(ctx_times[i], None if tgt_times is None else tgt_times[i], len(tokens[i]), n_new)
+                for i in origins]))
+        if sides is not None:
+            extra["side"] = torch.stack([self._side(sides[i], len(tokens[i]), n_new) for i in origins])
+        return extra
+
+    def _calendar(self, context_times: np.ndarray, target_times: np.ndarray | None, n_context: int, n_new: int):
         """(n_context + n_new, 2) [time of day, weekday] of each token's last bar: the context's last n_context
-        patches (ending at the origin) and the n_new generated ones."""
+        patches (ending at the origin) and the n_new generated ones (target_times may be None when n_new is 0)."""
         P = self.patch_len
         context_ends = context_times[len(context_times) - 1 - P * np.arange(n_context)[::-1]]
-        ends = np.concatenate([context_ends, target_times[P - 1:n_new * P:P]])
+        ends = context_ends if n_new == 0 else np.concatenate([context_ends, target_times[P - 1:n_new * P:P]])
         tod, dow = calendar_ids(ends)
         return np.stack([tod, dow], axis=-1)
 
