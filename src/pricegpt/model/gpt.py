@@ -43,6 +43,7 @@ from ..config.schema import SIDE_BINS, SIDE_CHANNELS
 from ..data.calendar import TOD_SLOTS
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import atomic_path, write_json
+from ..tokenizer.side import side_ids
 
 __all__ = ["GPT", "GPTConfig", "PRESETS", "preset_model_config", "check_token_ids", "check_calendar", "check_side",
            "CalendarInputError", "CALENDAR_SIZES", "SIDE_CHANNELS", "SIDE_BINS", "CONFIG_FILE", "WEIGHTS_FILE"]
@@ -323,8 +324,6 @@ class GPT(nn.Module):
     def side_ids(self, values) -> torch.Tensor:
         """(..., SIDE_CHANNELS) side values (tokenizer/side.py; NaN unknown) -> int64 ids through the model's bin
         edges (model.side_edges, copied from its training store), -1 where unknown."""
-        from ..tokenizer.side import side_ids
-
         if not self.config.side or self.config.side_edges is None:
             raise CalendarInputError("this model has no side channels (or was never trained: no side_edges)")
         return torch.as_tensor(side_ids(values, self.config.side_edges), dtype=torch.long)
@@ -462,11 +461,10 @@ class GPT(nn.Module):
         Weight decay applies to 2-D tensors only; 1-D tensors (none in this architecture) would go in "no_decay".
         """
         groups = []
-        side = self.side_embedding_tables()
         for name, params in (
             ("matrix", self.matrix_params()),
-            ("embedding", [p for p in self.embedding_params() if all(p is not t.weight for t in side)]),
-            ("side", [t.weight for t in side]),  # its own group: the trainer may give it a larger lr
+            ("embedding", [self.wte.weight] + [t.weight for t in self.calendar_tables()]),
+            ("side", [t.weight for t in self.side_embedding_tables()]),  # the trainer may give it a larger lr
             ("head", self.head_params()),
         ):
             decay = [p for p in params if p.dim() >= 2]

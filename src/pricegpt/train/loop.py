@@ -63,6 +63,7 @@ from ..config import ARCHITECTURE_KEYS, RunConfig
 from ..errors import CheckpointError, ConfigError, PriceGPTError
 from ..fileio import write_json
 from ..model.gpt import GPT
+from ..tokenizer import load_tokenizer
 from . import dist
 from .callbacks import Callbacks
 from .checkpoint import (
@@ -574,11 +575,7 @@ class Trainer:
 
 def _tokenizer_of(data: TokenData):
     """The tokenizer the training tokens were written with, or None (a bare token file)."""
-    if data.tokenizer_dir is None:
-        return None
-    from ..tokenizer import load_tokenizer
-
-    return load_tokenizer(data.tokenizer_dir)
+    return None if data.tokenizer_dir is None else load_tokenizer(data.tokenizer_dir)
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
