@@ -11,6 +11,7 @@ at or after the last bar.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,14 @@ def bar_features(frame: pd.DataFrame, features: str = "close") -> dict[str, tupl
             raise DataError(f"features='ohlcv' needs open, high, low and volume columns; the data lacks "
                             f"{', '.join(lacking)}: use features='close' (--features close)")
         columns = ["close", "high", "low", "open", "volume"]
+    return {symbol: (times[1:], _symbol_features(symbol, data, features))
+            for symbol, times, data in symbol_columns(frame, columns)}
+
+
+def symbol_columns(frame: pd.DataFrame, columns) -> Iterator[tuple[str, np.ndarray, dict[str, np.ndarray]]]:
+    """Per symbol, in sorted order: (symbol, its bar times as naive-UTC datetime64[ns], {column: float64 values}),
+    slices of one vectorised pass over the frame. A symbol whose times are not strictly increasing is a DataError
+    (a price frame from `load_prices` is sorted and free of duplicates)."""
     codes, symbols = pd.factorize(frame["symbol"].astype(str), sort=True)
     order = None if np.all(codes[1:] >= codes[:-1]) else np.argsort(codes, kind="stable")
     if order is not None:
@@ -83,15 +92,13 @@ def bar_features(frame: pd.DataFrame, features: str = "close") -> dict[str, tupl
     if order is not None:
         times = times[order]
         data = {c: values[order] for c, values in data.items()}
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for i, symbol in enumerate(symbols):
         rows = slice(bounds[i], bounds[i + 1])
         ts = times[rows]
         if len(ts) > 1 and not np.all(ts[1:] > ts[:-1]):
             raise DataError(f"symbol {symbol}: timestamps are not strictly increasing; "
                             "read the data with pricegpt.load_prices (it sorts and removes duplicates)")
-        out[str(symbol)] = (ts[1:], _symbol_features(symbol, {c: v[rows] for c, v in data.items()}, features))
-    return out
+        yield str(symbol), ts, {c: v[rows] for c, v in data.items()}
 
 
 def _symbol_features(symbol: str, data: dict[str, np.ndarray], features: str) -> np.ndarray:

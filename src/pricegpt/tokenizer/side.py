@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .patches import _utc_ns
+from .patches import symbol_columns
 
 SIDE_CHANNELS = ("range", "gap", "volume")
 SIDE_BINS = 16  # bins per channel at most (the model's tables have SIDE_BINS + 1 rows: the last is "unknown")
@@ -78,22 +78,12 @@ def _symbol_side(close, open_, high, low, volume) -> np.ndarray:
 def side_values(frame: pd.DataFrame) -> dict[str, np.ndarray] | None:
     """Per symbol (sorted, the symbols of `bar_features`): side values (n - 1, 3) float32 of bars 1..n-1, NaN where
     unknown; None when the frame lacks open, high or low (close-only data). The frame is a price frame as
-    `load_prices` returns it: sorted by time within each symbol."""
+    `load_prices` returns it (`symbol_columns` checks its order)."""
     if not has_side_columns(frame):
         return None
-    codes, symbols = pd.factorize(frame["symbol"].astype(str), sort=True)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(symbols) + 1))
-    times = _utc_ns(frame["timestamp"])[order]
-    columns = {c: pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64)[order]
-               for c in ("close", *SIDE_COLUMNS) + (("volume",) if "volume" in frame.columns else ())}
-    out = {}
-    for i, symbol in enumerate(symbols):
-        rows = slice(bounds[i], bounds[i + 1])
-        by_time = np.argsort(times[rows], kind="stable")  # bar_features' order (it rejects unsorted symbols)
-        part = {c: v[rows][by_time] for c, v in columns.items()}
-        out[str(symbol)] = _symbol_side(part["close"], part["open"], part["high"], part["low"], part.get("volume"))
-    return out
+    columns = ("close", *SIDE_COLUMNS) + (("volume",) if "volume" in frame.columns else ())
+    return {symbol: _symbol_side(data["close"], data["open"], data["high"], data["low"], data.get("volume"))
+            for symbol, _, data in symbol_columns(frame, columns)}
 
 
 def patch_side(values: np.ndarray, patch_len: int) -> np.ndarray:
