@@ -4,9 +4,6 @@ decoded position, the token store records each token's last bar, and a calendar 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -28,6 +25,7 @@ from train_helpers import (
     assert_same_weights,
     markov_tokens,
     read_weights,
+    single_and_two_process_weights,
     torch_threads_kept,
     write_token_file,
 )
@@ -278,17 +276,7 @@ def test_a_resumed_calendar_run_matches_the_uninterrupted_one(eurusd_store, tmp_
 def test_two_processes_train_a_calendar_model_as_one(eurusd_store, tmp_path):
     path = eurusd_store[0]
     settings = [*EXACT, "model.dropout=0.0", "train.global_batch_size=8"]  # dropout draws differ by process
-    with torch_threads_kept():
-        train_run(tokens=path, out=tmp_path / "single", preset="tiny", max_steps=10, overrides=settings)
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "pricegpt",
-            "train", "--tokens", str(path), "--out", str(tmp_path / "ddp"), "--preset", "tiny", "--max-steps", "10"]
-    for setting in settings:
-        args += ["--set", setting]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ddp = read_weights(latest_checkpoint(tmp_path / "ddp") / "model.safetensors")
-    single = read_weights(latest_checkpoint(tmp_path / "single") / "model.safetensors")
+    single, ddp = single_and_two_process_weights(path, tmp_path, settings, max_steps=10)
     assert ddp.keys() == single.keys() and single["calendar_tod.weight"].abs().max() > 0
     for name, weight in single.items():
         torch.testing.assert_close(ddp[name], weight, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")

@@ -5,9 +5,6 @@ processes, the forecaster with and without side columns, and the volatility eval
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -27,7 +24,14 @@ from pricegpt.tokenizer.side import SIDE_HALFLIFE, SIDE_WARMUP, fit_side_edges, 
 from pricegpt.train import TokenData, Trainer, latest_checkpoint, read_token_source, train_run
 from pricegpt.train.vol_targets import VolTargets
 from test_model import tiny_model
-from train_helpers import TINY, assert_same_weights, cli_main, read_weights, torch_threads_kept
+from train_helpers import (
+    TINY,
+    assert_same_weights,
+    cli_main,
+    read_weights,
+    single_and_two_process_weights,
+    torch_threads_kept,
+)
 
 VOCAB, L = 32, 16
 
@@ -245,17 +249,7 @@ def test_a_side_model_with_a_volatility_head_trains_resumes_exactly_and_forecast
 def test_two_processes_train_a_side_model_with_a_volatility_head_as_one(stocks_store, tmp_path):
     path = stocks_store[0]
     settings = [*SIDE, "model.dropout=0.0", "train.global_batch_size=8"]
-    with torch_threads_kept():
-        train_run(tokens=path, out=tmp_path / "single", preset="tiny", max_steps=6, overrides=settings)
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "pricegpt",
-            "train", "--tokens", str(path), "--out", str(tmp_path / "ddp"), "--preset", "tiny", "--max-steps", "6"]
-    for setting in settings:
-        args += ["--set", setting]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ddp = read_weights(latest_checkpoint(tmp_path / "ddp") / "model.safetensors")
-    single = read_weights(latest_checkpoint(tmp_path / "single") / "model.safetensors")
+    single, ddp = single_and_two_process_weights(path, tmp_path, settings, max_steps=6)
     assert single["side_tables.0.weight"].abs().max() > 0 and single["vol_head.weight"].abs().max() > 0
     for name, weight in single.items():
         torch.testing.assert_close(ddp[name], weight, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")

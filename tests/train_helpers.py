@@ -91,3 +91,26 @@ def cli_main(capsys, *args):
 def tree(root: Path) -> dict[str, bytes | None]:
     """Every path under root (files with their bytes, folders as None): to show that nothing changed."""
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def single_and_two_process_weights(tokens: Path, out: Path, settings: list[str], max_steps: int):
+    """The final weights of one tiny-preset training run in this process and of the same run under torchrun
+    with 2 CPU processes (real subprocesses), for the tests that the two train as one."""
+    import os
+    import subprocess
+    import sys
+
+    from pricegpt.train import latest_checkpoint, train_run
+
+    with torch_threads_kept():
+        train_run(tokens=tokens, out=out / "single", preset="tiny", max_steps=max_steps, overrides=settings)
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "pricegpt",
+            "train", "--tokens", str(tokens), "--out", str(out / "ddp"), "--preset", "tiny",
+            "--max-steps", str(max_steps)]
+    for setting in settings:
+        args += ["--set", setting]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return (read_weights(latest_checkpoint(out / "single") / "model.safetensors"),
+            read_weights(latest_checkpoint(out / "ddp") / "model.safetensors"))
