@@ -152,7 +152,7 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
         if info.is_main:
             _prepare_run_dir(out, record, force=settings.force)
         dist.barrier(info)
-        timings = _run_stages(settings, data, out, frame, splits, record, info, init)
+        timings = _run_stages(settings, data, out, frame, splits, record, info, init, config.model.sequence_len)
     except BaseException:
         # a run directory this call created and no stage completed in holds at most run.json: remove it, so that
         # the user's next attempt (with other settings) does not trip over it
@@ -267,7 +267,7 @@ def _read_json_dict(path: Path) -> dict:
 
 
 def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, record: dict,
-                info: dist.DistInfo, init: InitModel | None) -> dict[str, float]:
+                info: dist.DistInfo, init: InitModel | None, sequence_len: int) -> dict[str, float]:
     timings: dict[str, float] = {}
     recorded = _read_json_dict(out.stages)
 
@@ -321,7 +321,6 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
     # the volatility head": neutral for the paths' CRPS, a better variance forecast than the paths' own)
     # (a resumed training keeps the network its RUN/config.yaml records)
     vol_head = init is None and "model.vol_bars" not in explicit_keys(settings.config, settings.overrides)
-    sequence_len = resolve_config(settings.preset, settings.config, list(settings.overrides)).model.sequence_len
 
     def train_overrides(resume: bool) -> list[str]:
         # at most half a window of tokens ahead (VolTargets' bound), so that every head the pipeline adds can learn
