@@ -93,13 +93,6 @@ def test_generate_decodes_to_a_price_path(workdir):
     assert len(prices.split(":", 1)[1].split()) == 8
 
 
-def test_evaluate_py_prints_the_seed_metrics(workdir):
-    result = run_script("evaluate.py", cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    for word in ("accuracy", "top-5", "perplexity", "cross-entropy", "parameters"):
-        assert word in result.stdout.lower(), word
-
-
 def test_forecast_and_analyze_commands(workdir):
     result = run_cli("forecast", "--run", "runs/quickstart", "--data", "sample:stocks-daily", "--symbol", "MSFT",
                      "--horizon", "4", "--num-samples", "64", cwd=workdir)
@@ -111,15 +104,6 @@ def test_forecast_and_analyze_commands(workdir):
     assert analysis.returncode == 0, analysis.stderr
     assert "unigram entropy" in analysis.stdout and "conditional entropy" in analysis.stdout
     assert (workdir / "analysis" / "transition_matrix.png").is_file()
-
-
-def test_train_py_builds_seed_tokens_and_trains(tmp_path):
-    result = run_script("train.py", "--max-steps", "5", "--set", "train.eval_every=5", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    tokens = (tmp_path / "data" / "all_tokens.txt").read_text().split()
-    assert len(tokens) > 1000 and all(0 <= int(t) < 128 for t in tokens)
-    runs = list((tmp_path / "runs").glob("*/model/model.safetensors"))
-    assert len(runs) == 1
 
 
 def test_quickstart_and_test_scripts_are_wired():
@@ -145,8 +129,10 @@ def test_the_seeds_four_commands_in_order_in_an_empty_directory(tmp_path):
 
     seed("examples.py")
     seed("train.py", "--max-steps", "30")
-    assert (tmp_path / "data" / "all_tokens.txt").is_file()
+    tokens = (tmp_path / "data" / "all_tokens.txt").read_text().split()
+    assert len(tokens) > 1000 and all(0 <= int(t) < 128 for t in tokens)
     (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "model" / "model.safetensors").is_file()
     evaluation = seed("evaluate.py").stdout
     for line in ("accuracy:", "top-5 accuracy:", "perplexity:", "cross-entropy loss:", "parameters:", "model size:"):
         assert line in evaluation, evaluation

@@ -323,5 +323,29 @@ def test_calibrated_temperature_is_chosen_on_validation_and_used(tiny_run, tmp_p
                                    max_origins=2)
     saved = json.loads((copy / "calibration.json").read_text())
     assert saved == result and saved["split"] == "val" and saved["n_origins"] == 4
-    assert saved["temperature"] == min((0.5, 1.0, 2.0), key=lambda t: saved["crps"][f"{t:g}"])
+    lowest = min((0.5, 1.0, 2.0), key=lambda t: saved["crps"][f"{t:g}"])
+    assert saved["lowest_crps_temperature"] == lowest and lowest in saved["within_one_se"]
+    # of the temperatures CRPS cannot tell apart, the one whose 90% interval covers closest to 90%
+    tied = saved["within_one_se"]
+    assert saved["temperature"] in tied
+    assert abs(saved["coverage_90"][f"{saved['temperature']:g}"] - 0.9) == \
+        min(abs(saved["coverage_90"][f"{t:g}"] - 0.9) for t in tied)
     assert Forecaster.from_run(copy).temperature == saved["temperature"]
+
+
+def test_the_temperature_rule_prefers_calibrated_coverage_only_among_crps_ties():
+    import numpy as np
+
+    from pricegpt.forecast.calibrate import choose_temperature
+
+    rng = np.random.default_rng(0)
+    base = rng.gamma(2.0, 1.0, 400)
+    noise = rng.normal(0, 0.05, (3, 400))
+    # 1.0 is within noise of 0.8 (the lowest) and covers 90%; 1.2 is clearly worse by CRPS
+    per_origin = {"0.8": base, "1": base + 0.001 + noise[1] - noise[1].mean(), "1.2": base + 0.5 + noise[2]}
+    coverage = {"0.8": 0.84, "1": 0.90, "1.2": 0.90}
+    lowest, chosen, tied = choose_temperature((0.8, 1.0, 1.2), per_origin, coverage)
+    assert (lowest, chosen, tied) == (0.8, 1.0, [0.8, 1.0])
+    # a significantly higher CRPS is never traded for coverage
+    per_origin["1"] = base + 0.05
+    assert choose_temperature((0.8, 1.0, 1.2), per_origin, coverage) == (0.8, 0.8, [0.8])

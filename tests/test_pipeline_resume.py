@@ -105,3 +105,42 @@ def test_sigkill_before_the_first_checkpoint_then_the_same_command_finishes(pric
     for redone in ("evaluate", "backtest"):
         assert f"[{redone}] its inputs changed" in again.stderr, again.stderr
     assert json.loads((out / "eval" / "metrics.json").read_text())["forecast"] != evaluation["forecast"]
+
+
+def test_ensemble_killed_in_a_members_training_finishes_and_forecasts_as_the_pool(prices, tmp_path):
+    """--ensemble 2: member 2 trains on the run's tokens with the next seed; a kill in its training leaves no
+    ensemble.json, calibration or evaluation; the same command finishes and every later stage uses the pool."""
+    out = tmp_path / "run"
+    args = [*pipeline_args(prices, out, max_steps=30), "--ensemble", "2"]
+    process = start(args)
+    wait_for_line(process, "[member 2 train] ...")
+    process.kill()
+    process.communicate(timeout=60)
+    assert not (out / "ensemble.json").exists() and not (out / "calibration.json").exists()
+    assert not (out / "eval").exists()
+    rerun = run(args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for skipped in ("tokenizer", "tokenize", "train"):
+        assert f"[{skipped}] already complete" in rerun.stderr, rerun.stderr
+    assert "ensemble of 2 models" in rerun.stdout
+    record = json.loads((out / "ensemble.json").read_text())
+    assert record == {"members": ["members/member-2"], "train_seeds": [1337, 1338]}
+    member = out / "members" / "member-2"
+    assert json.loads((member / "model" / "meta.json").read_text()).get("finished", True) is True
+    evaluation = json.loads((out / "eval" / "metrics.json").read_text())
+    assert evaluation["ensemble"]["size"] == 2
+    assert json.loads((out / "backtest" / "metrics.json").read_text())["settings"]["n_decisions"] > 0
+
+    # the run forecasts as the pool afterwards too; its members differ (other training seeds)
+    from pricegpt.forecast import EnsembleForecaster, Forecaster
+    pool = Forecaster.from_run(out)
+    assert isinstance(pool, EnsembleForecaster) and len(pool.members) == 2
+    first, second = (dict(m.model.named_parameters()) for m in pool.members)
+    assert any(not (first[k] == second[k]).all() for k in first)
+    assert pool.temperature == json.loads((out / "calibration.json").read_text())["temperature"]
+
+    # a damaged ensemble.json is one clear error, not a silent single model
+    (out / "ensemble.json").write_text("{")
+    broken = run(["evaluate", "--run", str(out), "--out", str(tmp_path / "e"), "--num-samples", "8"])
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr
+    assert "ensemble.json is damaged" in broken.stderr.strip().splitlines()[-1]

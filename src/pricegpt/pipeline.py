@@ -11,6 +11,11 @@ Fine-tuning (`init`: a forecaster folder, a built-in pretrained model's name or 
 stage copies the init's tokenizer into RUN/tokenizer (its report.json measured on this data) instead of fitting
 one, and training starts from the init's weights (train_run's `init`); the other stages are the same. The init is
 part of the record, so another init is another run.
+
+An ensemble (`ensemble` K > 1, `--ensemble K`): the run's model is member 1; members 2..K are trained on the run's
+tokens with the next K - 1 training seeds (train.seed + k - 1) into RUN/members/member-k/, listed in
+RUN/ensemble.json; calibration, evaluation and backtest then use their pool (forecast.EnsembleForecaster: paths
+split equally, one temperature calibrated on the pool), and so does every command given `--run RUN` afterwards.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from .backtest import MIN_DECISIONS, BacktestConfig, run_backtest
-from .config import check_choice, explicit_keys, load_config, preset_tokenizer_options, resolve_config
+from .config import check_choice, check_int, explicit_keys, load_config, preset_tokenizer_options, resolve_config
 from .data import iso, load_prices, time_splits
 from .data.windows import (
     decision_origins,
@@ -42,9 +47,8 @@ from .errors import ConfigError, OutputExistsError
 from .evaluate import evaluate_run
 from .evaluate.report import refresh_report
 from .fileio import OUTPUT_MARKER, atomic_dir, make_dirs, mark_output, remove_output, write_json
-from .forecast import calibrate_temperature
+from .forecast import Forecaster, calibrate_temperature
 from .rundir import RunDir
-from .runs import load_run
 from .tokenizer import DEFAULT_PATCH_LEN, fit_to_dir, load_tokenizer, tokenizer_report, write_token_store
 from .tokenizer.side import has_side_columns
 from .train import dist, latest_checkpoint, log_evaluation, train_run
@@ -61,6 +65,7 @@ PIPELINE_TIMEOUT = timedelta(hours=2)
 # Stages every process of a torchrun launch runs together (training's batches, the forecasts' origins are shared);
 # the others (tokenizer, tokenize) run on rank 0 while the rest wait.
 COLLECTIVE_STAGES = ("train", "calibrate", "evaluate", "backtest")
+MAX_ENSEMBLE = 16  # members of --ensemble K: each is a full training run
 
 
 @dataclass
@@ -88,6 +93,7 @@ class PipelineSettings:
     force: bool = False                  # replace `out` if it was made with other settings
     date_format: str | None = None       # strptime format of the data's timestamps (default: inferred)
     init: str | None = None              # fine-tune this model (forecaster folder, built-in name or run directory)
+    ensemble: int = 1                    # models trained with consecutive seeds and forecasting as their pool
 
 
 @dataclass
@@ -111,6 +117,7 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
     settings = PipelineSettings(**{**(asdict(settings) if settings else {}), **overrides})
     tokenizer_options = preset_tokenizer_options(settings.preset)  # an unknown preset fails first
     check_choice(settings.tokenizer_kind, "--tokenizer-kind", TOKENIZER_KINDS)
+    settings.ensemble = check_int(settings.ensemble, "--ensemble", 1, MAX_ENSEMBLE)
     out = RunDir(out)
     frame = load_prices(data, date_format=settings.date_format)
     splits = time_splits(frame, train_end=settings.train_end, val_end=settings.val_end)
@@ -136,6 +143,8 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
               "set": list(settings.overrides), "seed": settings.seed, "ablation": bool(settings.ablation)}
     if settings.date_format is not None:  # only when given, so that runs made before the flag existed still match
         record["date_format"] = settings.date_format
+    if settings.ensemble > 1:  # likewise
+        record["ensemble"] = settings.ensemble
     init = _check_init(settings, splits) if settings.init is not None else None
     if init is not None:  # the tokenizer is the init's, whatever the preset's options
         c = init.tokenizer.config
@@ -152,7 +161,7 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
         if info.is_main:
             _prepare_run_dir(out, record, force=settings.force)
         dist.barrier(info)
-        timings = _run_stages(settings, data, out, frame, splits, record, info, init, config.model.sequence_len)
+        timings = _run_stages(settings, data, out, frame, splits, record, info, init, config)
     except BaseException:
         # a run directory this call created and no stage completed in holds at most run.json: remove it, so that
         # the user's next attempt (with other settings) does not trip over it
@@ -176,6 +185,9 @@ def _check_splits_hold_the_horizon(frame, splits, settings: PipelineSettings) ->
     horizon = settings.horizon or DEFAULT_HORIZON
     BacktestConfig(cost_bps=settings.cost_bps, horizon=horizon, num_samples=settings.num_samples or 256,
                    seed=settings.seed)
+    if settings.ensemble > (settings.num_samples or 256):
+        raise ConfigError(f"--ensemble {settings.ensemble} is more members than --num-samples "
+                          f"{settings.num_samples or 256} paths per origin; each member needs at least one path")
     series = symbol_series(return_features(frame), splits)
     for stage, split in (("calibrate", "val"), ("test", "test")):
         cutoffs = resolve_cutoffs(frame, stage, train_end=splits.train_end, val_end=splits.val_end)
@@ -267,13 +279,13 @@ def _read_json_dict(path: Path) -> dict:
 
 
 def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, record: dict,
-                info: dist.DistInfo, init: InitModel | None, sequence_len: int) -> dict[str, float]:
+                info: dist.DistInfo, init: InitModel | None, config) -> dict[str, float]:
     timings: dict[str, float] = {}
     recorded = _read_json_dict(out.stages)
 
     def stage(name: str, run: RunDir, done: Callable[[], bool], work: Callable[[], object],
-              extra_inputs: tuple[str, ...] = ()) -> None:
-        kind = name.removeprefix("ablation ")
+              extra_inputs: tuple[str, ...] = (), kind: str | None = None) -> None:
+        kind = kind or name.removeprefix("ablation ")
         key = name if run == out else f"{run.root.name}/{kind}"
         inputs = _STAGE_INPUTS[kind] + extra_inputs
         before = _fingerprint(run.root, key, record, inputs)
@@ -324,14 +336,32 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
 
     def train_overrides(resume: bool) -> list[str]:
         # at most half a window of tokens ahead (VolTargets' bound), so that every head the pipeline adds can learn
-        bound = (sequence_len // 2) * (record["tokenizer"].get("patch_len") or DEFAULT_PATCH_LEN)
+        bound = (config.model.sequence_len // 2) * (record["tokenizer"].get("patch_len") or DEFAULT_PATCH_LEN)
         head = [f"model.vol_bars={min(horizon, bound)}"] if vol_head and not resume and bound >= 1 else []
         return head + list(settings.overrides)
 
     model_stages(out, settings.tokenizer_kind)
+    members = [out.member(k) for k in range(2, settings.ensemble + 1)]
+    for k, member in enumerate(members, start=2):
+        if info.is_main:
+            make_dirs(member.root)
+        # the run's tokens, the next training seed; everything else as the run's own training
+        stage(f"member {k} train", member, lambda m=member: m.model_meta.is_file() and _training_finished(m),
+              lambda m=member, k=k: train_run(
+                  tokens=out.tokens, out=m.root, preset=settings.preset, config_file=settings.config,
+                  overrides=train_overrides(latest_checkpoint(m.root) is not None)
+                  + [f"train.seed={config.train.seed + k - 1}"],
+                  max_steps=settings.max_steps, resume=latest_checkpoint(m.root) is not None, allow_existing=True,
+                  init=None if init is None else init.path),
+              extra_inputs=(f"../../{out.relative(out.tokens / 'index.json')}",), kind="train")
+    if info.is_main and members:
+        write_json(out.ensemble, {"members": [out.relative(m.root) for m in members],
+                                  "train_seeds": [config.train.seed + k for k in range(len(members) + 1)]})
+    pooled = tuple(out.relative(m.model_weights) for m in members)  # the pool's other weights: inputs of the rest
     num_samples = settings.num_samples or 256
     stage("calibrate", out, out.calibration.is_file,
-          lambda: calibrate_temperature(load_run(out.root), frame, splits, horizon=horizon, num_samples=num_samples))
+          lambda: calibrate_temperature(Forecaster.from_run(out.root), frame, splits, horizon=horizon,
+                                        num_samples=num_samples), extra_inputs=pooled)
     ablation_runs, extra = None, ()
     if settings.ablation:
         # The same pipeline with the quantile tokenizer, scored on the same origins in the report.
@@ -342,6 +372,7 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
         model_stages(ablation, "quantile", prefix="ablation ")
         ablation_runs = {"quantile": ablation.root}
         extra = (out.relative(ablation.model_weights),)
+    extra += pooled
     # a path is passed on as a path (metrics.json names it); a frame, or a path read with a --date-format, as
     # the frame already read and validated
     source = str(data) if not isinstance(data, pd.DataFrame) and settings.date_format is None else frame
@@ -351,7 +382,7 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
           extra_inputs=extra)
     stage("backtest", out, out.backtest_metrics.is_file,
           lambda: run_backtest(out.root, data=source, cost_bps=settings.cost_bps, horizon=horizon,
-                               seed=settings.seed, num_samples=num_samples))
+                               seed=settings.seed, num_samples=num_samples), extra_inputs=pooled)
     if info.is_main and ({"evaluate", "backtest"} & set(timings) or not out.report_html.is_file()):
         refresh_report(out.root)  # the report shows the backtest, which runs after the evaluation
         if "evaluate" in timings and load_config(out.config).train.mlflow:

@@ -3,6 +3,7 @@
 ```
 RUN/run.json  RUN/config.yaml  RUN/stages.json  RUN/timings.json  RUN/metrics.csv  RUN/calibration.json
 RUN/tokenizer/  RUN/tokens/  RUN/model/  RUN/checkpoints/  RUN/eval/  RUN/backtest/  RUN/forecast/
+RUN/ensemble.json  RUN/members/member-K/   (pipeline --ensemble K)
 ```
 A `RunDir` is a plain value: it names paths and never touches the disk.
 """
@@ -106,6 +107,16 @@ class RunDir:
     def forecast(self) -> Path:
         """fan charts written by `pricegpt forecast` without --out."""
         return self.root / "forecast"
+
+    @property
+    def ensemble(self) -> Path:
+        """ensemble.json (`pipeline --ensemble K`): the other members' folders; the run forecasts as their pool."""
+        return self.root / "ensemble.json"
+
+    def member(self, k: int) -> RunDir:
+        """member k (2..K) of `pipeline --ensemble K`: trained on this run's tokens with the next training seed;
+        the run itself is member 1."""
+        return RunDir(self.root / "members" / f"member-{k}")
 
     def ablation(self, kind: str) -> RunDir:
         """the same pipeline with another tokenizer kind, scored on the same origins."""

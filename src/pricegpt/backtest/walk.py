@@ -77,7 +77,7 @@ from ..data.windows import (
 )
 from ..errors import ConfigError, LeakageError, OutputExistsError
 from ..fileio import OUTPUT_MARKER, atomic_dir, atomic_path, csv_safe_cell, json_ready, write_json
-from ..forecast import MAX_HORIZON_BARS, Forecaster, check_paths_memory, paths_bytes
+from ..forecast import MAX_HORIZON_BARS, Forecaster, check_paths_memory, forecaster_of, paths_bytes
 from ..forecast.calibrate import check_zero_shot, zero_shot_record, zero_shot_temperature
 from ..forecast.shard import sharding
 from ..rundir import RunDir
@@ -350,7 +350,7 @@ def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float
     if forecaster is None:
         if run is None:
             raise ConfigError("run_backtest needs a run or a forecaster")
-        forecaster = Forecaster(run)
+        forecaster = forecaster_of(run)
     meta = run.meta if run is not None else {}
     horizon = horizon if horizon is not None else (meta.get("horizon") or getattr(forecaster, "patch_len", 1))
     config = BacktestConfig(strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps, horizon=horizon,

@@ -164,10 +164,15 @@ def cmd_evaluate(args) -> int:
         return _evaluate_model(args)
     _refuse_zero_shot_flags(args, "a run is evaluated with its own cutoffs and temperature")
     with _sampling_on(args):
-        metrics = evaluate_run(args.run, data=_data_arg(args), split=args.split, allow_overlap=args.allow_overlap,
+        run, data = (args.run, _data_arg(args)) if args.runs is None else _pooled_runs(args, "evaluate")
+        metrics = evaluate_run(run, data=data, split=args.split, allow_overlap=args.allow_overlap,
                                num_samples=args.num_samples, horizon=args.horizon, horizons=args.horizons,
                                max_origins=args.max_origins, seed=args.seed, out=args.out)
     if metrics is None:  # a process of a torchrun launch other than rank 0: rank 0 wrote and reports
+        return 0
+    if args.runs is not None:
+        print(headline_table(metrics))
+        print(f"report: {Path(args.out) / 'report.html'}")
         return 0
     if args.out is None and RunDir(args.run).backtest_metrics.is_file():  # keep the run's backtest in its report
         from ..evaluate.report import refresh_report
@@ -176,6 +181,38 @@ def cmd_evaluate(args) -> int:
     print(headline_table(metrics))
     print(f"report: {Path(args.out) / 'report.html' if args.out else RunDir(args.run).report_html}")
     return 0
+
+
+def _pooled_runs(args, command: str):
+    """--runs A,B,...: (the runs' EnsembleForecaster, the price frame), its temperature chosen in memory on the
+    data's VALIDATION split (the runs' cutoffs) at the evaluation's horizon, since no run's calibration.json is
+    the pool's. One process; --out is required (the pool has no run directory)."""
+    from ..data import load_prices
+    from ..forecast import EnsembleForecaster, calibrate_temperature
+    from ..train.dist import dist_env
+
+    if args.out is None:
+        raise ConfigError(f"{command} --runs pools runs into a forecaster with no run directory of its own: give "
+                          "--out DIR")
+    if dist_env().world_size > 1:
+        raise ConfigError(f"{command} --runs runs in one process (the pool's temperature is chosen in memory); "
+                          "launch it without torchrun")
+    for path in args.runs:
+        if not Path(path).exists() and "/" in path.replace("\\", "/"):
+            raise ConfigError(f"--runs: {path} not found; give trained run directories (or forecaster folders)")
+    pool = EnsembleForecaster.from_runs(args.runs)
+    recorded = next((m.run.meta for m in pool.members if m.run.meta.get("data")), {})
+    pool.run.meta = {**recorded, **pool.run.meta}  # a member trained on another's tokens records no data, horizon
+    source = args.data if args.data is not None else recorded.get("data")
+    if source is None:
+        raise ConfigError("none of --runs records the data it was built from; pass --data PATH")
+    frame = load_prices(source, date_format=args.date_format if args.data is not None
+                        else recorded.get("date_format"))
+    horizon = getattr(args, "horizon", None) or (getattr(args, "horizons", None) or [None])[0] \
+        or pool.run.meta.get("horizon") or pool.patch_len
+    calibrate_temperature(pool, frame, None, horizon, num_samples=args.num_samples or 256, seed=args.seed,
+                          save=False)
+    return pool, frame
 
 
 def _refuse_zero_shot_flags(args, why: str) -> None:
@@ -282,7 +319,11 @@ def cmd_backtest(args) -> int:
         return _backtest_model(args)
     _refuse_zero_shot_flags(args, "a run is backtested after its own val_end with its own temperature")
     with _sampling_on(args):
-        metrics = run_backtest(args.run, data=_data_arg(args), out=args.out, **_backtest_options(args))
+        if args.runs is None:
+            metrics = run_backtest(args.run, data=_data_arg(args), out=args.out, **_backtest_options(args))
+        else:
+            pool, frame = _pooled_runs(args, "backtest")
+            metrics = run_backtest(pool.run, forecaster=pool, data=frame, out=args.out, **_backtest_options(args))
     if metrics is None:  # a process of a torchrun launch other than rank 0: rank 0 wrote and reports
         return 0
     if args.out is None:  # the run's report shows its own backtest
@@ -332,7 +373,7 @@ def cmd_pipeline(args) -> int:
         patch_len=args.patch_len, codebook_size=args.codebook_size, scaling=args.scaling,
         halflife=args.halflife, decode=args.decode, seasonal=_on_off(args.seasonal), horizon=args.horizon,
         num_samples=args.num_samples, cost_bps=args.cost_bps, seed=args.seed, ablation=args.ablation,
-        force=args.force, date_format=args.date_format, init=args.init)
+        force=args.force, date_format=args.date_format, init=args.init, ensemble=args.ensemble)
     with _sampling_on(args):  # the sampling stages; training follows train.device / train.dtype
         result = run_pipeline(args.data, args.out, settings)
     if result is None:  # a process of a torchrun launch other than rank 0

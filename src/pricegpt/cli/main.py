@@ -93,6 +93,15 @@ def _horizons(text: str) -> list[int]:
     return [_positive_int(value) for value in values]
 
 
+def _runs(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if len(values) < 2:
+        raise argparse.ArgumentTypeError(f"'{text}' names {len(values)} run(s); pool at least two, like runs/a,runs/b")
+    if len(set(values)) < len(values):
+        raise argparse.ArgumentTypeError(f"'{text}' names a run twice; each run is one member of the pool")
+    return values
+
+
 def _price(text: str) -> float:
     try:
         value = float(text)
@@ -172,6 +181,9 @@ def _add_run_or_model(p: argparse.ArgumentParser, train_end_help: str, val_end_h
     which.add_argument("--run", help="a trained run directory")
     which.add_argument("--model", help="a pretrained forecaster (pricegpt-small or a folder), zero-shot: needs "
                                        "--data and --out")
+    which.add_argument("--runs", type=_runs, metavar="A,B,...",
+                       help="pool trained runs as one forecaster (paths split equally; its temperature chosen on "
+                            "the validation split of the data); needs --out")
     p.add_argument("--data", help="price data (default: the data the run was built from)")
     p.add_argument("--train-end", help="with --model: last train bar of the data" + train_end_help)
     p.add_argument("--val-end", help="with --model: last validation bar (the temperature is chosen on it"
@@ -300,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="price data (default: the data the run was built from)")
     p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: the run's)")
     p.add_argument("--num-samples", type=_num_samples, default=256)
-    p.add_argument("--max-origins", type=_positive_int, default=50, help="cap on validation origins per symbol")
+    p.add_argument("--max-origins", type=_positive_int,
+                   help="cap on validation origins per symbol (default 50, more when few symbols would give "
+                        "fewer than 400 in all)")
     p.add_argument("--seed", type=_seed, default=0)
     _add_date_format(p)
     _add_device(p)
@@ -374,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="MODEL",
                    help="fine-tune this model (forecaster folder, built-in name or run directory): its tokenizer "
                         "is used instead of fitting one")
+    p.add_argument("--ensemble", type=_positive_int, default=1, metavar="K",
+                   help="train K models with consecutive training seeds on the same tokens and forecast with their "
+                        "pool (paths split equally, one temperature); default 1")
     _add_date_format(p)
     _add_device(p, " in the calibrate, evaluate and backtest stages (training: train.device and train.dtype, "
                    "e.g. --set train.device=cuda --set train.dtype=bf16; its auto also means the GPU)")

@@ -86,6 +86,10 @@ def headline_table(evaluation: dict) -> str:
         lines.append(f"tokens ({evaluation['split']} split, {evaluation['n_tokens']} tokens): perplexity "
                      + ", ".join(f"{name} {tokens[name]['perplexity']:.2f}" for name in ("model", "unigram", "bigram")))
     dates = f" on {forecast['n_dates']} dates" if forecast.get("n_dates") is not None else ""
+    ensemble = evaluation.get("ensemble")
+    if ensemble:
+        lines.append(f"model: an ensemble of {ensemble['size']} models, paths pooled equally, temperature "
+                     f"{forecast.get('temperature', 1.0):g} calibrated on the pool")
     lines += [f"forecast of the {forecast['horizon_bars']}-bar log return over {forecast['n_origins']} origins{dates}:",
               verdict_line(forecast), *forecast_table(forecast)]
     mcs = forecast.get("mcs")

@@ -275,6 +275,11 @@ def _verdict_section(metrics: dict, fc: dict) -> Section:
         f"from {_fmt(fc.get('n_origins'))} origins" + (f" on {_fmt(fc['n_dates'])} dates" if fc.get("n_dates") else "")
         + f" ({fc.get('origins_rule', 'n/a')}), {_fmt(fc.get('num_samples'))} "
         f"sampled paths each, temperature {_fmt(fc.get('temperature'), 'g')}.")
+    ensemble = _dict(metrics.get("ensemble"))
+    if ensemble:
+        s.p(f"The model is an ensemble of {_fmt(ensemble.get('size'))} models trained with consecutive seeds: each "
+            "origin's paths are split equally among them, at one temperature calibrated on the pool; the token "
+            "metrics are the first model's.")
     if metrics.get("overlap_allowed") and metrics.get("overlapping_origins"):
         s.p(f"WARNING: {metrics['overlapping_origins']} origins are at or before the run's train_end "
             "(--allow-overlap): those scores are on data the model was trained on.")

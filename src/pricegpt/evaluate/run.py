@@ -61,7 +61,7 @@ from ..data.windows import (
 )
 from ..errors import ConfigError
 from ..fileio import atomic_dir, json_ready, write_json
-from ..forecast import Forecaster, check_paths_memory, check_sampling, paths_bytes, risk
+from ..forecast import Forecaster, check_paths_memory, check_sampling, forecaster_of, paths_bytes, risk
 from ..forecast.shard import sharding
 from ..rundir import RunDir
 from ..runs import load_run
@@ -159,6 +159,10 @@ def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = Fals
                "horizons": [h.horizon for h in setup.horizons], "forecasts_by_horizon": blocks,
                "own_cutoffs": setup.own_cutoffs, "overlap_allowed": bool(allow_overlap),
                "overlapping_origins": setup.overlapping, **(extra or {})}
+    members = getattr(setup.forecaster, "members", None)
+    if members is not None:  # the paths are the members' pooled; the token metrics are the first member's
+        metrics["ensemble"] = {"size": len(members), "members": [str(m.run.dir) for m in members],
+                               "token_metrics_of": str(members[0].run.dir)}
     metrics = json_ready(metrics)
 
     table = combine(tables)
@@ -233,7 +237,7 @@ def resolve_horizons(horizon, horizons, default: int) -> list[int]:
 def _forecaster(run) -> Forecaster:
     if isinstance(run, Forecaster):
         return run
-    return Forecaster(load_run(run, need_tokenizer=True) if isinstance(run, (str, os.PathLike)) else run)
+    return forecaster_of(load_run(run, need_tokenizer=True) if isinstance(run, (str, os.PathLike)) else run)
 
 
 def _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_origins, seed, train_end=None,

@@ -11,6 +11,7 @@ from .forecaster import (
     check_paths_memory,
     check_sampling,
     check_symbols,
+    forecaster_of,
     origin_seed,
     paths_bytes,
 )
@@ -21,5 +22,5 @@ from .symbol import SymbolForecast, check_chart_path, forecast_symbol, symbol_fi
 __all__ = ["BARRIERS", "DF_QUANTILE_LEVELS", "MAX_HORIZON_BARS", "QUANTILE_LEVELS", "TEMPERATURE_GRID",
            "VAR_LEVELS", "EnsembleForecaster", "ForecastPaths", "Forecaster", "SymbolForecast", "calibrate_temperature",
            "check_chart_path", "check_paths_memory", "check_sampling", "check_symbols", "crps_samples",
-           "forecast_symbol", "origin_seed", "paths_bytes", "paths_frame", "quantile_frame", "quantile_table", "risk",
-           "symbol_file_name"]
+           "forecast_symbol", "forecaster_of", "origin_seed", "paths_bytes", "paths_frame", "quantile_frame",
+           "quantile_table", "risk", "symbol_file_name"]

@@ -31,12 +31,16 @@ from ..data.windows import (
 from ..errors import ConfigError
 from ..runs import load_run
 from ..train.dist import dist_env
-from .forecaster import Forecaster, check_paths_memory, check_sampling, resolve_model
+from .forecaster import Forecaster, check_paths_memory, check_sampling, forecaster_of, resolve_model
 from .shard import sharding
 
 log = logging.getLogger("pricegpt")
 
 TEMPERATURE_GRID = (0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)
+# Validation origins: at most MAX_ORIGINS_PER_SYMBOL per symbol, more when few symbols would leave fewer than
+# MIN_CALIBRATION_ORIGINS in all (a single 15-minute series calibrated on 50 origins picked its temperature by noise)
+MAX_ORIGINS_PER_SYMBOL = 50
+MIN_CALIBRATION_ORIGINS = 400
 
 
 def crps_samples(samples: np.ndarray, y: np.ndarray, fair: bool = True) -> np.ndarray:
@@ -56,11 +60,17 @@ def crps_samples(samples: np.ndarray, y: np.ndarray, fair: bool = True) -> np.nd
 
 
 def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 256,
-                          grid=TEMPERATURE_GRID, max_origins: int | None = 50, seed: int = 0,
+                          grid=TEMPERATURE_GRID, max_origins: int | None = None, seed: int = 0,
                           progress: bool | None = None, save: bool = True) -> dict | None:
-    """Pick the sampling temperature with the lowest mean CRPS of the H-bar return on the VALIDATION split
-    (origins chosen as in evaluation, at most `max_origins` per symbol) and store it in RUN/calibration.json.
-    Returns what it stored (None on the processes of a torchrun launch other than rank 0, which writes).
+    """Pick the sampling temperature of the H-bar return on the VALIDATION split and store it in
+    RUN/calibration.json. Returns what it stored (None on the processes of a torchrun launch other than rank 0,
+    which writes).
+
+    The rule (`choose_temperature`): the temperatures whose mean CRPS is within one standard error of the lowest
+    (paired over the same origins) cannot be told apart by CRPS; of those, the one whose 90% interval covers
+    closest to 90% of the outcomes. Origins are chosen as in evaluation, at most `max_origins` per symbol (default:
+    MAX_ORIGINS_PER_SYMBOL, raised so that there are about MIN_CALIBRATION_ORIGINS in all when the data has few
+    symbols).
 
     frame: prices (anything `load_prices` reads); splits: the cutoffs, or None for the run's. The origins are those
     of data.windows' "calibrate" stage: targets after the run's train_end and at or before its val_end, else a
@@ -73,19 +83,21 @@ def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 2
         raise ConfigError("the temperature grid is empty; give at least one temperature")
     if max_origins is not None:
         max_origins = check_int(max_origins, "max_origins (--max-origins)", 1, 2**31 - 1)
-    forecaster = run if isinstance(run, Forecaster) else Forecaster(run)  # an ensemble is calibrated pooled
+    forecaster = run if isinstance(run, Forecaster) else forecaster_of(run)  # an ensemble is calibrated pooled
     run = forecaster.run
     frame = load_prices(frame)
     cutoffs = resolve_cutoffs(frame, "calibrate", run, train_end=None if splits is None else splits.train_end,
                               val_end=None if splits is None else splits.val_end)
     series = symbol_series(forecaster.features(frame), cutoffs.splits)
+    if max_origins is None:
+        max_origins = max(MAX_ORIGINS_PER_SYMBOL, -(-MIN_CALIBRATION_ORIGINS // max(1, len(series))))
     origins = select_origins(series, "val", horizon, max_origins=max_origins, min_context=forecaster.patch_len)
     require_origins(origins, series, cutoffs, horizon)
     check_leakage(origins, series, cutoffs, horizon)
     check_paths_memory(origins.n, num_samples, horizon)
     contexts, ends, times = origins.contexts(series), origins.context_end(series), origins.context_times(series)
     realised = origins.realised(series, horizon)[:, -1]
-    crps = {}
+    crps, per_origin, coverage = {}, {}, {}
     with sharding(forecaster) as shards:
         for temperature in grid:
             cum = shards.sample_cumulative(forecaster, contexts, origins.symbols, horizon, num_samples, seed=seed,
@@ -93,16 +105,23 @@ def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 2
                                            progress=progress, label=f"calibrate T={temperature:g}")
             if cum is None:  # another process gathers and scores
                 continue
-            crps[f"{temperature:g}"] = float(np.mean(crps_samples(cum[..., -1], realised)))
-            log.info(f"calibration: temperature {temperature:g} -> val CRPS {crps[f'{temperature:g}']:.6f}")
+            key = f"{temperature:g}"
+            per_origin[key] = crps_samples(cum[..., -1], realised)
+            crps[key] = float(np.mean(per_origin[key]))
+            lo, hi = np.quantile(cum[..., -1], [0.05, 0.95], axis=-1)
+            coverage[key] = float(np.mean((realised >= lo) & (realised <= hi)))
+            log.info(f"calibration: temperature {key} -> val CRPS {crps[key]:.6f}, 90% coverage {coverage[key]:.1%}")
     if not shards.is_main:
         return None
-    best = min(grid, key=lambda t: crps[f"{t:g}"])
-    at_edge = len(grid) > 1 and best in (min(grid), max(grid))
+    lowest, best, tied = choose_temperature(grid, per_origin, coverage)
+    at_edge = len(grid) > 1 and lowest in (min(grid), max(grid))
     if at_edge:
-        log.warning(f"calibration: the best temperature {best:g} is at the edge of the grid {list(grid)}; "
+        log.warning(f"calibration: the lowest-CRPS temperature {lowest:g} is at the edge of the grid {list(grid)}; "
                     "a wider grid may find a better one")
-    calibration = {"temperature": float(best), "crps": crps, "split": "val", "n_origins": origins.n,
+    calibration = {"temperature": float(best), "crps": crps, "coverage_90": coverage,
+                   "lowest_crps_temperature": float(lowest), "within_one_se": [float(t) for t in tied],
+                   "rule": "lowest CRPS within one paired standard error; of those, 90% coverage closest to 90%",
+                   "split": "val", "n_origins": origins.n, "max_origins_per_symbol": max_origins,
                    "horizon_bars": horizon, "num_samples": num_samples, "seed": seed, "at_grid_edge": at_edge}
     if save:
         run.save_calibration(calibration)
@@ -111,8 +130,30 @@ def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 2
     return calibration
 
 
+def choose_temperature(grid, per_origin: dict[str, np.ndarray], coverage: dict[str, float]
+                       ) -> tuple[float, float, list[float]]:
+    """(the lowest-CRPS temperature, the chosen one, the temperatures within one standard error of the lowest).
+
+    per_origin: each temperature's (f"{t:g}") CRPS per origin, all on the same origins with the same seeds;
+    coverage: each one's 90% coverage. A temperature is within one standard error when its mean CRPS exceeds the
+    lowest by at most the standard error of their paired per-origin difference; of those the one with 90%
+    coverage closest to 0.9 is chosen (ties: the lower CRPS). The CRPS surface over the grid is flat within noise
+    on real data while coverage moves by several points from one grid value to the next, so CRPS alone picks a
+    temperature by sampling noise and often an under-covering one (MODEL_README, "Temperature calibration")."""
+    means = {t: float(np.mean(per_origin[f"{t:g}"])) for t in grid}
+    lowest = min(grid, key=lambda t: means[t])
+    tied = []
+    for t in grid:
+        diff = per_origin[f"{t:g}"] - per_origin[f"{lowest:g}"]
+        se = float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        if means[t] - means[lowest] <= se:
+            tied.append(t)
+    best = min(tied, key=lambda t: (abs(coverage[f"{t:g}"] - 0.9), means[t]))
+    return lowest, best, tied
+
+
 def calibrate_run(run, data=None, *, horizon: int | None = None, num_samples: int = 256,
-                  grid=TEMPERATURE_GRID, max_origins: int | None = 50, seed: int = 0,
+                  grid=TEMPERATURE_GRID, max_origins: int | None = None, seed: int = 0,
                   progress: bool | None = None) -> dict | None:
     """`calibrate_temperature` of a run directory (or a loaded Run) with the defaults evaluation uses, what
     `pricegpt calibrate` calls: data: anything `load_prices` reads (default: the run's meta["data"], read with its
@@ -125,7 +166,7 @@ def calibrate_run(run, data=None, *, horizon: int | None = None, num_samples: in
     if source is None:
         raise ConfigError(f"{run.dir} does not record the data it was built from; pass --data PATH")
     frame = load_prices(source, date_format=run.meta.get("date_format") if data is None else None)
-    horizon = horizon if horizon is not None else (run.meta.get("horizon") or Forecaster(run).patch_len)
+    horizon = horizon if horizon is not None else (run.meta.get("horizon") or forecaster_of(run).patch_len)
     return calibrate_temperature(run, frame, None, horizon, num_samples=num_samples, grid=grid,
                                  max_origins=max_origins, seed=seed, progress=progress)
 

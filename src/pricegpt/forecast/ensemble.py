@@ -11,18 +11,25 @@ ENSEMBLE's temperature: calibrate it on the pooled forecaster (`calibrate_temper
 forecasts take an ensemble wherever they take a Forecaster; the token metrics are the first member's (each member
 has its own tokenizer, so there is no pooled token stream). The members must read the same features (so their
 contexts are the same arrays) and should share their cutoffs (checked: the leakage rule uses the first member's).
+
+`pipeline --ensemble K` trains K seeds into one run directory: the run's own model is member 1, members 2..K live
+in RUN/members/member-k/, RUN/ensemble.json lists them and RUN/calibration.json is the pool's temperature.
+`Forecaster.from_run(RUN)` (and every command given `--run RUN`) then forecasts with the pool (`of_run`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
+import torch
 
 from ..config import derive_seed
 from ..data.windows import run_cutoffs
-from ..errors import ConfigError
-from ..runs import Run
+from ..errors import CheckpointError, ConfigError
+from ..rundir import RunDir
+from ..runs import Run, load_run
 from .forecaster import Forecaster, check_sampling
 
 
@@ -61,6 +68,31 @@ class EnsembleForecaster(Forecaster):
                            or os.path.isdir(os.path.join(path, "checkpoints"))
                            else Forecaster.from_pretrained(path))
         return cls(members, directory)
+
+    @classmethod
+    def of_run(cls, run: Run, autocast: torch.dtype | None = None) -> EnsembleForecaster:
+        """The pool of a `pipeline --ensemble K` run: `run` (loaded) and the members its ensemble.json lists, on
+        the run's device, at the temperature of the run's calibration.json (calibrated on the pool)."""
+        path = RunDir(run.dir).ensemble
+        damaged = f"{path} is damaged; rerun the pipeline that wrote it (it rewrites the file)"
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError):
+            raise CheckpointError(damaged) from None
+        names = record.get("members") if isinstance(record, dict) else None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise CheckpointError(damaged)
+        device = next(run.model.parameters()).device
+        members = [Forecaster(run, autocast=autocast)]
+        for name in names:
+            member_dir = (run.dir / name).resolve()
+            if run.dir.resolve() not in member_dir.parents:
+                raise CheckpointError(f"{path} names {name!r}, outside the run directory; {damaged}")
+            members.append(Forecaster(load_run(member_dir, device=device, need_tokenizer=True), autocast=autocast))
+        ensemble = cls(members, directory=run.dir)
+        ensemble.run.calibration = dict(run.calibration)
+        ensemble.run.meta["ensemble"] = {"members": ["."] + names}
+        return ensemble
 
     @property
     def patch_len(self) -> int:

@@ -69,6 +69,7 @@ from ..data.windows import run_cutoffs, timestamps_ns
 from ..errors import CheckpointError, ConfigError, DataError, PriceGPTError
 from ..fileio import atomic_dir, json_ready, write_json
 from ..model import GPT, generate
+from ..rundir import RunDir
 from ..runs import Run, load_run
 from ..tokenizer import bar_features, load_tokenizer
 from ..tokenizer.side import patch_side, side_values
@@ -164,8 +165,10 @@ class Forecaster:
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, device: str | torch.device | None = None,
                  autocast: torch.dtype | None = None) -> Forecaster:
-        """The run's best model on `device` (None: the enclosing `sampling_on`'s, else the CPU)."""
-        return cls(load_run(run_dir, device=_load_device(device), need_tokenizer=True), autocast=autocast)
+        """The run's best model on `device` (None: the enclosing `sampling_on`'s, else the CPU); a run directory
+        with ensemble.json (`pipeline --ensemble K`) forecasts as the EnsembleForecaster of its members."""
+        run = load_run(run_dir, device=_load_device(device), need_tokenizer=True)
+        return forecaster_of(run, autocast=autocast) if cls is Forecaster else cls(run, autocast=autocast)
 
     @property
     def device(self) -> torch.device:
@@ -568,6 +571,16 @@ class Forecaster:
         calibration = {**config.get("calibration", {}), "temperature": config["temperature"]}
         return cls(Run(dir=directory, model=model, tokenizer=tokenizer, meta=meta, calibration=calibration,
                        pretrained=True), autocast=autocast)
+
+
+def forecaster_of(run: Run, autocast: torch.dtype | None = None) -> Forecaster:
+    """The forecaster of a loaded run: the pool of its members when its directory has ensemble.json (`pipeline
+    --ensemble K`; the run itself is the first member), else the run's own model."""
+    if not run.pretrained and RunDir(run.dir).ensemble.is_file():
+        from .ensemble import EnsembleForecaster  # ensemble.py builds on this module, so it is imported here
+
+        return EnsembleForecaster.of_run(run, autocast=autocast)
+    return Forecaster(run, autocast=autocast)
 
 
 def _load_device(device: str | torch.device | None) -> torch.device:
