@@ -51,7 +51,7 @@ from .data import iso, load_prices, time_splits
 from .data.windows import resolve_cutoffs, run_cutoffs
 from .errors import ConfigError, LeakageError, OutputExistsError
 from .evaluate import evaluate_model
-from .evaluate.report import markdown_text
+from .evaluate.render import markdown_text
 from .fileio import OUTPUT_MARKER, make_dirs, mark_output, remove_output, safe_file_names, write_json, write_text
 from .forecast import Forecaster
 from .forecast.forecaster import resolve_model

@@ -16,22 +16,14 @@ baseline that could not run). The calibration blocks have the shapes evaluate/ca
 charts read them through `reliability_curves`, `regime_summary` and `p_up_curve`, and the VaR tests become a table
 of their records (`records`: one row per forecaster and level).
 
-Both files are rendered from one list of sections, so they always say the same thing. All text is escaped when
-rendered, so a string that comes from the user (symbol, path, data name, run name) can never become markup:
-html.escape in HTML; in Markdown (`markdown_text`) HTML special characters become entities (viewers render raw
-HTML), the characters that make links, images, emphasis, code and tables are backslash-escaped, URLs cannot
-become autolinks, and newlines are spaces.
+Both files are rendered from one list of sections (render.py: `Section`, the formatting, both renderers and
+their escaping), so they always say the same thing and a user's string can never become markup in either.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
-import math
 import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +33,27 @@ from .. import plots
 from ..fileio import write_text
 from ..forecast import symbol_file_name
 from ..rundir import RunDir
+from .render import (
+    VAR_COLUMNS,
+    Section,
+    as_dict,
+    cell,
+    fmt,
+    interval_text,
+    is_cell,
+    is_interval,
+    is_number,
+    p_up_curve,
+    pct,
+    records,
+    records_table,
+    regime_summary,
+    reliability_curves,
+    render_html,
+    render_markdown,
+    scalars_only,
+    with_ci,
+)
 
 MAX_FAN_CHARTS = 6
 BASELINE_NAMES = ("random_walk", "histvol20", "ewma", "bootstrap", "garch", "seasonal", "range_ewma", "fhs")
@@ -49,202 +62,39 @@ TABLE_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.9, 0.95)  # nominal levels shown in the
 MIN_ROLLING_DATES = 4
 
 
-@dataclass
-class Section:
-    title: str
-    items: list = field(default_factory=list)  # ("p", text) | ("table", header, rows) | ("img", file, caption)
-
-    def p(self, text: str):
-        self.items.append(("p", text))
-
-    def table(self, header: list[str], rows: list[list]):
-        self.items.append(("table", header, rows))
-
-    def img(self, file: str, caption: str):
-        self.items.append(("img", file, caption))
-
-
-def _fmt(value, spec: str = ".4g") -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)):
-        return f"{value:,}"
-    if isinstance(value, (float, np.floating)):
-        return "n/a" if math.isnan(value) else format(float(value), spec)
-    return str(value)
-
-
-def _pct(value) -> str:
-    return "n/a" if not _is_number(value) else f"{value:.1%}"
-
-
-def _ci(interval, spec: str = ".4g") -> str:
-    if not _is_interval(interval):
-        return "n/a"
-    return f"[{_fmt(float(interval[0]), spec)}, {_fmt(float(interval[1]), spec)}]"
-
-
-def _with_ci(value, interval, spec: str = ".4g") -> str:
-    return _fmt(value, spec) + ("" if not _is_interval(interval) else f" {_ci(interval, spec)}")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
-        and math.isfinite(float(value))
-
-
-def _is_interval(value) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)
-
-
-def _dict(value) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-# --------------------------------------------------------------------------------------- tolerant readers
-def records(value, path: tuple = ()) -> list[tuple[str, dict]]:
-    """A nested dict (or list of dicts) as table rows: every dict with plain entries (numbers, strings, [lo, hi])
-    becomes one row labelled by its path ("high / model"); longer lists are left out."""
-    rows = []
-    if isinstance(value, list):
-        for k, item in enumerate(value):
-            rows += records(item, path + (str(k),)) if isinstance(item, (dict, list)) else []
-        return rows
-    if not isinstance(value, dict):
-        return rows
-    own = {str(k): v for k, v in value.items() if _is_cell(v)}
-    if any(v is not None for v in own.values()):
-        rows.append((" / ".join(path), own))
-    for k, v in value.items():
-        if isinstance(v, dict) or (isinstance(v, list) and v and all(isinstance(x, dict) for x in v)):
-            rows += records(v, path + (str(k),))
-    return rows
-
-
-def _is_cell(value) -> bool:
-    return value is None or isinstance(value, (str, bool, int, float, np.integer, np.floating)) \
-        or _is_interval(value)
-
-
-def _records_table(section: Section, value, first: str, preferred: tuple[str, ...] = ()) -> bool:
-    """`records(value)` as one table; columns: those of `preferred` that occur, else the union of the entries in
-    order of appearance."""
-    rows = records(value)
-    if not rows:
-        return False
-    columns = list(dict.fromkeys(k for _, entries in rows for k in entries))
-    columns = [c for c in preferred if c in columns] or columns
-    missing = [str(k) for k, v in _dict(value).items() if v is None]
-    if missing:
-        section.p(f"Not available: {', '.join(missing)} (did not run).")
-    section.table([first, *columns], [[label or "all", *[_cell(entries.get(c), c) for c in columns]]
-                                      for label, entries in rows])
-    return True
-
-
-_PERCENT_KEY = re.compile(r"(^|[._])(coverage(_\d+)?|[a-z_]*rate|[a-z_]*frequency|share)$")
-
-
-_VAR_COLUMNS = ("n", "exceedances", "rate", "expected_rate", "kupiec_pvalue", "christoffersen_pvalue",
-                "conditional_pvalue")
-
-
-def _cell(value, key: str = "") -> str:
-    """A table cell: [lo, hi] as an interval, a rate, coverage or frequency (not a score of one) as a percentage."""
-    if _is_interval(value):
-        return _ci(value, ".3g")
-    if _is_number(value) and not isinstance(value, (int, np.integer)):
-        score = "brier" in key or key.startswith("bss")  # Brier (skill) scores, not rates
-        return _pct(value) if _PERCENT_KEY.search(key) and not score else _fmt(value, ".3g")
-    return _fmt(value)
-
-
-def reliability_curves(reliability) -> dict[str, tuple[list[float], list[float]]]:
-    """{forecaster: (nominal levels, coverage)}, model first, from forecast.reliability = {"levels": [0.05, ...],
-    "coverage": {name: [coverage at each level] or None}}; forecasters without a curve are left out."""
-    reliability = _dict(reliability)
-    levels = reliability.get("levels")
-    curves = {str(name): (levels, coverage) for name, coverage in _dict(reliability.get("coverage")).items()
-              if isinstance(levels, list) and isinstance(coverage, list) and len(coverage) == len(levels)
-              and coverage and all(_is_number(v) for v in (*levels, *coverage))}
-    return dict(sorted(curves.items(), key=lambda item: item[0] != "model"))
-
-
-def regime_summary(by_regime, best: str | None) -> tuple[list[str], dict, list | None]:
-    """(regime labels, {"50": the model's coverage per regime, "90": ...}, its CRPS ratio to `best` per regime or
-    None) from forecast.by_regime = {"regimes": {REGIME: {"model_coverage_50", "model_coverage_90",
-    "crps_ratio": {baseline: ratio}}}}."""
-    regimes = {str(k): v for k, v in _dict(_dict(by_regime).get("regimes")).items() if isinstance(v, dict)}
-
-    def number(value):
-        return float(value) if _is_number(value) else None
-
-    coverage = {level: [number(v.get(f"model_coverage_{level}")) for v in regimes.values()] for level in ("50", "90")}
-    coverage = {k: v for k, v in coverage.items() if any(x is not None for x in v)}
-    ratios = [number(_dict(v.get("crps_ratio")).get(best)) for v in regimes.values()]
-    return list(regimes), coverage, (ratios if any(r is not None for r in ratios) else None)
-
-
-def p_up_curve(p_up) -> tuple[list, list, list | None] | None:
-    """(mean predicted P(up), observed up frequency, counts) of the bins that hold forecasts, from
-    forecast.p_up["reliability"] = {"mean_predicted", "observed_frequency", "counts"} (None for an empty bin);
-    None when there is no curve."""
-    curve = _dict(_dict(p_up).get("reliability"))
-    predicted, observed = curve.get("mean_predicted"), curve.get("observed_frequency")
-    if not isinstance(predicted, list) or not isinstance(observed, list) or len(predicted) != len(observed):
-        return None
-    keep = [i for i in range(len(predicted)) if _is_number(predicted[i]) and _is_number(observed[i])]
-    counts = curve.get("counts") if isinstance(curve.get("counts"), list) and \
-        len(curve["counts"]) == len(predicted) else None
-    if not keep:
-        return None
-    return ([float(predicted[i]) for i in keep], [float(observed[i]) for i in keep],
-            None if counts is None else [counts[i] for i in keep])
-
-
-def _scalars_only(value):
-    """A dict without its lists (the curve's bins): what the P(up) table shows."""
-    if isinstance(value, dict):
-        kept = {k: _scalars_only(v) for k, v in value.items() if not isinstance(v, list) or _is_interval(v)}
-        return {k: v for k, v in kept.items() if v != {}}
-    return value
-
-
 # ------------------------------------------------------------------------------------------------ content
 def _forecaster_names(fc: dict) -> list[str]:
-    extra = [n for n in _dict(fc.get("comparison")) if n not in FORECASTERS]
-    return [n for n in (*FORECASTERS, *extra) if n in fc or n in _dict(fc.get("comparison"))]
+    extra = [n for n in as_dict(fc.get("comparison")) if n not in FORECASTERS]
+    return [n for n in (*FORECASTERS, *extra) if n in fc or n in as_dict(fc.get("comparison"))]
 
 
 def best_baseline(fc: dict) -> str | None:
     """The verdict's best baseline, else the baseline with the lowest mean CRPS."""
-    best = _dict(fc.get("verdict")).get("best_baseline")
+    best = as_dict(fc.get("verdict")).get("best_baseline")
     if best:
         return str(best)
     scored = {n: fc[n]["crps"] for n in _forecaster_names(fc)
-              if n != "model" and _is_number(_dict(fc.get(n)).get("crps"))}
+              if n != "model" and is_number(as_dict(fc.get(n)).get("crps"))}
     return min(sorted(scored), key=scored.get) if scored else None
 
 
 def _verdict_section(metrics: dict, fc: dict) -> Section:
     s = Section("Verdict")
-    headline = _dict(fc.get("verdict"))
+    headline = as_dict(fc.get("verdict"))
     best = headline.get("best_baseline")
     if best and headline.get("verdict"):
         verdict = headline["verdict"]
         what = (f"no significant difference between the model and the best baseline, {best}"
                 if verdict == "no significant difference" else
                 f"the model is {verdict.upper()} than the best baseline, {best}")
-        ratio = _with_ci(headline.get("crps_ratio"), headline.get("crps_ratio_ci"), ".3f")
+        ratio = with_ci(headline.get("crps_ratio"), headline.get("crps_ratio_ci"), ".3f")
         s.p(f"Verdict: {what} (CRPS ratio {ratio}, 95% interval of a date-block bootstrap; below 1 "
             "favours the model).")
     else:
-        reason = _dict(fc.get("notes")).get("verdict", "metrics.json has no paired comparison")
+        reason = as_dict(fc.get("notes")).get("verdict", "metrics.json has no paired comparison")
         s.p(f"Verdict: not available ({reason}; see the scores below).")
-    comparison = _dict(fc.get("comparison"))
-    mcs = _dict(fc.get("mcs"))
+    comparison = as_dict(fc.get("comparison"))
+    mcs = as_dict(fc.get("mcs"))
     included = set(mcs.get("included") or [])
     if comparison:
         header = ["baseline", "verdict", "CRPS diff (model - baseline) [95% CI]", "CRPS ratio [95% CI]",
@@ -256,28 +106,28 @@ def _verdict_section(metrics: dict, fc: dict) -> Section:
                 rows.append([name, "n/a (not compared)", "n/a", "n/a", "n/a"] + (["n/a"] if mcs else []))
                 continue
             rows.append([name + (" (best)" if name == best else ""), entry.get("verdict") or "n/a",
-                         _with_ci(entry.get("crps_diff"), entry.get("crps_diff_ci")),
-                         _with_ci(entry.get("crps_ratio"), entry.get("crps_ratio_ci"), ".3f"),
-                         _fmt(entry.get("dm_pvalue"), ".3g")] + (["yes" if name in included else "no"] if mcs else []))
+                         with_ci(entry.get("crps_diff"), entry.get("crps_diff_ci")),
+                         with_ci(entry.get("crps_ratio"), entry.get("crps_ratio_ci"), ".3f"),
+                         fmt(entry.get("dm_pvalue"), ".3g")] + (["yes" if name in included else "no"] if mcs else []))
         s.table(header, rows)
     if mcs:
         size = mcs.get("size")
-        level = f"{1 - size:.0%} " if _is_number(size) else ""
+        level = f"{1 - size:.0%} " if is_number(size) else ""
         s.p(f"Model confidence set ({level}Hansen-Lunde-Nason, over all forecasters): "
             f"{', '.join(sorted(included)) or 'empty'}; the model is {'in' if 'model' in included else 'not in'} it.")
     elif fc.get("mcs") is None and "mcs" in fc:
-        reason = _dict(fc.get("notes")).get("mcs") or _dict(fc.get("notes")).get("model_confidence_set")
+        reason = as_dict(fc.get("notes")).get("mcs") or as_dict(fc.get("notes")).get("model_confidence_set")
         s.p(f"Model confidence set: not computed{f' ({reason})' if reason else ''}.")
     _horizons_table(s, fc.get("forecasts_by_horizon", metrics.get("forecasts_by_horizon")))
     s.p(f"Data {metrics.get('data', 'n/a')}, {metrics.get('split', 'n/a')} split (train_end "
         f"{metrics.get('train_end', 'n/a')}, val_end {metrics.get('val_end', 'n/a')}), "
-        f"{_fmt(metrics.get('n_symbols'))} symbol(s); the {_fmt(fc.get('horizon_bars'))}-bar cumulative log return "
-        f"from {_fmt(fc.get('n_origins'))} origins" + (f" on {_fmt(fc['n_dates'])} dates" if fc.get("n_dates") else "")
-        + f" ({fc.get('origins_rule', 'n/a')}), {_fmt(fc.get('num_samples'))} "
-        f"sampled paths each, temperature {_fmt(fc.get('temperature'), 'g')}.")
-    ensemble = _dict(metrics.get("ensemble"))
+        f"{fmt(metrics.get('n_symbols'))} symbol(s); the {fmt(fc.get('horizon_bars'))}-bar cumulative log return "
+        f"from {fmt(fc.get('n_origins'))} origins" + (f" on {fmt(fc['n_dates'])} dates" if fc.get("n_dates") else "")
+        + f" ({fc.get('origins_rule', 'n/a')}), {fmt(fc.get('num_samples'))} "
+        f"sampled paths each, temperature {fmt(fc.get('temperature'), 'g')}.")
+    ensemble = as_dict(metrics.get("ensemble"))
     if ensemble:
-        s.p(f"The model is an ensemble of {_fmt(ensemble.get('size'))} models trained with consecutive seeds: each "
+        s.p(f"The model is an ensemble of {fmt(ensemble.get('size'))} models trained with consecutive seeds: each "
             "origin's paths are split equally among them, at one temperature calibrated on the pool; the token "
             "metrics are the first model's.")
     if metrics.get("overlap_allowed") and metrics.get("overlapping_origins"):
@@ -293,17 +143,17 @@ def _forecaster_order(name: str) -> int:
 def _horizons_table(s: Section, by_horizon) -> None:
     """metrics' forecasts_by_horizon ({H: forecast block} or a list of blocks) as one row per horizon."""
     items = list(by_horizon.items()) if isinstance(by_horizon, dict) else \
-        [(_dict(b).get("horizon_bars"), b) for b in by_horizon] if isinstance(by_horizon, list) else []
+        [(as_dict(b).get("horizon_bars"), b) for b in by_horizon] if isinstance(by_horizon, list) else []
     rows = []
     for horizon, block in items:
         if not isinstance(block, dict):
             continue
-        verdict = _dict(block.get("verdict"))
-        model = _dict(block.get("model"))
-        rows.append([_fmt(block.get("horizon_bars", horizon)), _fmt(block.get("n_origins")), _fmt(model.get("crps")),
+        verdict = as_dict(block.get("verdict"))
+        model = as_dict(block.get("model"))
+        rows.append([fmt(block.get("horizon_bars", horizon)), fmt(block.get("n_origins")), fmt(model.get("crps")),
                      verdict.get("best_baseline") or "n/a", verdict.get("verdict") or "n/a",
-                     _with_ci(verdict.get("crps_ratio"), verdict.get("crps_ratio_ci"), ".3f"),
-                     _pct(model.get("coverage_50")), _pct(model.get("coverage_90"))])
+                     with_ci(verdict.get("crps_ratio"), verdict.get("crps_ratio_ci"), ".3f"),
+                     pct(model.get("coverage_50")), pct(model.get("coverage_90"))])
     if rows:
         s.p("By horizon (each against its own best baseline):")
         s.table(["horizon (bars)", "origins", "model CRPS", "best baseline", "verdict", "CRPS ratio [95% CI]",
@@ -313,7 +163,7 @@ def _horizons_table(s: Section, by_horizon) -> None:
 def _scores_section(out: Path, fc: dict, best: str | None) -> Section:
     s = Section("Scores (the same origins for every forecaster)")
     names = _forecaster_names(fc)
-    reference = _dict(fc.get(best)).get("crps") if best else None
+    reference = as_dict(fc.get(best)).get("crps") if best else None
     header = ["forecaster", "CRPS", f"CRPS / {best or 'best baseline'}", "cov 50%", "width 50%", "cov 90%",
               "width 90%", "dir. acc. [95% CI]", "MAE median"]
     rows = []
@@ -322,22 +172,22 @@ def _scores_section(out: Path, fc: dict, best: str | None) -> Section:
         if not isinstance(m, dict):
             rows.append([name] + ["n/a"] * (len(header) - 1))
             continue
-        ratio = m["crps"] / reference if _is_number(m.get("crps")) and _is_number(reference) and reference else None
+        ratio = m["crps"] / reference if is_number(m.get("crps")) and is_number(reference) and reference else None
         ci = m.get("directional_accuracy_ci95")
-        rows.append([name, _fmt(m.get("crps")), _fmt(ratio, ".3f"), _pct(m.get("coverage_50")),
-                     _fmt(m.get("width_50")), _pct(m.get("coverage_90")), _fmt(m.get("width_90")),
-                     _pct(m.get("directional_accuracy")) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if _is_interval(ci)
-                                                            else ""), _fmt(m.get("mae_median"))])
+        rows.append([name, fmt(m.get("crps")), fmt(ratio, ".3f"), pct(m.get("coverage_50")),
+                     fmt(m.get("width_50")), pct(m.get("coverage_90")), fmt(m.get("width_90")),
+                     pct(m.get("directional_accuracy")) + (f" [{pct(ci[0])}, {pct(ci[1])}]" if is_interval(ci)
+                                                            else ""), fmt(m.get("mae_median"))])
     s.table(header, rows)
-    for name, reason in _dict(fc.get("notes")).items():
+    for name, reason in as_dict(fc.get("notes")).items():
         s.p(f"Note ({name}): {reason}")
-    crps = {n: _dict(fc.get(n)).get("crps") for n in names}
-    if any(_is_number(v) for v in crps.values()):
-        plots.crps_bars(out / "crps.png", {n: v for n, v in crps.items() if _is_number(v)})
+    crps = {n: as_dict(fc.get(n)).get("crps") for n in names}
+    if any(is_number(v) for v in crps.values()):
+        plots.crps_bars(out / "crps.png", {n: v for n, v in crps.items() if is_number(v)})
         s.img("crps.png", "Mean CRPS, model (orange) and baselines")
     if fc.get("ablations"):
         s.p("Ablations (other runs, scored on the same origins):")
-        s.table(["run", "CRPS", "cov 90%"], [[name, _fmt(_dict(a).get("crps")), _pct(_dict(a).get("coverage_90"))]
+        s.table(["run", "CRPS", "cov 90%"], [[name, fmt(as_dict(a).get("crps")), pct(as_dict(a).get("coverage_90"))]
                                             for name, a in fc["ablations"].items()])
     return s
 
@@ -345,25 +195,25 @@ def _scores_section(out: Path, fc: dict, best: str | None) -> Section:
 def _volatility_section(fc: dict) -> Section:
     """The variance forecasts of the H-bar return against the realised variance (forecast.volatility)."""
     s = Section("Volatility forecast")
-    vol = _dict(fc.get("volatility"))
-    forecasters = _dict(vol.get("forecasters"))
+    vol = as_dict(fc.get("volatility"))
+    forecasters = as_dict(vol.get("forecasters"))
     if not forecasters:
         s.p("No volatility evaluation in these metrics.")
         return s
-    s.p(f"Variance of the {_fmt(vol.get('horizon_bars'))}-bar return against the realised variance (the sum of the "
+    s.p(f"Variance of the {fmt(vol.get('horizon_bars'))}-bar return against the realised variance (the sum of the "
         "target bars' squared returns). QLIKE = RV/f - log(RV/f) - 1 and the MSE of log variance: lower is better. "
         "vol_head is the model's volatility head, model the variance of its sampled paths.")
     s.table(["forecaster", "QLIKE", "MSE log variance", "origins"],
-            [[name, _fmt(_dict(entry).get("qlike")), _fmt(_dict(entry).get("mse_log")), _fmt(_dict(entry).get("n"))]
+            [[name, fmt(as_dict(entry).get("qlike")), fmt(as_dict(entry).get("mse_log")), fmt(as_dict(entry).get("n"))]
              for name, entry in forecasters.items() if entry])
-    rows = [[f"{vol.get('headline')} vs {name}", _with_ci(_dict(entry).get("qlike_ratio"),
-                                                         _dict(entry).get("qlike_ratio_ci"), ".3f"),
-             _with_ci(_dict(entry).get("qlike_diff"), _dict(entry).get("qlike_diff_ci")),
-             _fmt(_dict(entry).get("verdict"))]
-            for name, entry in _dict(vol.get("comparison")).items() if entry]
+    rows = [[f"{vol.get('headline')} vs {name}", with_ci(as_dict(entry).get("qlike_ratio"),
+                                                         as_dict(entry).get("qlike_ratio_ci"), ".3f"),
+             with_ci(as_dict(entry).get("qlike_diff"), as_dict(entry).get("qlike_diff_ci")),
+             fmt(as_dict(entry).get("verdict"))]
+            for name, entry in as_dict(vol.get("comparison")).items() if entry]
     if rows:
         s.table(["comparison", "QLIKE ratio [95% CI]", "QLIKE difference [95% CI]", "verdict"], rows)
-    for key, note in _dict(vol.get("notes")).items():
+    for key, note in as_dict(vol.get("notes")).items():
         s.p(f"{key}: {note}")
     return s
 
@@ -371,7 +221,7 @@ def _volatility_section(fc: dict) -> Section:
 def _calibration_section(out: Path, fc: dict, best: str | None) -> Section:
     s = Section("Calibration")
     names = _forecaster_names(fc)
-    histograms = {n: _dict(fc.get(n)).get("pit_histogram") for n in names}
+    histograms = {n: as_dict(fc.get(n)).get("pit_histogram") for n in names}
     histograms = {n: h for n, h in histograms.items() if isinstance(h, list) and sum(h) > 0}
     if histograms:
         plots.pit_histograms(out / "pit.png", histograms)
@@ -383,11 +233,11 @@ def _calibration_section(out: Path, fc: dict, best: str | None) -> Section:
         s.img("reliability.png", "Coverage of the central intervals at each nominal level, model and baselines")
         shown = [lv for lv in TABLE_LEVELS if any(_has_level(levels, lv) for levels, _ in curves.values())]
         s.table(["forecaster", *[f"{lv:.0%}" for lv in shown]],
-                [[name, *[_pct(_at_level(levels, coverage, lv)) for lv in shown]]
+                [[name, *[pct(_at_level(levels, coverage, lv)) for lv in shown]]
                  for name, (levels, coverage) in curves.items()])
     else:
         s.p("Reliability diagram: not available (no forecast.reliability in metrics.json).")
-    coverage = _dict(fc.get("coverage_by_horizon"))
+    coverage = as_dict(fc.get("coverage_by_horizon"))
     if coverage and all(isinstance(v, list) and v for v in coverage.values()):
         plots.coverage_by_horizon(out / "coverage_horizon.png", coverage)
         s.img("coverage_horizon.png", "Coverage of the model's intervals at each step of the horizon")
@@ -404,15 +254,15 @@ def _calibration_section(out: Path, fc: dict, best: str | None) -> Section:
     s.p("Value at risk of the H-bar return: exceedance rates with Kupiec's unconditional-coverage, "
         "Christoffersen's independence and the joint conditional-coverage tests (small p-values reject a "
         "calibrated VaR):")
-    if not _records_table(s, fc.get("var_tests"), "forecaster / level", _VAR_COLUMNS):
+    if not records_table(s, fc.get("var_tests"), "forecaster / level", VAR_COLUMNS):
         s.p("not available (no forecast.var_tests in metrics.json).")
 
     s.p("P(up): Brier score against the 0.5 climatology and the train-split up-frequency (lower is better):")
-    p_up = _scalars_only(fc.get("p_up"))
-    plain = {k: v for k, v in _dict(p_up).items() if _is_cell(v)}
+    p_up = scalars_only(fc.get("p_up"))
+    plain = {k: v for k, v in as_dict(p_up).items() if is_cell(v)}
     if plain and len(plain) == len(p_up):  # one forecaster's numbers: a row each
-        s.table(["", "value"], [[k, _cell(v, k)] for k, v in plain.items()])
-    elif not _records_table(s, p_up, "forecast"):
+        s.table(["", "value"], [[k, cell(v, k)] for k, v in plain.items()])
+    elif not records_table(s, p_up, "forecast"):
         s.p("not available (no forecast.p_up in metrics.json).")
     curve = p_up_curve(fc.get("p_up"))
     if curve is not None:
@@ -425,21 +275,22 @@ def _regime_table(s: Section, by_regime) -> bool:
     """The regimes of calibration.by_regime ({"regimes": {REGIME: {"n", "vol_range", "model_coverage_50",
     "crps_ratio": {baseline: ratio}, "coverage_90": {forecaster: coverage}}}}) as one row per forecaster with the
     model's CRPS ratio to it and its 90% coverage in each regime; False for any other shape."""
-    regimes = {str(k): v for k, v in _dict(_dict(by_regime).get("regimes")).items() if isinstance(v, dict)}
+    regimes = {str(k): v for k, v in as_dict(as_dict(by_regime).get("regimes")).items() if isinstance(v, dict)}
     if not regimes or not all(isinstance(v.get("crps_ratio"), dict) for v in regimes.values()):
         return False
-    s.p("; ".join(f"{name}: {_fmt(v.get('n'))} origins, vol20 in {_ci(v.get('vol_range'), '.3g')}, the model's "
-                  f"50% / 90% intervals cover {_pct(v.get('model_coverage_50'))} / {_pct(v.get('model_coverage_90'))}"
+    s.p("; ".join(f"{name}: {fmt(v.get('n'))} origins, vol20 in {interval_text(v.get('vol_range'), '.3g')}, "
+                  f"the model's 50% / 90% intervals cover {pct(v.get('model_coverage_50'))} / "
+                  f"{pct(v.get('model_coverage_90'))}"
                   for name, v in regimes.items()) + ".")
-    names = list(dict.fromkeys(n for v in regimes.values() for n in (*_dict(v.get("coverage_90")),
+    names = list(dict.fromkeys(n for v in regimes.values() for n in (*as_dict(v.get("coverage_90")),
                                                                     *v["crps_ratio"])))
     rows = []
     for name in sorted(names, key=_forecaster_order):
-        cells = [(v["crps_ratio"].get(name), _dict(v.get("coverage_90")).get(name)) for v in regimes.values()]
+        cells = [(v["crps_ratio"].get(name), as_dict(v.get("coverage_90")).get(name)) for v in regimes.values()]
         if all(ratio is None and cover is None for ratio, cover in cells):
             continue
         rows.append([name, *[c for ratio, cover in cells
-                             for c in ("" if name == "model" else _fmt(ratio, ".3f"), _pct(cover))]])
+                             for c in ("" if name == "model" else fmt(ratio, ".3f"), pct(cover))]])
     s.table(["forecaster", *[c for r in regimes for c in (f"{r}: model CRPS / this", f"{r}: cov 90%")]], rows)
     return True
 
@@ -499,7 +350,8 @@ def fan_chart_files(symbols) -> list[tuple[str, str]]:
 
 def _fan_section(out: Path, fc: dict) -> Section:
     s = Section("Fan charts (each symbol's last origin)")
-    shown = [(symbol, file) for symbol, file in fan_chart_files(_dict(fc.get("per_symbol"))) if (out / file).is_file()]
+    shown = [(symbol, file) for symbol, file in fan_chart_files(as_dict(fc.get("per_symbol")))
+             if (out / file).is_file()]
     for symbol, file in shown:
         s.img(file, f"{symbol}: sampled paths (50/80/95% bands, a few paths) and the realised path (black)")
     if not shown:
@@ -516,55 +368,55 @@ def _backtest_section(out: Path, backtest: dict | None, equity: Path | None) -> 
         s.p("No backtest yet (RUN/backtest/metrics.json): run `pricegpt backtest --run RUN`; the pipeline runs it "
             "after the evaluation and renders this report again.")
         return s
-    settings = _dict(backtest.get("settings"))
-    portfolio = _dict(backtest.get("portfolio"))
-    ci = _dict(backtest.get("sharpe_ci"))
-    sharpe = _dict(backtest.get("strategy")).get("sharpe")
+    settings = as_dict(backtest.get("settings"))
+    portfolio = as_dict(backtest.get("portfolio"))
+    ci = as_dict(backtest.get("sharpe_ci"))
+    sharpe = as_dict(backtest.get("strategy")).get("sharpe")
     level = ci.get("level")
-    s.p(f"{settings.get('strategy', 'n/a')} strategy on {_fmt(portfolio.get('n_symbols'))} symbol(s), equal capital "
-        f"per symbol, {_fmt(backtest.get('cost_bps'), 'g')} bps cost per unit of turnover, "
-        f"{_fmt(settings.get('n_decisions'))} decisions from {settings.get('first_decision', 'n/a')} to "
-        f"{settings.get('last_decision', 'n/a')}. Sharpe {_fmt(sharpe, '.2f')}, "
-        f"{f'{level:.0%}' if _is_number(level) else ''} interval "
-        f"{_ci([ci.get('low'), ci.get('high')], '.2f')} ({ci.get('method', 'n/a')}).")
+    s.p(f"{settings.get('strategy', 'n/a')} strategy on {fmt(portfolio.get('n_symbols'))} symbol(s), equal capital "
+        f"per symbol, {fmt(backtest.get('cost_bps'), 'g')} bps cost per unit of turnover, "
+        f"{fmt(settings.get('n_decisions'))} decisions from {settings.get('first_decision', 'n/a')} to "
+        f"{settings.get('last_decision', 'n/a')}. Sharpe {fmt(sharpe, '.2f')}, "
+        f"{f'{level:.0%}' if is_number(level) else ''} interval "
+        f"{interval_text([ci.get('low'), ci.get('high')], '.2f')} ({ci.get('method', 'n/a')}).")
     keys = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "turnover", "hit_rate")
     rows = []
     for key, label in _BACKTEST_ROWS:
-        block = _dict(backtest.get(key))
-        rows.append([label, *[_pct(block.get(k)) if k in ("total_return", "cagr", "max_drawdown", "hit_rate")
-                              else _fmt(block.get(k), ".3g") for k in keys]])
+        block = as_dict(backtest.get(key))
+        rows.append([label, *[pct(block.get(k)) if k in ("total_return", "cagr", "max_drawdown", "hit_rate")
+                              else fmt(block.get(k), ".3g") for k in keys]])
     s.table(["", "total return", "CAGR", "Sharpe", "Sortino", "max drawdown", "turnover / bar", "hit rate"], rows)
     if equity is not None and equity.is_file():
         s.img(os.path.relpath(equity, out), "Equity of the strategy, buy-and-hold and momentum (start = 1) and "
                                             "their drawdowns")
-    breach = {sym: _dict(r).get("var_breach_rate") for sym, r in _dict(backtest.get("risk")).items()}
+    breach = {sym: as_dict(r).get("var_breach_rate") for sym, r in as_dict(backtest.get("risk")).items()}
     breach = {sym: b for sym, b in breach.items() if isinstance(b, dict) and b}
     if breach:
         levels = list(dict.fromkeys(k for b in breach.values() for k in b))
         s.p("How often the realised H-bar loss exceeded the forecast VaR at the decisions (calibrated: 5% and 1%):")
-        s.table(["symbol", *levels], [[sym, *[_pct(b.get(k)) for k in levels]] for sym, b in breach.items()])
+        s.table(["symbol", *levels], [[sym, *[pct(b.get(k)) for k in levels]] for sym, b in breach.items()])
     return s
 
 
 def _per_symbol_section(fc: dict) -> Section:
     s = Section("Per symbol")
-    per_symbol = _dict(fc.get("per_symbol"))
+    per_symbol = as_dict(fc.get("per_symbol"))
     names = [n for n in _forecaster_names(fc) if isinstance(fc.get(n), dict)]
     s.table(["symbol", "origins", "model cov 50%", "model cov 90%"] + [f"CRPS {n}" for n in names],
-            [[sym, _fmt(row.get("n_origins")), _pct(row.get("model_coverage_50")), _pct(row.get("model_coverage_90"))]
-             + [_fmt(row.get(f"crps_{n}")) for n in names] for sym, row in per_symbol.items()])
-    risk = {sym: r for sym, r in _dict(fc.get("risk")).items() if isinstance(r, dict)}
+            [[sym, fmt(row.get("n_origins")), pct(row.get("model_coverage_50")), pct(row.get("model_coverage_90"))]
+             + [fmt(row.get(f"crps_{n}")) for n in names] for sym, row in per_symbol.items()])
+    risk = {sym: r for sym, r in as_dict(fc.get("risk")).items() if isinstance(r, dict)}
     if risk:
         s.p("Risk from the paths of each symbol's last origin. VaR/ES are losses as positive fractions of the "
             "position's value (loss = 1 - exp(R_H)); barrier touches are on bar closes.")
-        barriers = list(_dict(next(iter(risk.values())).get("p_touch_up")))
+        barriers = list(as_dict(next(iter(risk.values())).get("p_touch_up")))
         rows = []
         for sym, r in risk.items():
-            up, down = _dict(r.get("p_touch_up")), _dict(r.get("p_touch_down"))
-            rows.append([sym, _pct(r.get("p_up")), _pct(r.get("var_95")), _pct(r.get("es_95")), _pct(r.get("var_99")),
-                         _pct(r.get("es_99"))] + [f"+{_pct(up.get(k))} / -{_pct(down.get(k))}" for k in barriers])
+            up, down = as_dict(r.get("p_touch_up")), as_dict(r.get("p_touch_down"))
+            rows.append([sym, pct(r.get("p_up")), pct(r.get("var_95")), pct(r.get("es_95")), pct(r.get("var_99")),
+                         pct(r.get("es_99"))] + [f"+{pct(up.get(k))} / -{pct(down.get(k))}" for k in barriers])
         s.table(["symbol", "P(up)", "VaR 95", "ES 95", "VaR 99", "ES 99"]
-                + [f"touch ±{float(k):.0%}" if _is_number(_safe_float(k)) else f"touch {k}" for k in barriers], rows)
+                + [f"touch ±{float(k):.0%}" if is_number(_safe_float(k)) else f"touch {k}" for k in barriers], rows)
     return s
 
 
@@ -577,26 +429,26 @@ def _safe_float(text):
 
 def _token_section(out: Path, metrics: dict) -> Section:
     s = Section("Token metrics")
-    tok = _dict(metrics.get("tokens"))
+    tok = as_dict(metrics.get("tokens"))
     if not isinstance(tok.get("model"), dict):
         s.p(tok.get("note", "no token metrics"))
         return s
-    s.p(f"{_fmt(metrics.get('n_tokens'))} target tokens of the {metrics.get('split', 'n/a')} split. Baselines: "
+    s.p(f"{fmt(metrics.get('n_tokens'))} target tokens of the {metrics.get('split', 'n/a')} split. Baselines: "
         f"{tok.get('smoothing', 'n/a')}.")
     s.table(["model", "loss (nats)", "perplexity", "top-1", "top-5"],
-            [[n, _fmt(_dict(tok.get(n)).get("loss")), _fmt(_dict(tok.get(n)).get("perplexity")),
-              _pct(_dict(tok.get(n)).get("top1")), _pct(_dict(tok.get(n)).get("top5"))]
+            [[n, fmt(as_dict(tok.get(n)).get("loss")), fmt(as_dict(tok.get(n)).get("perplexity")),
+              pct(as_dict(tok.get(n)).get("top1")), pct(as_dict(tok.get(n)).get("top5"))]
              for n in ("model", "unigram", "bigram")])
-    usage = _dict(tok.get("usage"))
+    usage = as_dict(tok.get("usage"))
     if isinstance(usage.get("counts"), list) and usage["counts"]:
         plots.code_usage(out / "code_usage.png", usage["counts"])
-        s.p(f"Codes used in the split: {_fmt(usage.get('codes_used'))} of {len(usage['counts'])}, usage perplexity "
-            f"{_fmt(usage.get('usage_perplexity'), '.1f')}.")
+        s.p(f"Codes used in the split: {fmt(usage.get('codes_used'))} of {len(usage['counts'])}, usage perplexity "
+            f"{fmt(usage.get('usage_perplexity'), '.1f')}.")
         s.img("code_usage.png", "Token (code) usage in the evaluated split")
-    size = _dict(tok.get("size"))
+    size = as_dict(tok.get("size"))
     if size:
-        s.table(["component", "parameters"], [[k, _fmt(v)] for k, v in _dict(size.get("params")).items()])
-        if _is_number(size.get("bytes_fp32")) and _is_number(size.get("bytes_bf16")):
+        s.table(["component", "parameters"], [[k, fmt(v)] for k, v in as_dict(size.get("params")).items()])
+        if is_number(size.get("bytes_fp32")) and is_number(size.get("bytes_bf16")):
             s.p(f"Weights: {size['bytes_fp32'] / 2**20:.2f} MiB in fp32, {size['bytes_bf16'] / 2**20:.2f} MiB in "
                 "bf16.")
     return s
@@ -622,7 +474,7 @@ def build_sections(out: Path, metrics: dict, *, origins_table: pd.DataFrame | No
                    backtest: dict | None = None, equity: Path | None = None) -> list[Section]:
     """Draw the charts computed from the metrics into `out` and return the report's sections, top-down. The fan
     charts and training.png are used when `out` holds them."""
-    fc = _dict(metrics.get("forecast"))
+    fc = as_dict(metrics.get("forecast"))
     best = best_baseline(fc)
     sections = [_verdict_section(metrics, fc), _scores_section(out, fc, best),
                 _calibration_section(out, fc, best), _crps_over_time_section(out, fc, origins_table, best),
@@ -654,83 +506,6 @@ def _training_points(metrics_csv: Path) -> tuple[list, list]:
         return list(zip(rows["step"], rows[column]))
 
     return pairs("train_loss"), pairs("val_loss")
-
-
-# ---------------------------------------------------------------------------------------------- rendering
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~!#])")
-_MD_AUTOLINK = re.compile(r"(?i):(?=//)|(?<=www)\.|@")
-_MD_BLOCK_START = re.compile(r"^(\s*)([-+=](?=\s|[-+=]*$)|\d{1,9}(?=[.)](?:\s|$)))")  # list, break, heading
-
-
-def markdown_text(value) -> str:
-    """Text that renders as itself in a Markdown paragraph or table cell, on one line: HTML special characters as
-    entities, Markdown's link, image, emphasis, code, heading and table characters backslash-escaped, a leading
-    list marker escaped, and the `:` of `://`, the `.` of `www.` and `@` escaped so that no URL or e-mail address
-    becomes an autolink."""
-    text = html.escape(str(value), quote=False).replace("\r", " ").replace("\n", " ")
-    text = _MD_SPECIAL.sub(r"\\\1", text)
-    text = _MD_AUTOLINK.sub(lambda m: "\\" + m.group(0), text)
-    return _MD_BLOCK_START.sub(_escape_block_start, text)
-
-
-def _escape_block_start(match: re.Match) -> str:
-    indent, marker = match.group(1), match.group(2)
-    return f"{indent}{marker}\\" if marker.isdigit() else f"{indent}\\{marker}"  # "1\." / "\-"
-
-
-def render_markdown(title: str, sections: list[Section]) -> str:
-    lines = [f"# {markdown_text(title)}", ""]
-    for sec in sections:
-        lines += [f"## {markdown_text(sec.title)}", ""]
-        for item in sec.items:
-            if item[0] == "p":
-                lines += [markdown_text(item[1]), ""]
-            elif item[0] == "table":
-                header, rows = item[1], item[2]
-                lines.append("| " + " | ".join(markdown_text(h) for h in header) + " |")
-                lines.append("|" + "|".join(["---"] * len(header)) + "|")
-                lines += ["| " + " | ".join(markdown_text(c) for c in row) + " |" for row in rows]
-                lines.append("")
-            else:
-                lines += [f"![{markdown_text(item[2])}]({Path(item[1]).as_posix()})", ""]
-    return "\n".join(lines)
-
-
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:0.6em 0;font-size:0.9em;display:block;overflow-x:auto}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-        "th{background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}figcaption{font-size:0.85em;color:#555}"
-        "section#verdict table{font-size:1em}section#verdict p:first-of-type{font-size:1.1em;font-weight:600}")
-
-
-def _section_id(title: str) -> str:
-    """"CRPS over time" -> "crps-over-time" (the words before any parenthesis)."""
-    return re.sub(r"[^a-z0-9]+", "-", title.split("(")[0].lower()).strip("-") or "section"
-
-
-def render_html(title: str, sections: list[Section], out: Path) -> str:
-    e = html.escape
-    parts = ["<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\">", f"<title>{e(title)}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
-    for sec in sections:
-        parts.append(f"<section id=\"{_section_id(sec.title)}\"><h2>{e(sec.title)}</h2>")
-        first_table = True
-        for item in sec.items:
-            if item[0] == "p":
-                parts.append(f"<p>{e(str(item[1]))}</p>")
-            elif item[0] == "table":
-                table_id = f" id=\"{_section_id(sec.title)}-table\"" if first_table else ""
-                first_table = False
-                parts.append(f"<table{table_id}><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in item[1]) + "</tr>")
-                parts += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in item[2]]
-                parts.append("</table>")
-            else:
-                data = base64.b64encode((out / item[1]).read_bytes()).decode("ascii")
-                parts.append(f"<figure><img alt=\"{e(item[2])}\" src=\"data:image/png;base64,{data}\">"
-                             f"<figcaption>{e(item[2])}</figcaption></figure>")
-        parts.append("</section>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------ writers
@@ -798,5 +573,5 @@ def write_report(out: Path, metrics: dict, *, run, series, origins, cum, realise
 
 
 __all__ = ["BASELINE_NAMES", "FORECASTERS", "Section", "best_baseline", "build_sections", "fan_chart_files",
-           "markdown_text", "p_up_curve", "read_origins", "records", "refresh_report", "regime_summary",
+           "p_up_curve", "read_origins", "records", "refresh_report", "regime_summary",
            "reliability_curves", "render_html", "render_markdown", "render_report", "rolling_crps", "write_report"]
