@@ -19,7 +19,7 @@ import pricegpt
 from pricegpt.data import load_prices
 from pricegpt.errors import ConfigError
 from pricegpt.forecast import Forecaster
-from pricegpt.forecast.forecaster import show_progress
+from pricegpt.forecast.sampling import show_progress
 from test_evaluate import SCRIPT_SYMBOL, tiny_run  # noqa: F401  (the fixture: a real run trained for 30 steps)
 
 LEVELS = ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]

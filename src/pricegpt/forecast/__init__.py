@@ -4,19 +4,17 @@ symbol's forecast with its fan chart (symbol.py), and several runs pooled as one
 
 from .calibrate import TEMPERATURE_GRID, calibrate_temperature, crps_samples
 from .ensemble import EnsembleForecaster
-from .forecaster import (
+from .forecaster import Forecaster, ForecastPaths, forecaster_of
+from .frames import DF_QUANTILE_LEVELS, paths_frame, quantile_frame
+from .risk import BARRIERS, QUANTILE_LEVELS, VAR_LEVELS, quantile_table, risk
+from .sampling import (
     MAX_HORIZON_BARS,
-    Forecaster,
-    ForecastPaths,
     check_paths_memory,
     check_sampling,
     check_symbols,
-    forecaster_of,
     origin_seed,
     paths_bytes,
 )
-from .frames import DF_QUANTILE_LEVELS, paths_frame, quantile_frame
-from .risk import BARRIERS, QUANTILE_LEVELS, VAR_LEVELS, quantile_table, risk
 from .symbol import SymbolForecast, check_chart_path, forecast_symbol, symbol_file_name
 
 __all__ = ["BARRIERS", "DF_QUANTILE_LEVELS", "MAX_HORIZON_BARS", "QUANTILE_LEVELS", "TEMPERATURE_GRID",

@@ -31,7 +31,8 @@ from ..data.windows import (
 from ..errors import ConfigError
 from ..runs import load_run
 from ..train.dist import dist_env
-from .forecaster import Forecaster, check_paths_memory, check_sampling, forecaster_of, resolve_model
+from .forecaster import Forecaster, forecaster_of, resolve_model
+from .sampling import check_paths_memory, check_sampling
 from .shard import sharding
 
 log = logging.getLogger("pricegpt")

@@ -30,7 +30,8 @@ from ..data.windows import run_cutoffs
 from ..errors import CheckpointError, ConfigError
 from ..rundir import RunDir
 from ..runs import Run, load_run
-from .forecaster import Forecaster, check_sampling
+from .forecaster import Forecaster
+from .sampling import check_sampling
 
 
 class EnsembleForecaster(Forecaster):

@@ -49,11 +49,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +59,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import check_int, check_memory, check_num_samples, check_seed, check_temperature, derive_seed, show
+from ..config import check_int, check_temperature, show
 from ..config.schema import SIDE_CHANNELS
 from ..data import iso, load_prices, parse_time
 from ..data.calendar import calendar_ids, future_times
@@ -77,11 +75,16 @@ from ..train.checkpoint import resolve_init as resolve_model
 from ..train.device import resolve_device
 from .frames import DF_QUANTILE_LEVELS, check_levels, paths_frame, paths_html, quantile_frame, target_times, utc_index
 from .risk import QUANTILE_LEVELS, quantile_table
+from .sampling import (
+    check_paths_memory,
+    check_sampling,
+    check_symbols,
+    origin_seed,
+    progress_bar,
+)
 
 KV_CACHE_BUDGET_BYTES = 512 * 2**20  # bounds the KV cache (and so memory) of one engine call
 ROWS_PER_CALL = 2048  # sample rows (origins x samples) one engine call aims at; see the module docstring
-MAX_HORIZON_BARS = 100_000  # a horizon is generated token by token; the engine's bound on new tokens
-PATH_COPIES = 3  # float64 copies of all paths alive at once (paths, cumulative, sorted for the scores)
 KIND = "pricegpt.forecaster"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -623,80 +626,3 @@ def _read_config(path: Path) -> dict:
     if not isinstance(config.get("calibration", {}), dict):
         raise CheckpointError(f"{path}: calibration is not an object; {damaged}")
     return config
-
-
-def check_symbols(wanted: list[str], available: list[str]) -> None:
-    """DataError naming the symbols the data lacks and (some of) those it has."""
-    missing = [s for s in wanted if s not in available]
-    if missing:
-        known = sorted(available)
-        shown = ", ".join(show(s) for s in known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
-        raise DataError(f"symbol(s) {', '.join(show(s) for s in missing[:5])} not in the data; available: "
-                        f"{shown or 'none'}")
-
-
-# ------------------------------------------------------------------------------------------ values and seeds
-def check_sampling(horizon, num_samples, seed, *, horizon_flag: str = "--horizon") -> tuple[int, int, int]:
-    """(horizon, num_samples, seed) as ints inside their bounds, else a ConfigError naming the flag and the bound:
-    horizon in [1, MAX_HORIZON_BARS], num_samples in [1, 1,000,000], seed in [0, 2**63 - 1]."""
-    return (check_int(horizon, horizon_flag, 1, MAX_HORIZON_BARS),
-            check_num_samples(num_samples, "num_samples (--num-samples)"), check_seed(seed, "seed (--seed)"))
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-def show_progress(progress: bool | None) -> bool:
-    """Whether to draw a progress bar: `progress` when given; None: in a terminal (stderr is a tty) and in a
-    notebook (a Jupyter kernel), not when stderr goes to a file or a CI log."""
-    if progress is not None:
-        return bool(progress)
-    with contextlib.suppress(AttributeError, ValueError):  # no, a replaced or a closed stderr
-        if sys.stderr.isatty():
-            return True
-    return in_notebook()
-
-
-def in_notebook() -> bool:
-    """Whether this process is a Jupyter kernel: IPython (imported by the kernel, never here) has a shell with a
-    kernel. A terminal IPython has none (its stderr is a tty anyway)."""
-    ipython = sys.modules.get("IPython")
-    get_ipython = getattr(ipython, "get_ipython", None)
-    shell = get_ipython() if callable(get_ipython) else None
-    return getattr(shell, "kernel", None) is not None
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, progress: bool | None, label: str, unit: str = "origin"):
-    """A tqdm.auto bar (a widget in a notebook, text on stderr elsewhere) while the block runs when
-    `show_progress(progress)`, else an object whose `update` does nothing. The bar disappears when done: the
-    command line prints what was computed."""
-    if not show_progress(progress):
-        yield _NoBar()
-        return
-    from tqdm.auto import tqdm  # imported only when a bar is shown (tqdm.auto pulls in IPython's machinery)
-
-    with tqdm(total=total, desc=label, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr) as bar:
-        yield bar
-
-
-def paths_bytes(n_origins: int, num_samples: int, horizon: int) -> int:
-    """Host memory of the sampled paths of `n_origins` origins: the float64 paths and the copies scoring them
-    makes (cumulative returns, sorted samples)."""
-    return PATH_COPIES * 8 * int(n_origins) * int(num_samples) * int(horizon)
-
-
-def check_paths_memory(n_origins: int, num_samples: int, horizon: int) -> None:
-    """ConfigError, before anything is sampled, when the paths would need more than half the free memory."""
-    check_memory(paths_bytes(n_origins, num_samples, horizon),
-                 f"{n_origins:,} origin(s) x {num_samples:,} sample paths x {horizon:,} bars",
-                 "use a smaller --num-samples (or fewer origins: --max-origins, a shorter split)")
-
-
-def origin_seed(seed: int, symbol: str, key: int, block: int = 0) -> int:
-    """The sampling seed of one origin: derived from (seed, symbol, key) only, key = the timestamp (ns) of the
-    context's last bar; `block` numbers the engine calls of an origin whose samples exceed one call."""
-    symbol_key = int.from_bytes(hashlib.sha256(str(symbol).encode("utf-8")).digest()[:8], "little")
-    return derive_seed(seed, symbol_key, int(key), int(block))

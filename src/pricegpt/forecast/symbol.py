@@ -22,8 +22,9 @@ from ..data.windows import run_cutoffs
 from ..errors import ConfigError, OutputExistsError
 from ..fileio import safe_file_names
 from ..rundir import RunDir
-from .forecaster import Forecaster, ForecastPaths, check_sampling, check_symbols
+from .forecaster import Forecaster, ForecastPaths
 from .risk import quantile_table, risk
+from .sampling import check_sampling, check_symbols
 
 log = logging.getLogger("pricegpt")
 
