@@ -139,6 +139,17 @@ def test_ensemble_killed_in_a_members_training_finishes_and_forecasts_as_the_poo
     assert any(not (first[k] == second[k]).all() for k in first)
     assert pool.temperature == json.loads((out / "calibration.json").read_text())["temperature"]
 
+    # trained runs pooled on the command line: the pool's temperature is chosen on the validation split
+    (out / "ensemble.json").unlink()
+    pooled = run(["evaluate", "--runs", f"{out},{member}", "--out", str(tmp_path / "pool"), "--num-samples", "8",
+                  "--horizons", "4"])
+    assert pooled.returncode == 0, pooled.stderr[-3000:]
+    assert "an ensemble of 2 models" in pooled.stdout
+    metrics = json.loads((tmp_path / "pool" / "metrics.json").read_text())
+    assert metrics["ensemble"]["members"] == [str(out), str(member)]
+    lonely = run(["evaluate", "--runs", str(out), "--out", str(tmp_path / "lonely")])
+    assert lonely.returncode == 2 and "pool at least two" in lonely.stderr and not (tmp_path / "lonely").exists()
+
     # a damaged ensemble.json is one clear error, not a silent single model
     (out / "ensemble.json").write_text("{")
     broken = run(["evaluate", "--run", str(out), "--out", str(tmp_path / "e"), "--num-samples", "8"])
