@@ -260,9 +260,14 @@ def cmd_calibrate(args) -> int:
                                max_origins=args.max_origins, seed=args.seed)
     if result is None:  # a process of a torchrun launch other than rank 0
         return 0
-    crps = ", ".join(f"T={t}: {value:.6f}" for t, value in result["crps"].items())
-    print(f"temperature {result['temperature']:g} (validation CRPS of the {result['horizon_bars']}-bar return over "
-          f"{result['n_origins']} origins: {crps})")
+    coverage = result.get("coverage_90", {})
+    scores = ", ".join(f"T={t}: {value:.6f}" + (f" ({coverage[t]:.1%})" if t in coverage else "")
+                       for t, value in result["crps"].items())
+    print(f"temperature {result['temperature']:g}: of the temperatures within one standard error of the lowest "
+          f"CRPS ({', '.join(f'{t:g}' for t in result.get('within_one_se', []))}), the one whose 90% interval covers "
+          "closest to 90%")
+    print(f"validation CRPS of the {result['horizon_bars']}-bar return over {result['n_origins']} origins (90% "
+          f"coverage): {scores}")
     print(f"wrote {RunDir(args.run).calibration}")
     return 0
 
