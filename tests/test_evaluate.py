@@ -349,3 +349,41 @@ def test_the_temperature_rule_prefers_calibrated_coverage_only_among_crps_ties()
     # a significantly higher CRPS is never traded for coverage
     per_origin["1"] = base + 0.05
     assert choose_temperature((0.8, 1.0, 1.2), per_origin, coverage) == (0.8, 0.8, [0.8])
+
+
+def test_an_evaluation_never_replaces_a_run_or_anything_but_an_earlier_evaluation(tiny_run, tmp_path):
+    """--out onto the run directory itself, or onto a folder holding more than an evaluation, is refused before
+    anything is sampled and leaves every file as it was; an earlier evaluation is replaced."""
+    import shutil
+
+    from pricegpt.errors import OutputExistsError
+    from pricegpt.evaluate import evaluate_run
+
+    run_dir, csv, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for out in (run, run / "model"):
+        with pytest.raises(OutputExistsError, match="does not hold an evaluation"):
+            evaluate_run(run, data=csv, num_samples=8, max_origins=2, horizons=[4], out=out)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    evaluate_run(run, data=csv, num_samples=8, max_origins=2, horizons=[4], out=tmp_path / "e")
+    evaluate_run(run, data=csv, num_samples=8, max_origins=2, horizons=[4], out=tmp_path / "e")  # replaced
+
+
+@pytest.mark.parametrize("calibration, fragment", [({"crps": {}}, "has no temperature"),
+                                                   ({"temperature": 1e308}, "not a number in [0.001, 100]")])
+def test_a_damaged_calibration_names_its_file(tiny_run, tmp_path, calibration, fragment):
+    import json
+    import shutil
+
+    from pricegpt.errors import CheckpointError
+    from pricegpt.forecast import Forecaster
+
+    run_dir, _, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "calibration.json").write_text(json.dumps(calibration))
+    with pytest.raises(CheckpointError, match="calibration.json") as err:
+        Forecaster.from_run(run)
+    assert fragment in str(err.value)

@@ -155,3 +155,11 @@ def test_ensemble_killed_in_a_members_training_finishes_and_forecasts_as_the_poo
     broken = run(["evaluate", "--run", str(out), "--out", str(tmp_path / "e"), "--num-samples", "8"])
     assert broken.returncode == 2 and "Traceback" not in broken.stderr
     assert "ensemble.json is damaged" in broken.stderr.strip().splitlines()[-1]
+
+
+def test_a_validation_split_too_short_for_a_window_is_refused_before_the_run_directory_exists(prices, tmp_path):
+    out = tmp_path / "run"
+    result = run([*pipeline_args(prices, out, max_steps=20), "--train-end", "2002-06-03", "--val-end", "2002-06-07"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "the val split is too short" in result.stderr.strip().splitlines()[-1]
+    assert not out.exists()

@@ -30,10 +30,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .backtest import MIN_DECISIONS, BacktestConfig, run_backtest
 from .config import check_choice, check_int, explicit_keys, load_config, preset_tokenizer_options, resolve_config
+from .config.checks import MAX_ENSEMBLE
 from .data import iso, load_prices, time_splits
 from .data.windows import (
     decision_origins,
@@ -43,7 +45,7 @@ from .data.windows import (
     select_origins,
     symbol_series,
 )
-from .errors import ConfigError, OutputExistsError
+from .errors import ConfigError, DataError, OutputExistsError
 from .evaluate import evaluate_run
 from .evaluate.report import refresh_report
 from .fileio import OUTPUT_MARKER, atomic_dir, make_dirs, mark_output, remove_output, write_json
@@ -53,6 +55,7 @@ from .tokenizer import DEFAULT_PATCH_LEN, fit_to_dir, load_tokenizer, tokenizer_
 from .tokenizer.side import has_side_columns
 from .train import dist, latest_checkpoint, log_evaluation, train_run
 from .train.checkpoint import InitModel, load_init
+from .train.data import MIN_CONTEXT
 from .train.device import pick_device
 
 log = logging.getLogger("pricegpt")
@@ -65,7 +68,6 @@ PIPELINE_TIMEOUT = timedelta(hours=2)
 # Stages every process of a torchrun launch runs together (training's batches, the forecasts' origins are shared);
 # the others (tokenizer, tokenize) run on rank 0 while the rest wait.
 COLLECTIVE_STAGES = ("train", "calibrate", "evaluate", "backtest")
-MAX_ENSEMBLE = 16  # members of --ensemble K: each is a full training run
 
 
 @dataclass
@@ -151,6 +153,8 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
         record.update(init=init.record(), tokenizer_kind=init.tokenizer.kind,
                       tokenizer={"patch_len": c.patch_len, "codebook_size": init.tokenizer.vocab_size,
                                  "scaling": c.scaling})
+    _check_windows(frame, splits, (config.model if init is None else init.model.config).sequence_len,
+                   record["tokenizer"].get("patch_len") or DEFAULT_PATCH_LEN)
     info = dist.dist_env()
     owns_process_group = info.enabled and not dist.is_initialized()
     if owns_process_group:  # under torchrun: one group for training, the sharded forecasts and the stage barriers
@@ -194,6 +198,21 @@ def _check_splits_hold_the_horizon(frame, splits, settings: PipelineSettings) ->
         require_origins(select_origins(series, split, horizon), series, cutoffs, horizon)
     cutoffs = resolve_cutoffs(frame, "backtest", train_end=splits.train_end, val_end=splits.val_end)
     require_origins(decision_origins(series, horizon), series, cutoffs, horizon, minimum=MIN_DECISIONS)
+
+
+def _check_windows(frame, splits, sequence_len: int, patch_len: int) -> None:
+    """Before any stage: some symbol has a training window in the train and in the validation split (the train
+    stage's rule, train.data.window_length), so that a split too short fails here and not after the tokenizer has
+    been fitted into the run directory."""
+    series = symbol_series(return_features(frame), splits)
+    needed = min(sequence_len + 1, MIN_CONTEXT + 1)
+    for label, split in ((0, "train"), (1, "val")):
+        longest = max((int(np.sum(s.labels == label)) // patch_len for s in series.values()), default=0)
+        if longest < needed:
+            raise DataError(f"the {split} split is too short: a {split} window needs {needed} consecutive tokens "
+                            f"of one symbol (model.sequence_len={sequence_len}, {patch_len} bar(s) per token), the "
+                            f"longest {split} series has {longest}; use more data, a longer {split} split "
+                            "(--train-end / --val-end), or a smaller model.sequence_len")
 
 
 # the settings that shape the tokenizer a pipeline fits; with an init its tokenizer is used as it is

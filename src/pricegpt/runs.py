@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import show
+from .config.checks import MAX_TEMPERATURE, MIN_TEMPERATURE
 from .errors import CheckpointError, DataError
 from .fileio import write_json
 from .model import GPT
@@ -124,11 +125,16 @@ def _check_meta_types(meta: dict, run_dir: Path) -> None:
 def _read_calibration(path: Path) -> dict:
     """RUN/calibration.json; its temperature must be a finite number > 0 (it scales every forecast's logits)."""
     calibration = _read_json(path)
-    temperature = calibration.get("temperature", 1.0)
+    if not path.is_file():
+        return calibration
+    fix = "delete the file to forecast uncalibrated, or calibrate again with `pricegpt calibrate --run RUN`"
+    if "temperature" not in calibration:
+        raise CheckpointError(f"{path} has no temperature; {fix}")
+    temperature = calibration["temperature"]
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not 0 < temperature < float("inf"):
-        raise CheckpointError(f"{path}: temperature {temperature!r} is not a number > 0; delete the file to "
-                              "forecast uncalibrated, or calibrate again with `pricegpt pipeline`")
+            or not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
+        raise CheckpointError(f"{path}: temperature {show(temperature)} is not a number in [{MIN_TEMPERATURE:g}, "
+                              f"{MAX_TEMPERATURE:g}]; {fix}")
     return calibration
 
 

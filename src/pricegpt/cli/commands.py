@@ -198,6 +198,9 @@ def _pooled_runs(args, command: str):
         raise ConfigError(f"{command} --runs runs in one process (the pool's temperature is chosen in memory); "
                           "launch it without torchrun")
     for path in args.runs:
+        if Path(path).exists() and not Path(path).is_dir():
+            raise ConfigError(f"--runs: {path} is a file, not a run; give trained run directories (or forecaster "
+                              "folders)")
         if not Path(path).exists() and "/" in path.replace("\\", "/"):
             raise ConfigError(f"--runs: {path} not found; give trained run directories (or forecaster folders)")
     pool = EnsembleForecaster.from_runs(args.runs)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .. import CurrentStderrHandler
 from ..config import check_num_generate, check_num_samples, check_seed, check_temperature, check_top_k, check_top_p
+from ..config.checks import MAX_ENSEMBLE
 from ..errors import ConfigError, PriceGPTError
 from . import commands
 from .corpus import add_corpus_parser
@@ -71,6 +73,7 @@ def _number(text: str) -> float:
 
 
 _positive_int = _bounded_int(1, MAX_COUNT, "a whole number")
+_ensemble = _bounded_int(1, MAX_ENSEMBLE, "a whole number")
 _seed = _checked(_whole, check_seed)
 _num_samples = _checked(_whole, check_num_samples)
 _num_generate = _checked(_whole, check_num_generate)
@@ -97,9 +100,10 @@ def _runs(text: str) -> list[str]:
     values = [part.strip() for part in text.split(",") if part.strip()]
     if len(values) < 2:
         raise argparse.ArgumentTypeError(f"'{text}' names {len(values)} run(s); pool at least two, like runs/a,runs/b")
-    if len(set(values)) < len(values):
+    if len({os.path.realpath(v) for v in values}) < len(values):
         raise argparse.ArgumentTypeError(f"'{text}' names a run twice; each run is one member of the pool")
     return values
+
 
 
 def _price(text: str) -> float:
@@ -247,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-end")
     p.add_argument("--val-end")
     p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it was made with other settings (the same settings finish the run)")
     _add_date_format(p)
     p.set_defaults(func=commands.cmd_tokenizer_fit)
 
@@ -257,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--train-end", help="default: the tokenizer's")
     p.add_argument("--val-end", help="default: the tokenizer's")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it was made with other settings (the same settings finish the run)")
     _add_date_format(p)
     p.set_defaults(func=commands.cmd_tokenize)
 
@@ -384,11 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--ablation", action="store_true",
                    help="also train the same pipeline with the quantile tokenizer and compare in the report")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it was made with other settings (the same settings finish the run)")
     p.add_argument("--init", metavar="MODEL",
                    help="fine-tune this model (forecaster folder, built-in name or run directory): its tokenizer "
                         "is used instead of fitting one")
-    p.add_argument("--ensemble", type=_positive_int, default=1, metavar="K",
+    p.add_argument("--ensemble", type=_ensemble, default=1, metavar="K",
                    help="train K models with consecutive training seeds on the same tokens and forecast with their "
                         "pool (paths split equally, one temperature); default 1")
     _add_date_format(p)

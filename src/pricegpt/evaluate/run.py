@@ -59,8 +59,8 @@ from ..data.windows import (
     source_name,
     symbol_series,
 )
-from ..errors import ConfigError
-from ..fileio import atomic_dir, json_ready, write_json
+from ..errors import ConfigError, OutputExistsError
+from ..fileio import OUTPUT_MARKER, atomic_dir, json_ready, write_json
 from ..forecast import Forecaster, check_paths_memory, check_sampling, forecaster_of, paths_bytes, risk
 from ..forecast.shard import sharding
 from ..rundir import RunDir
@@ -131,6 +131,10 @@ def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = Fals
     """
     setup = _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_origins, seed,
                    train_end, val_end)
+    if out is None and getattr(setup.run, "pretrained", False):
+        raise ConfigError("a pretrained model's folder is not a run directory: give the evaluation an --out DIR")
+    out = Path(out) if out is not None else RunDir(setup.run.dir).eval
+    check_eval_dir(out)  # before anything is sampled
     paths = _sample(setup, ablation_runs)
     if paths is None:
         return None
@@ -166,9 +170,7 @@ def evaluate_run(run, data=None, split: str = "test", allow_overlap: bool = Fals
     metrics = json_ready(metrics)
 
     table = combine(tables)
-    if out is None and getattr(run, "pretrained", False):
-        raise ConfigError("a pretrained model's folder is not a run directory: give the evaluation an --out DIR")
-    out = Path(out) if out is not None else RunDir(run.dir).eval
+    check_eval_dir(out)
     with atomic_dir(out, overwrite=True) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_csv(tmp / "origins.csv", table)
@@ -234,6 +236,22 @@ def resolve_horizons(horizon, horizons, default: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------- set-up
+EVAL_FILES = ("metrics.json", "origins.csv", "report.md", "report.html")
+
+
+def check_eval_dir(out: Path) -> None:
+    """OutputExistsError unless `out` is absent or holds nothing but an earlier evaluation's files (metrics.json,
+    origins.csv, the report and its PNGs): an evaluation replaces only an evaluation, never a run directory, a
+    backtest or anything else of the user's."""
+    if not out.exists() and not out.is_symlink():
+        return
+    entries = list(out.iterdir()) if out.is_dir() and not out.is_symlink() else None
+    if entries is None or not all(e.is_file() and (e.name in (*EVAL_FILES, OUTPUT_MARKER) or e.suffix == ".png")
+                                  for e in entries):
+        raise OutputExistsError(f"{out} exists and does not hold an evaluation; choose another --out (an evaluation "
+                                "replaces only an earlier evaluation's folder)")
+
+
 def _forecaster(run) -> Forecaster:
     if isinstance(run, Forecaster):
         return run

@@ -84,7 +84,9 @@ def volatility_block(table: pd.DataFrame, variances: dict[str, np.ndarray | None
     headline = "vol_head" if forecasters.get("vol_head") else "model"
     compared = [b for b in VOL_BASELINES if forecasters.get(b)]
     comparison = {b: None for b in VOL_BASELINES}
-    if forecasters.get(headline) and compared:
+    if forecasters.get(headline) and not forecasters[headline]["n"]:
+        notes["comparison"] = "no origin has a non-zero realised variance: the variance forecasts were not compared"
+    elif forecasters.get(headline) and compared:
         reasons: dict[str, str] = {}
         result = significance.compare(losses, headline, compared, seed=seed, notes=reasons)
         for b in compared:

@@ -20,6 +20,7 @@ in RUN/members/member-k/, RUN/ensemble.json lists them and RUN/calibration.json 
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -32,6 +33,8 @@ from ..rundir import RunDir
 from ..runs import Run, load_run
 from .forecaster import Forecaster
 from .sampling import check_sampling
+
+log = logging.getLogger("pricegpt")
 
 
 class EnsembleForecaster(Forecaster):
@@ -61,13 +64,18 @@ class EnsembleForecaster(Forecaster):
 
     @classmethod
     def from_runs(cls, sources, directory: str | os.PathLike | None = None) -> EnsembleForecaster:
-        """Members from run directories or forecaster folders (built-in names too)."""
+        """Members from run directories or forecaster folders (built-in names too). A run that is itself an
+        ensemble (`pipeline --ensemble K`) contributes its K models, so that every model weighs the same."""
         members = []
         for source in sources:
             path = str(source)
-            members.append(Forecaster.from_run(path) if os.path.isfile(os.path.join(path, "run.json"))
-                           or os.path.isdir(os.path.join(path, "checkpoints"))
-                           else Forecaster.from_pretrained(path))
+            member = (Forecaster.from_run(path) if os.path.isfile(os.path.join(path, "run.json"))
+                      or os.path.isdir(os.path.join(path, "checkpoints")) else Forecaster.from_pretrained(path))
+            members += member.members if isinstance(member, EnsembleForecaster) else [member]
+        known = [frozenset(m.tokenizer.symbol_scales) for m in members]
+        if len(set(known)) > 1:
+            log.warning("the pooled runs were trained on different symbols (%s); a symbol a member never saw gets "
+                        "its global scale", "; ".join(f"{m.run.dir}: {len(k)}" for m, k in zip(members, known)))
         return cls(members, directory)
 
     @classmethod
@@ -84,11 +92,17 @@ class EnsembleForecaster(Forecaster):
         if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
             raise CheckpointError(damaged)
         device = next(run.model.parameters()).device
-        members = [Forecaster(run, autocast=autocast)]
+        members, seen = [Forecaster(run, autocast=autocast)], {run.dir.resolve()}
         for name in names:
             member_dir = (run.dir / name).resolve()
             if run.dir.resolve() not in member_dir.parents:
                 raise CheckpointError(f"{path} names {name!r}, outside the run directory; {damaged}")
+            if member_dir in seen:
+                raise CheckpointError(f"{path} names {name!r} twice; {damaged}")
+            seen.add(member_dir)
+            if not (member_dir / "model").is_dir():
+                raise CheckpointError(f"{path} names {name!r}, which holds no trained model; rerun the pipeline "
+                                      "that wrote it (the same command finishes its members)")
             members.append(Forecaster(load_run(member_dir, device=device, need_tokenizer=True), autocast=autocast))
         ensemble = cls(members, directory=run.dir)
         ensemble.run.calibration = dict(run.calibration)
