@@ -321,3 +321,41 @@ def test_the_pipeline_refuses_side_channels_for_close_only_data_before_any_work(
     with pytest.raises(ConfigError, match="model.side=true needs open, high and low"):
         run_pipeline(frame, tmp_path / "run", overrides=["model.side=true"])
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------- shock head
+def test_shock_classes_known_answers_and_settings():
+    from pricegpt.train.shock_targets import ShockTargets, shock_classes
+
+    tokenizer = _Table([[0.1], [-2.0], [0.5], [-0.2]])  # sizes 0.1, 2.0, 0.5, 0.2: two codes per class
+    assert shock_classes(tokenizer, 2).tolist() == [0, 1, 1, 0]
+    assert shock_classes(tokenizer, 4).tolist() == [0, 3, 2, 1]
+    targets = ShockTargets(tokenizer, 2)(torch.tensor([[1, 0, -1, 2]]))
+    assert targets.tolist() == [[1, 0, -1, 1]]
+    with pytest.raises(ConfigError, match="more classes than the tokenizer's 4 codes"):
+        shock_classes(tokenizer, 5)
+    for bad in ("model.shock_bins=1", "model.shock_bins=65", "model.shock_bins=-2", "train.shock_loss_weight=-1"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            resolve_config("tiny", overrides=[bad])
+
+
+def test_a_shock_head_trains_with_the_volatility_head_and_forecasts_class_probabilities(stocks_store, tmp_path):
+    path, frame, _ = stocks_store
+    overrides = [*TINY, "model.vol_bars=3", "model.shock_bins=4", "train.warmup_steps=0", "train.eval_every=5"]
+    with torch_threads_kept():
+        train_run(tokens=path, out=tmp_path / "run", preset="tiny", max_steps=10, overrides=overrides)
+    weights = read_weights(latest_checkpoint(tmp_path / "run") / "model.safetensors")
+    assert weights["shock_head.weight"].shape[0] == 4 and weights["shock_head.weight"].abs().max() > 0
+    assert weights["vol_head.weight"].abs().max() > 0
+    forecaster = Forecaster.from_run(tmp_path / "run")
+    table = forecaster.predict_shock(frame)
+    probabilities = table[[f"p_class_{k}" for k in range(4)]].to_numpy()
+    assert list(table["symbol"]) == sorted(frame["symbol"].unique())
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    model = GPT.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.shock_bins == 4 and model.param_breakdown()["head"] == model.config.n_embd * (
+        model.config.vocab_size + 1 + 4)
+    plain = Forecaster.from_run(tmp_path / "run")
+    plain.model.config.shock_bins = 0
+    with pytest.raises(ConfigError, match="no shock head"):
+        plain.predict_shock(frame)

@@ -71,6 +71,10 @@ class GPTConfig:
     # a volatility head: from the same trunk, the log of the mean squared return of the next vol_bars bars in units
     # of the volatility scale at the forecast origin (QLIKE loss, weighted by train.vol_loss_weight); 0: no head
     vol_bars: int = 0
+    # a shock head: from the same trunk, the class of the next bar's absolute shock among shock_bins bins (equal
+    # numbers of the tokenizer's codes, by the size of their first bar's scaled return; train/shock_targets.py),
+    # cross-entropy weighted by train.shock_loss_weight; 0: no head
+    shock_bins: int = 0
 
     def __post_init__(self):
         for name, hi in (("sequence_len", MAX_SEQUENCE_LEN), ("vocab_size", MAX_VOCAB), ("n_layer", MAX_LAYERS),
@@ -109,6 +113,9 @@ class GPTConfig:
         check_bool(self.calendar, "model.calendar")
         check_bool(self.side, "model.side")
         check_int(self.vol_bars, "model.vol_bars", 0, 4096, "0 builds no volatility head")
+        check_int(self.shock_bins, "model.shock_bins", 0, 64, "0 builds no shock head; 2 to 64 bins")
+        if self.shock_bins == 1:
+            raise ConfigError("model.shock_bins=1 is one class, nothing to predict; use 0 (no head) or 2 to 64 bins")
         if self.side_edges is not None:
             if not self.side:  # a run's config.yaml reused with model.side=false: the edges mean nothing then
                 self.side_edges = None
@@ -127,7 +134,8 @@ class GPTConfig:
         calendar = CALENDAR_ROWS * E if self.calendar else 0
         side = SIDE_CHANNELS * (SIDE_BINS + 1) * E if self.side else 0
         vol = E if self.vol_bars else 0
-        return 2 * self.vocab_size * E + calendar + side + vol + self.n_layer * (attention + mlp)
+        shock = E * self.shock_bins
+        return 2 * self.vocab_size * E + calendar + side + vol + shock + self.n_layer * (attention + mlp)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,6 +213,8 @@ class TrainConfig:
     side_lr_scale: float = 10.0
     # weight of the volatility head's QLIKE loss (model.vol_bars) next to the next-token cross-entropy
     vol_loss_weight: float = 0.1
+    # weight of the shock head's cross-entropy (model.shock_bins) next to the next-token cross-entropy
+    shock_loss_weight: float = 0.1
 
     def __post_init__(self):
         check_choice(self.optimizer, "train.optimizer", OPTIMIZERS)
@@ -240,6 +250,8 @@ class TrainConfig:
                      hint="the side channels' learning rate over train.lr")
         check_number(self.vol_loss_weight, "train.vol_loss_weight", 0, 100,
                      hint="the volatility head's loss weight; 0.1 is the default")
+        check_number(self.shock_loss_weight, "train.shock_loss_weight", 0, 100,
+                     hint="the shock head's loss weight; 0.1 is the default")
 
     def grad_accum_steps(self, world_size: int) -> int:
         """Micro-batches each process runs per optimizer step so that the step sees global_batch_size windows."""

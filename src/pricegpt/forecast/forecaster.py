@@ -300,8 +300,47 @@ class Forecaster:
         symbols = [str(s) for s in symbols]
         contexts, sides, ctx_times, _, profiles, tokens = self._prepare(list(contexts), symbols, horizon,
                                                                         context_times, None, horizon)
+        hidden = self._last_hidden(tokens, ctx_times, sides)
+        out = self.model.log_variance(hidden).double().cpu().numpy()
+        for i, (c, s, t, p) in enumerate(zip(contexts, symbols, ctx_times, profiles)):
+            s0 = self.tokenizer.origin_state(np.asarray(c, dtype=np.float64), s, times=t, profile=p)
+            seasonal = 1.0
+            if p is not None and t is not None and len(t):
+                seasonal = float(np.mean(p.factors(future_times(t, horizon)) ** 2))
+            out[i] = horizon * s0 ** 2 * math.exp(out[i]) * seasonal
+        return out
+
+    @property
+    def has_shock_head(self) -> bool:
+        """Whether the model has a shock head (model.shock_bins): `predict_shock` then forecasts."""
+        return bool(getattr(self.model.config, "shock_bins", 0))
+
+    def predict_shock(self, context_frame) -> pd.DataFrame:
+        """The shock head's forecast of the size class of the next bar's absolute shock after the last bar of each
+        symbol in `context_frame` (a price frame, file, folder or sample:NAME): one row per symbol with `origin`
+        and `p_class_0` .. `p_class_{K-1}` (classes of increasing |return| / volatility scale, each holding an
+        equal share of the tokenizer's codes; train/shock_targets.py). One forward pass per symbol; a model without
+        a head is a ConfigError."""
+        if not self.has_shock_head:
+            raise ConfigError("this model has no shock head; train one with --set model.shock_bins=K")
+        context_frame = load_prices(context_frame)
+        per_symbol = self.features(context_frame)
+        symbols = sorted(per_symbol)
+        contexts, sides, ctx_times, _, _, tokens = self._prepare(
+            [per_symbol[s][1] for s in symbols], symbols, 1, [per_symbol[s][0] for s in symbols], None, 1)
+        with torch.no_grad():
+            probs = torch.softmax(self.model.shock_logits(self._last_hidden(tokens, ctx_times, sides)), dim=-1)
+        frame = pd.DataFrame({"symbol": symbols,
+                              "origin": [pd.Timestamp(per_symbol[s][0][-1]).tz_localize("UTC") for s in symbols]})
+        for k, column in enumerate(probs.double().cpu().numpy().T):
+            frame[f"p_class_{k}"] = column
+        return frame
+
+    def _last_hidden(self, tokens, ctx_times, sides) -> torch.Tensor:
+        """(origins, E) the trunk's final hidden state at each context's last token, contexts of equal length
+        batched (the heads read it)."""
         device = self.device
-        out = np.empty(len(contexts))
+        out = torch.empty(len(tokens), self.model.config.n_embd)
         by_length: dict[int, list[int]] = {}
         for i, ids in enumerate(tokens):
             by_length.setdefault(len(ids), []).append(i)
@@ -314,15 +353,8 @@ class Forecaster:
                 idx = torch.as_tensor(np.stack([tokens[i] for i in batch]), dtype=torch.long, device=device)
                 with (torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None
                       else contextlib.nullcontext()):
-                    h = self.model.log_variance(self.model.hidden(idx, **extra))[:, -1]
-                out[batch] = h.double().cpu().numpy()
-        for i, (c, s, t, p) in enumerate(zip(contexts, symbols, ctx_times, profiles)):
-            s0 = self.tokenizer.origin_state(np.asarray(c, dtype=np.float64), s, times=t, profile=p)
-            seasonal = 1.0
-            if p is not None and t is not None and len(t):
-                seasonal = float(np.mean(p.factors(future_times(t, horizon)) ** 2))
-            out[i] = horizon * s0 ** 2 * math.exp(out[i]) * seasonal
-        return out
+                    out[batch] = self.model.hidden(idx, **extra)[:, -1].float().cpu()
+        return out.to(device)
 
     def sample_cumulative(self, contexts, symbols, horizon: int, num_samples: int, *, seed: int = 0,
                           temperature: float | None = None, context_ends=None, progress: bool | None = None,

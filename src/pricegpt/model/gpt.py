@@ -12,7 +12,9 @@ A nanochat-style decoder-only transformer:
 - a final RMSNorm, an untied lm_head and a tanh logit softcap computed in fp32,
 - with `vol_bars`, a volatility head on the same final hidden state: one linear map to the log of the mean
   squared return of the next vol_bars bars in units of the origin's volatility scale (zero at initialisation:
-  variance 1, a standardised shock's), trained with the QLIKE loss (`vol_loss`).
+  variance 1, a standardised shock's), trained with the QLIKE loss (`vol_loss`);
+- with `shock_bins`, a shock head: one linear map to the logits of the next bar's absolute-shock class (zero at
+  initialisation: every class equally likely), trained with a cross-entropy (`shock_loss`).
 
 Shapes: B batch, T time, V vocab, E n_embd, H query heads, Hkv key/value heads, D head_dim = E // H.
 
@@ -251,6 +253,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.vol_bars:  # skip_init draws no random numbers: the other weights are as without a head
             self.vol_head = nn.utils.skip_init(nn.Linear, config.n_embd, 1, bias=False)
+        if config.shock_bins:
+            self.shock_head = nn.utils.skip_init(nn.Linear, config.n_embd, config.shock_bins, bias=False)
         if config.calendar:  # built from zeros, drawing no random numbers: the other weights are as without them
             self.calendar_tod = nn.Embedding.from_pretrained(torch.zeros(CALENDAR_SIZES[0], config.n_embd), False)
             self.calendar_dow = nn.Embedding.from_pretrained(torch.zeros(CALENDAR_SIZES[1], config.n_embd), False)
@@ -284,6 +288,8 @@ class GPT(nn.Module):
             nn.init.zeros_(self.lm_head.weight)
         if c.vol_bars:
             nn.init.zeros_(self.vol_head.weight)  # log variance 0: a standardised shock's variance
+        if c.shock_bins:
+            nn.init.zeros_(self.shock_head.weight)  # every shock class equally likely
 
     def _rotary(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for positions [start, start + length); tables grow (doubling) past sequence_len."""
@@ -331,11 +337,12 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache=None, reduction: str = "mean",
         calendar: torch.Tensor | None = None, side: torch.Tensor | None = None,
-        vol_targets: torch.Tensor | None = None,
+        vol_targets: torch.Tensor | None = None, shock_targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx (B, T) int64 -> logits (B, T, V) fp32, or with targets (B, T) the cross-entropy loss; with
-        vol_targets too (B, T) (a volatility-head model in training), the pair [cross-entropy, QLIKE loss of the
-        volatility head] as a (2,) tensor (`vol_loss`; one forward, so DDP and torch.compile see one call).
+        vol_targets (B, T) and/or shock_targets (B, T) too (a model with heads, in training), the losses
+        [cross-entropy, the volatility head's QLIKE (`vol_loss`) if given, the shock head's cross-entropy
+        (`shock_loss`) if given] as one tensor (one forward, so DDP and torch.compile see one call).
 
         targets equal to -1 are ignored. `reduction` is F.cross_entropy's ("mean" -> scalar, "none" -> (B*T,)).
         kv_cache (see engine.KVCache) makes positions start at kv_cache.pos and appends this call's K/V to it.
@@ -353,9 +360,11 @@ class GPT(nn.Module):
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1, reduction=reduction)
-        if vol_targets is None:
+        if vol_targets is None and shock_targets is None:
             return loss
-        return torch.stack([loss, self.vol_loss(x, vol_targets)])
+        losses = [loss] + ([self.vol_loss(x, vol_targets)] if vol_targets is not None else []) \
+            + ([self.shock_loss(x, shock_targets)] if shock_targets is not None else [])
+        return torch.stack(losses)
 
     def hidden(self, idx: torch.Tensor, *, kv_cache=None, calendar: torch.Tensor | None = None,
                side: torch.Tensor | None = None) -> torch.Tensor:
@@ -400,6 +409,17 @@ class GPT(nn.Module):
             return h.sum()  # zero, and still part of the graph
         return (v * torch.exp(-h) + h).mean()
 
+    def shock_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The shock head: hidden states (B, T, E) -> (B, T, shock_bins) fp32 logits of the class of the next
+        bar's absolute shock after each position. Only for a model built with shock_bins > 0."""
+        assert self.config.shock_bins, "this model has no shock head (model.shock_bins=0)"
+        return self.shock_head(hidden).float()
+
+    def shock_loss(self, hidden: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the shock head against `classes` (B, T) int64 (-1: no target)."""
+        logits = self.shock_logits(hidden)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), classes.reshape(-1), ignore_index=-1)
+
     # ---------------------------------------------------------------- bookkeeping
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -417,7 +437,7 @@ class GPT(nn.Module):
             "embedding": sum(p.numel() for p in self.embedding_params()),
             "attention": sum(p.numel() for b in self.blocks for p in b.attn.parameters()),
             "mlp": sum(p.numel() for b in self.blocks for p in b.mlp.parameters()),
-            "head": self.lm_head.weight.numel() + (self.vol_head.weight.numel() if self.config.vol_bars else 0),
+            "head": sum(p.numel() for p in self.head_params()),
             "attention_per_layer": attention_per_layer,
             "mlp_per_layer": mlp_per_layer,
         }
@@ -452,7 +472,8 @@ class GPT(nn.Module):
         return [self.wte.weight] + [t.weight for t in self.calendar_tables() + self.side_embedding_tables()]
 
     def head_params(self) -> list[nn.Parameter]:
-        return [self.lm_head.weight] + ([self.vol_head.weight] if self.config.vol_bars else [])
+        return [self.lm_head.weight] + ([self.vol_head.weight] if self.config.vol_bars else []) \
+            + ([self.shock_head.weight] if self.config.shock_bins else [])
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups named "matrix", "embedding", "side" (a side model's tables), "head" (so each can

@@ -27,9 +27,10 @@ Side channels (model.side): each window's side-channel ids go to the model with 
 token's are hidden (-1, the "unknown" rows) with probability `train.side_dropout`, drawn as a pure function of
 (seed, step), because generated positions have none.
 
-Volatility head (model.vol_bars): the loss minimised is the cross-entropy plus train.vol_loss_weight times the
-head's QLIKE loss against targets computed from each window's own next tokens (vol_targets.py); the losses logged
-and early stopping use the cross-entropy alone.
+Volatility head (model.vol_bars) and shock head (model.shock_bins): the loss minimised is the cross-entropy plus
+train.vol_loss_weight times the volatility head's QLIKE loss and train.shock_loss_weight times the shock head's
+cross-entropy, against targets computed from each window's own next tokens (vol_targets.py, shock_targets.py);
+the losses logged and early stopping use the next-token cross-entropy alone.
 
 Fine-tuning: `Trainer(..., init_model=GPT)` starts step 0 from a trained model's weights instead of a fresh
 initialisation (run.py checks the architecture and the tokenizer); after that the run is like any other.
@@ -84,6 +85,7 @@ from .device import _known_peak_flops as _known_peak_flops  # re-exported: tests
 from .device import compile_unavailable, peak_flops, pick_device
 from .metrics import METRICS_FILE, MetricsLog
 from .optim import build_optimizers, lr_factor, set_lr
+from .shock_targets import ShockTargets
 from .vol_targets import VolTargets
 
 log = logging.getLogger("pricegpt")
@@ -133,6 +135,8 @@ class Trainer:
         # the volatility head's targets come from the tokenizer's code table (vol_targets.py)
         self.vol_targets = VolTargets(_tokenizer_of(data), config.model.vol_bars, config.model.sequence_len) \
             if config.model.vol_bars else None
+        self.shock_targets = ShockTargets(_tokenizer_of(data), config.model.shock_bins) \
+            if config.model.shock_bins else None
         self.forward_model = self._compiled() if t.compile else self.model
         if self.dist.enabled:
             self.forward_model = DistributedDataParallel(
@@ -333,14 +337,20 @@ class Trainer:
                                       None if side_hidden is None else side_hidden[lo : lo + B])
             last = micro == self.accum_steps - 1
             no_sync = self.forward_model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
+            weights = []  # of the heads' losses, in the order forward returns them after the cross-entropy
             if self.vol_targets is not None:
                 extra["vol_targets"] = self.vol_targets(y).to(self.device)
+                weights.append(t.vol_loss_weight)
+            if self.shock_targets is not None:
+                extra["shock_targets"] = self.shock_targets(y).to(self.device)
+                weights.append(t.shock_loss_weight)
             with no_sync:
                 with self._autocast():
                     loss = self.forward_model(x, y, **extra)
-                if self.vol_targets is not None:  # [cross-entropy, volatility QLIKE]: the loss logged is the first
-                    loss, vol_loss = loss[0], loss[1]
-                    ((loss + t.vol_loss_weight * vol_loss) / self.accum_steps).backward()
+                if weights:  # [cross-entropy, the heads' losses]: the loss logged is the cross-entropy
+                    total = loss[0] + sum(w * head for w, head in zip(weights, loss[1:]))
+                    loss = loss[0]
+                    (total / self.accum_steps).backward()
                 else:
                     (loss / self.accum_steps).backward()
             self._loss_sum += loss.detach()
