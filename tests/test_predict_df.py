@@ -208,3 +208,40 @@ def test_enable_logging_adds_one_stderr_handler(capsys):
             pricegpt.enable_logging("LOUD")
     finally:
         logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def test_notebook_mistakes_are_config_errors_before_any_sampling(forecaster, tiny_run, tmp_path):  # noqa: F811
+    """What a notebook user gets wrong is a ConfigError naming the argument, never a raw TypeError or an empty or
+    duplicated table; save_pretrained never replaces a run directory; the pipeline checks its values first."""
+    import shutil
+
+    from pricegpt.errors import OutputExistsError
+    from pricegpt.evaluate import evaluate_run
+    from pricegpt.pipeline import run_pipeline
+
+    run_dir, csv, _ = tiny_run
+    frame = load_prices(csv)
+    symbol = sorted(frame["symbol"].unique())[0]
+    for bad, fragment in (([], "symbols is empty"), ([symbol, symbol], "twice"), (5, "list of symbol names")):
+        with pytest.raises(ConfigError, match=fragment):
+            forecaster.predict_df(frame, 2, symbols=bad, num_samples=4)
+    assert forecaster.predict_df(frame, 2, symbols=symbol, num_samples=4)["symbol"].unique().tolist() == [symbol]
+    for bad in ((2,), 0.5, None):
+        with pytest.raises(ConfigError, match="quantile_levels"):
+            forecaster.predict_quantiles(frame, 2, levels=bad, num_samples=4)
+    with pytest.raises(ConfigError, match="autocast"):
+        Forecaster.from_run(run_dir, autocast="bf16")
+    with pytest.raises(ConfigError, match="run_dir must be a path"):
+        Forecaster.from_run(None)
+    with pytest.raises(ConfigError, match="at least 2"):
+        evaluate_run(run_dir, data=csv, num_samples=1, out=tmp_path / "e")
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    with pytest.raises(OutputExistsError, match="not a forecaster folder"):
+        Forecaster.from_run(run).save_pretrained(run, overwrite=True)
+    assert (run / "model" / "model.safetensors").is_file()
+    for kwargs, fragment in ((dict(num_samples=0), "--num-samples"), (dict(horizon=0), "--horizon"),
+                             (dict(nosuch=1), "unknown pipeline setting"), (dict(overrides="x=1"), "overrides")):
+        with pytest.raises(ConfigError, match=fragment):
+            run_pipeline(csv, tmp_path / "p", **kwargs)
+        assert not (tmp_path / "p").exists()

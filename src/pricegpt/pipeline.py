@@ -23,10 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,7 +35,18 @@ import numpy as np
 import pandas as pd
 
 from .backtest import MIN_DECISIONS, BacktestConfig, run_backtest
-from .config import check_choice, check_int, explicit_keys, load_config, preset_tokenizer_options, resolve_config
+from .config import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_num_samples,
+    check_number,
+    check_seed,
+    explicit_keys,
+    load_config,
+    preset_tokenizer_options,
+    resolve_config,
+)
 from .config.checks import MAX_ENSEMBLE
 from .data import iso, load_prices, time_splits
 from .data.windows import (
@@ -49,7 +61,8 @@ from .errors import ConfigError, DataError, OutputExistsError
 from .evaluate import evaluate_run
 from .evaluate.report import refresh_report
 from .fileio import OUTPUT_MARKER, atomic_dir, make_dirs, mark_output, remove_output, write_json
-from .forecast import Forecaster, calibrate_temperature
+from .forecast import MAX_HORIZON_BARS, Forecaster, calibrate_temperature
+from .forecast.sampling import check_scored_samples
 from .rundir import RunDir
 from .tokenizer import DEFAULT_PATCH_LEN, fit_to_dir, load_tokenizer, tokenizer_report, write_token_store
 from .tokenizer.side import has_side_columns
@@ -116,10 +129,20 @@ def _source_id(source) -> str:
 def run_pipeline(data, out, settings: PipelineSettings | None = None, **overrides) -> PipelineResult | None:
     """Run (or finish) every stage for the prices `data` (a path, folder, sample:NAME or DataFrame) into the run
     directory `out`. `settings` (or keyword overrides of its fields) as in PipelineSettings."""
+    if settings is not None and not isinstance(settings, PipelineSettings):
+        raise ConfigError(f"settings must be a PipelineSettings (or None), got {type(settings).__name__}; give the "
+                          "fields as keywords, e.g. run_pipeline(data, out, preset=\"tiny\")")
+    unknown = sorted(set(overrides) - {f.name for f in fields(PipelineSettings)})
+    if unknown:
+        raise ConfigError(f"unknown pipeline setting(s) {', '.join(unknown)}; the settings are "
+                          f"{', '.join(f.name for f in fields(PipelineSettings))}")
+    if not isinstance(out, (str, os.PathLike)) or not str(out):
+        raise ConfigError(f"out must be a run directory path, got {out!r}")
     settings = PipelineSettings(**{**(asdict(settings) if settings else {}), **overrides})
     tokenizer_options = preset_tokenizer_options(settings.preset)  # an unknown preset fails first
     check_choice(settings.tokenizer_kind, "--tokenizer-kind", TOKENIZER_KINDS)
     settings.ensemble = check_int(settings.ensemble, "--ensemble", 1, MAX_ENSEMBLE)
+    _check_settings(settings)
     out = RunDir(out)
     frame = load_prices(data, date_format=settings.date_format)
     splits = time_splits(frame, train_end=settings.train_end, val_end=settings.val_end)
@@ -181,6 +204,24 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
         return None
     return PipelineResult(run=out.root, evaluation=json.loads(out.eval_metrics.read_text()),
                           backtest=json.loads(out.backtest_metrics.read_text()), timings=timings)
+
+
+def _check_settings(settings: PipelineSettings) -> None:
+    """Every numeric setting that is given, checked before any work (0 is a value, not "the default")."""
+    for name, flag, lo, hi in (("horizon", "--horizon", 1, MAX_HORIZON_BARS), ("patch_len", "--patch-len", 1, 4096),
+                               ("codebook_size", "--codebook-size", 2, 65536), ("max_steps", "--max-steps", 1, 10**9)):
+        if getattr(settings, name) is not None:
+            setattr(settings, name, check_int(getattr(settings, name), flag, lo, hi))
+    if settings.num_samples is not None:
+        settings.num_samples = check_num_samples(settings.num_samples, "--num-samples")
+        check_scored_samples(settings.num_samples)
+    if settings.halflife is not None:
+        check_number(settings.halflife, "--halflife", 0, 1e6, lo_open=True)
+    settings.seed = check_seed(settings.seed, "--seed")
+    for name in ("ablation", "force"):
+        check_bool(getattr(settings, name), name)
+    if not isinstance(settings.overrides, (list, tuple)) or not all(isinstance(o, str) for o in settings.overrides):
+        raise ConfigError(f"overrides must be a list of \"section.key=value\" strings, got {settings.overrides!r}")
 
 
 def _check_splits_hold_the_horizon(frame, splits, settings: PipelineSettings) -> None:

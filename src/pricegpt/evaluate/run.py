@@ -62,6 +62,7 @@ from ..data.windows import (
 from ..errors import ConfigError, OutputExistsError
 from ..fileio import OUTPUT_MARKER, atomic_dir, json_ready, write_json
 from ..forecast import Forecaster, check_paths_memory, check_sampling, forecaster_of, paths_bytes, risk
+from ..forecast.sampling import check_scored_samples
 from ..forecast.shard import sharding
 from ..rundir import RunDir
 from ..runs import load_run
@@ -266,6 +267,7 @@ def _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_
     if max_origins is not None:
         max_origins = check_int(max_origins, "--max-origins", 1, 2**31 - 1)
     _, num_samples, seed = check_sampling(1, num_samples, seed)
+    check_scored_samples(num_samples)
     if horizon is not None or horizons is not None:
         resolve_horizons(horizon, horizons, 1)  # bad values are refused before the run is loaded
     forecaster = _forecaster(run)

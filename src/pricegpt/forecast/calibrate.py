@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..runs import load_run
 from ..train.dist import dist_env
 from .forecaster import Forecaster, forecaster_of, resolve_model
-from .sampling import check_paths_memory, check_sampling
+from .sampling import check_paths_memory, check_sampling, check_scored_samples
 from .shard import sharding
 
 log = logging.getLogger("pricegpt")
@@ -79,6 +79,7 @@ def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 2
     differences between temperatures are not sampling noise of the origins. progress: a bar per temperature on
     stderr (None: only when stderr is a terminal)."""
     horizon, num_samples, seed = check_sampling(horizon, num_samples, seed)
+    check_scored_samples(num_samples)
     grid = [check_temperature(t, "temperature grid value") for t in grid]
     if not grid:
         raise ConfigError("the temperature grid is empty; give at least one temperature")

@@ -64,8 +64,8 @@ from ..config.schema import SIDE_CHANNELS
 from ..data import iso, load_prices, parse_time
 from ..data.calendar import calendar_ids, future_times
 from ..data.windows import run_cutoffs, timestamps_ns
-from ..errors import CheckpointError, ConfigError, DataError, PriceGPTError
-from ..fileio import atomic_dir, json_ready, write_json
+from ..errors import CheckpointError, ConfigError, DataError, OutputExistsError, PriceGPTError
+from ..fileio import OUTPUT_MARKER, atomic_dir, json_ready, write_json
 from ..model import GPT, generate
 from ..rundir import RunDir
 from ..runs import Run, load_run
@@ -81,6 +81,7 @@ from .sampling import (
     check_symbols,
     origin_seed,
     progress_bar,
+    symbol_list,
 )
 
 KV_CACHE_BUDGET_BYTES = 512 * 2**20  # bounds the KV cache (and so memory) of one engine call
@@ -156,6 +157,8 @@ class Forecaster:
         if run.tokenizer is None:
             raise PriceGPTError(f"{run.dir} has no tokenizer (it was trained on a bare token file); its tokens "
                                 "cannot be decoded to returns, so it cannot forecast prices")
+        if autocast not in (None, torch.bfloat16, torch.float16):
+            raise ConfigError(f"autocast must be None (fp32), torch.bfloat16 or torch.float16, got {show(autocast)}")
         default_device, default_autocast = _PLACEMENT.get()
         device = _device(device) or default_device
         if device is not None and isinstance(run.model, torch.nn.Module):
@@ -170,7 +173,7 @@ class Forecaster:
                  autocast: torch.dtype | None = None) -> Forecaster:
         """The run's best model on `device` (None: the enclosing `sampling_on`'s, else the CPU); a run directory
         with ensemble.json (`pipeline --ensemble K`) forecasts as the EnsembleForecaster of its members."""
-        run = load_run(run_dir, device=_load_device(device), need_tokenizer=True)
+        run = load_run(_check_path(run_dir, "run_dir"), device=_load_device(device), need_tokenizer=True)
         return forecaster_of(run, autocast=autocast) if cls is Forecaster else cls(run, autocast=autocast)
 
     @property
@@ -522,7 +525,7 @@ class Forecaster:
         check_sampling(horizon_bars, num_samples, seed, horizon_flag="horizon_bars (--horizon)")
         context_frame = load_prices(context_frame)
         per_symbol = self.features(context_frame)
-        symbols = sorted(per_symbol) if symbols is None else [str(s) for s in symbols]
+        symbols = sorted(per_symbol) if symbols is None else symbol_list(symbols)
         check_symbols(symbols, list(per_symbol))
         last_close = context_frame.groupby("symbol")["close"].last()
         ends = [per_symbol[s][0][-1] if len(per_symbol[s][0]) else np.datetime64("NaT") for s in symbols]
@@ -543,6 +546,7 @@ class Forecaster:
                           symbols: list[str] | None = None, progress: bool | None = None) -> pd.DataFrame:
         """One row per symbol and horizon step (1..H): quantiles of the cumulative log return (`return_qL`)
         and of the price (`price_qL` = last close * exp(return quantile))."""
+        levels = check_levels(levels)
         fc = self.sample_paths(context_frame, horizon_bars, num_samples, seed=seed, temperature=temperature,
                                symbols=symbols, progress=progress)
         return quantile_table(fc, levels)
@@ -563,8 +567,9 @@ class Forecaster:
     def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the forecaster folder (module docstring), built in a temporary folder and renamed into place.
 
-        An existing non-empty `directory` is an OutputExistsError unless `overwrite` and pricegpt wrote it."""
-        directory = Path(directory)
+        An existing non-empty `directory` is an OutputExistsError unless `overwrite` and it is a forecaster folder
+        pricegpt wrote (never a run directory or anything else)."""
+        directory = Path(_check_path(directory, "directory"))
         if directory.is_dir() and not directory.is_symlink() and not any(directory.iterdir()):
             directory.rmdir()  # an empty folder holds nothing to protect
         train_end, val_end = run_cutoffs(self.run)
@@ -573,6 +578,9 @@ class Forecaster:
                   "train_end": None if train_end is None else iso(train_end),
                   "val_end": None if val_end is None else iso(val_end),
                   "horizon": self.run.meta.get("horizon"), "tokenizer_hash": self.tokenizer.hash}
+        if overwrite and directory.exists() and not _is_forecaster_folder(directory):
+            raise OutputExistsError(f"{directory} exists and is not a forecaster folder; overwrite=True replaces "
+                                    "only a folder written by save_pretrained: choose another directory")
         with atomic_dir(directory, overwrite=overwrite) as tmp:
             self.model.save_pretrained(tmp / MODEL_DIR)
             self.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
@@ -606,6 +614,22 @@ class Forecaster:
         calibration = {**config.get("calibration", {}), "temperature": config["temperature"]}
         return cls(Run(dir=directory, model=model, tokenizer=tokenizer, meta=meta, calibration=calibration,
                        pretrained=True), autocast=autocast)
+
+
+def _is_forecaster_folder(directory: Path) -> bool:
+    """Whether `directory` holds a forecaster folder and nothing else (its config, model, tokenizer, marker)."""
+    try:
+        names = {p.name for p in directory.iterdir()} if directory.is_dir() and not directory.is_symlink() else None
+        kind = json.loads((directory / CONFIG_FILE).read_text()).get("kind") if names else None
+    except (OSError, ValueError, AttributeError):
+        return False
+    return kind == KIND and names <= {CONFIG_FILE, MODEL_DIR, TOKENIZER_DIR, OUTPUT_MARKER}
+
+
+def _check_path(value, what: str):
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ConfigError(f"{what} must be a path (a str or os.PathLike), got {show(value)}")
+    return value
 
 
 def forecaster_of(run: Run, autocast: torch.dtype | None = None) -> Forecaster:

@@ -19,6 +19,7 @@ return column), except `price_mean`, the mean of the simulated prices (not exp o
 from __future__ import annotations
 
 import html
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,8 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from .forecaster import ForecastPaths
+
+log = logging.getLogger("pricegpt")
 
 DF_QUANTILE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # Chronos' predict_df default
 HTML_MAX_SYMBOLS = 20  # rows of a notebook summary; the rest is counted
@@ -67,8 +70,17 @@ def target_times(history: list[np.ndarray], symbols: list[str], horizon: int, n_
                           "fewer bars") from None
 
 
+SHORT_CALENDAR = np.timedelta64(14, "D")  # a history shorter than two weeks may not show every trading slot
+
+
 def _target_times(history, symbols, horizon: int, n_bars: int, future_timestamps) -> list[np.ndarray]:
     if future_timestamps is None:
+        short = [s for times, s in zip(history, symbols)
+                 if len(times) and np.asarray(times[-1]) - np.asarray(times[0]) < SHORT_CALENDAR]
+        if short:
+            log.warning(f"the history of {', '.join(show(s) for s in short[:5])} spans less than two weeks: the "
+                        "future bar times are inferred from the weekdays and hours it shows, and slots it never "
+                        "saw are skipped; pass future_timestamps (or a longer history) to be sure")
         return [future_times(times, n_bars) for times in history]
     if isinstance(future_timestamps, (str, bytes)) or not hasattr(future_timestamps, "__len__"):
         raise ConfigError("future_timestamps must be a sequence of timestamps or a dict symbol -> timestamps, got "

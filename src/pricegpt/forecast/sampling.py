@@ -9,10 +9,34 @@ import hashlib
 import sys
 
 from ..config import check_int, check_memory, check_num_samples, check_seed, derive_seed, show
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 MAX_HORIZON_BARS = 100_000  # a horizon is generated token by token; the engine's bound on new tokens
 PATH_COPIES = 3  # float64 copies of all paths alive at once (paths, cumulative, sorted for the scores)
+
+
+def check_scored_samples(num_samples: int) -> None:
+    """A stage that scores its paths with the CRPS (evaluation, calibration) needs at least 2 per origin: the fair
+    CRPS compares pairs of samples."""
+    if num_samples < 2:
+        raise ConfigError(f"--num-samples {num_samples} is too few to score a forecast; the CRPS compares pairs of "
+                          "sample paths: use at least 2 (256 is the default)")
+
+
+def symbol_list(symbols) -> list[str]:
+    """A caller's `symbols` as a list of distinct names: one name (a str) is a list of one; anything else must be
+    a non-empty iterable of names (ConfigError otherwise; duplicates are refused, each symbol is forecast once)."""
+    if isinstance(symbols, str):
+        return [symbols]
+    try:
+        names = [str(s) for s in symbols]
+    except TypeError:
+        raise ConfigError(f"symbols must be a list of symbol names, got {show(symbols)}") from None
+    if not names:
+        raise ConfigError("symbols is empty; name at least one symbol, or pass None for every symbol in the data")
+    if len(set(names)) < len(names):
+        raise ConfigError(f"symbols {show(names)} names a symbol twice; give each once")
+    return names
 
 
 def check_symbols(wanted: list[str], available: list[str]) -> None:
