@@ -208,6 +208,20 @@ def check_replaceable(path: str | os.PathLike, flag: str = "--force") -> None:
                                 "yourself")
 
 
+def check_holds_only(path: str | os.PathLike, names, what: str, suffixes=()) -> None:
+    """OutputExistsError unless `path` is absent or a folder holding nothing but files named in `names` (or ending
+    in one of `suffixes`) and pricegpt's marker: a stage that replaces its own output (an evaluation, a backtest)
+    never replaces a run directory or anything else of the user's. `what` names that output ("an evaluation")."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    allowed = {*names, OUTPUT_MARKER}
+    entries = list(path.iterdir()) if path.is_dir() and not path.is_symlink() else None
+    if entries is None or not all(e.is_file() and (e.name in allowed or e.suffix in suffixes) for e in entries):
+        raise OutputExistsError(f"{path} exists and does not hold {what}; choose another --out or remove it ({what} "
+                                "replaces only an earlier one's folder)")
+
+
 def remove_output(path: str | os.PathLike, flag: str = "--force") -> None:
     """Delete a directory pricegpt wrote (after check_replaceable); a missing one is fine."""
     check_replaceable(path, flag)

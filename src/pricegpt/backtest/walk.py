@@ -56,7 +56,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -75,8 +74,8 @@ from ..data.windows import (
     source_name,
     symbol_series,
 )
-from ..errors import ConfigError, LeakageError, OutputExistsError
-from ..fileio import OUTPUT_MARKER, atomic_dir, atomic_path, csv_safe_cell, json_ready, write_json
+from ..errors import ConfigError, LeakageError
+from ..fileio import atomic_dir, atomic_path, check_holds_only, csv_safe_cell, json_ready, write_json
 from ..forecast import MAX_HORIZON_BARS, Forecaster, check_paths_memory, forecaster_of, paths_bytes
 from ..forecast.calibrate import check_zero_shot, zero_shot_record, zero_shot_temperature
 from ..forecast.shard import sharding
@@ -446,9 +445,7 @@ def backtest_model(model, data, out, *, train_end=None, val_end=None, calibrate:
 # ------------------------------------------------------------------------------------------------ outputs
 def check_output_dir(out) -> None:
     """OutputExistsError unless `out` is absent or holds nothing but a previous backtest's files."""
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir()} <= {*OUTPUT_FILES, OUTPUT_MARKER}):
-        raise OutputExistsError(f"{out} exists and does not hold a backtest; choose another --out or remove it")
+    check_holds_only(out, OUTPUT_FILES, "a backtest")
 
 
 def csv_safe(table: pd.DataFrame) -> pd.DataFrame:

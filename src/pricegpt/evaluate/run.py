@@ -59,8 +59,8 @@ from ..data.windows import (
     source_name,
     symbol_series,
 )
-from ..errors import ConfigError, OutputExistsError
-from ..fileio import OUTPUT_MARKER, atomic_dir, json_ready, write_json
+from ..errors import ConfigError
+from ..fileio import atomic_dir, check_holds_only, json_ready, write_json
 from ..forecast import Forecaster, check_paths_memory, check_sampling, forecaster_of, paths_bytes, risk
 from ..forecast.sampling import check_scored_samples
 from ..forecast.shard import sharding
@@ -242,15 +242,8 @@ EVAL_FILES = ("metrics.json", "origins.csv", "report.md", "report.html")
 
 def check_eval_dir(out: Path) -> None:
     """OutputExistsError unless `out` is absent or holds nothing but an earlier evaluation's files (metrics.json,
-    origins.csv, the report and its PNGs): an evaluation replaces only an evaluation, never a run directory, a
-    backtest or anything else of the user's."""
-    if not out.exists() and not out.is_symlink():
-        return
-    entries = list(out.iterdir()) if out.is_dir() and not out.is_symlink() else None
-    if entries is None or not all(e.is_file() and (e.name in (*EVAL_FILES, OUTPUT_MARKER) or e.suffix == ".png")
-                                  for e in entries):
-        raise OutputExistsError(f"{out} exists and does not hold an evaluation; choose another --out (an evaluation "
-                                "replaces only an earlier evaluation's folder)")
+    origins.csv, the report and its PNGs)."""
+    check_holds_only(out, EVAL_FILES, "an evaluation", suffixes=(".png",))
 
 
 def _forecaster(run) -> Forecaster:
