@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from .config import (
     check_int,
     check_num_samples,
     check_number,
+    check_path,
     check_seed,
     explicit_keys,
     load_config,
@@ -68,7 +68,7 @@ from .tokenizer import DEFAULT_PATCH_LEN, fit_to_dir, load_tokenizer, tokenizer_
 from .tokenizer.side import has_side_columns
 from .train import dist, latest_checkpoint, log_evaluation, train_run
 from .train.checkpoint import InitModel, load_init
-from .train.data import MIN_CONTEXT
+from .train.data import shortest_window
 from .train.device import pick_device
 
 log = logging.getLogger("pricegpt")
@@ -136,19 +136,18 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
     if unknown:
         raise ConfigError(f"unknown pipeline setting(s) {', '.join(unknown)}; the settings are "
                           f"{', '.join(f.name for f in fields(PipelineSettings))}")
-    if not isinstance(out, (str, os.PathLike)) or not str(out):
-        raise ConfigError(f"out must be a run directory path, got {out!r}")
+    check_path(out, "out (the run directory)")
     settings = PipelineSettings(**{**(asdict(settings) if settings else {}), **overrides})
     tokenizer_options = preset_tokenizer_options(settings.preset)  # an unknown preset fails first
     check_choice(settings.tokenizer_kind, "--tokenizer-kind", TOKENIZER_KINDS)
-    settings.ensemble = check_int(settings.ensemble, "--ensemble", 1, MAX_ENSEMBLE)
     _check_settings(settings)
     out = RunDir(out)
     frame = load_prices(data, date_format=settings.date_format)
     splits = time_splits(frame, train_end=settings.train_end, val_end=settings.val_end)
     # a bad --config/--set fails here, not after the tokenizer has been fitted into a new run directory
     config = resolve_config(settings.preset, settings.config, list(settings.overrides), settings.max_steps)
-    _check_splits_hold_the_horizon(frame, splits, settings)
+    series = symbol_series(return_features(frame), splits)  # the pre-checks' view of the bars of each split
+    _check_splits_hold_the_horizon(frame, splits, series, settings)
     if config.model.side and not has_side_columns(frame):
         raise ConfigError("model.side=true needs open, high and low columns (each bar's range and gap); the data has "
                           f"{', '.join(c for c in frame.columns if c not in ('timestamp', 'symbol'))}: drop "
@@ -176,7 +175,7 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
         record.update(init=init.record(), tokenizer_kind=init.tokenizer.kind,
                       tokenizer={"patch_len": c.patch_len, "codebook_size": init.tokenizer.vocab_size,
                                  "scaling": c.scaling})
-    _check_windows(frame, splits, (config.model if init is None else init.model.config).sequence_len,
+    _check_windows(series, (config.model if init is None else init.model.config).sequence_len,
                    record["tokenizer"].get("patch_len") or DEFAULT_PATCH_LEN)
     info = dist.dist_env()
     owns_process_group = info.enabled and not dist.is_initialized()
@@ -208,6 +207,7 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
 
 def _check_settings(settings: PipelineSettings) -> None:
     """Every numeric setting that is given, checked before any work (0 is a value, not "the default")."""
+    settings.ensemble = check_int(settings.ensemble, "--ensemble", 1, MAX_ENSEMBLE)
     for name, flag, lo, hi in (("horizon", "--horizon", 1, MAX_HORIZON_BARS), ("patch_len", "--patch-len", 1, 4096),
                                ("codebook_size", "--codebook-size", 2, 65536), ("max_steps", "--max-steps", 1, 10**9)):
         if getattr(settings, name) is not None:
@@ -224,7 +224,7 @@ def _check_settings(settings: PipelineSettings) -> None:
         raise ConfigError(f"overrides must be a list of \"section.key=value\" strings, got {settings.overrides!r}")
 
 
-def _check_splits_hold_the_horizon(frame, splits, settings: PipelineSettings) -> None:
+def _check_splits_hold_the_horizon(frame, splits, series, settings: PipelineSettings) -> None:
     """Before any stage: the later stages' values in bounds, and the validation and test splits long enough for
     the horizon (calibration, evaluation and backtest would otherwise refuse after training)."""
     horizon = settings.horizon or DEFAULT_HORIZON
@@ -233,7 +233,6 @@ def _check_splits_hold_the_horizon(frame, splits, settings: PipelineSettings) ->
     if settings.ensemble > (settings.num_samples or 256):
         raise ConfigError(f"--ensemble {settings.ensemble} is more members than --num-samples "
                           f"{settings.num_samples or 256} paths per origin; each member needs at least one path")
-    series = symbol_series(return_features(frame), splits)
     for stage, split in (("calibrate", "val"), ("test", "test")):
         cutoffs = resolve_cutoffs(frame, stage, train_end=splits.train_end, val_end=splits.val_end)
         require_origins(select_origins(series, split, horizon), series, cutoffs, horizon)
@@ -241,12 +240,11 @@ def _check_splits_hold_the_horizon(frame, splits, settings: PipelineSettings) ->
     require_origins(decision_origins(series, horizon), series, cutoffs, horizon, minimum=MIN_DECISIONS)
 
 
-def _check_windows(frame, splits, sequence_len: int, patch_len: int) -> None:
+def _check_windows(series, sequence_len: int, patch_len: int) -> None:
     """Before any stage: some symbol has a training window in the train and in the validation split (the train
     stage's rule, train.data.window_length), so that a split too short fails here and not after the tokenizer has
     been fitted into the run directory."""
-    series = symbol_series(return_features(frame), splits)
-    needed = min(sequence_len + 1, MIN_CONTEXT + 1)
+    needed = shortest_window(sequence_len + 1)
     for label, split in ((0, "train"), (1, "val")):
         longest = max((int(np.sum(s.labels == label)) // patch_len for s in series.values()), default=0)
         if longest < needed:
@@ -382,11 +380,14 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
               lambda: write_token_store(load_tokenizer(run.tokenizer), frame, run.tokens, splits,
                                         overwrite=run.tokens.exists()))
         stage(f"{prefix}train", run, lambda: run.model_meta.is_file() and _training_finished(run),
-              lambda: train_run(tokens=run.tokens, out=run.root, preset=settings.preset,
-                                config_file=settings.config,
-                                overrides=train_overrides(latest_checkpoint(run.root) is not None),
-                                max_steps=settings.max_steps, resume=latest_checkpoint(run.root) is not None,
-                                allow_existing=True, init=None if init is None else init.path))
+              lambda: train(run, run.tokens))
+
+    def train(run: RunDir, tokens: Path, seed_overrides: tuple[str, ...] = ()) -> None:
+        """The pipeline's training of `run` on `tokens` (resumed from its latest checkpoint when it has one)."""
+        resume = latest_checkpoint(run.root) is not None
+        train_run(tokens=tokens, out=run.root, preset=settings.preset, config_file=settings.config,
+                  overrides=train_overrides(resume) + list(seed_overrides), max_steps=settings.max_steps,
+                  resume=resume, allow_existing=True, init=None if init is None else init.path)
 
     horizon = record["horizon"]
     # A volatility head for the run's horizon unless the config or --set chose (MODEL_README, "Side channels and
@@ -407,12 +408,7 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
             make_dirs(member.root)
         # the run's tokens, the next training seed; everything else as the run's own training
         stage(f"member {k} train", member, lambda m=member: m.model_meta.is_file() and _training_finished(m),
-              lambda m=member, k=k: train_run(
-                  tokens=out.tokens, out=m.root, preset=settings.preset, config_file=settings.config,
-                  overrides=train_overrides(latest_checkpoint(m.root) is not None)
-                  + [f"train.seed={config.train.seed + k - 1}"],
-                  max_steps=settings.max_steps, resume=latest_checkpoint(m.root) is not None, allow_existing=True,
-                  init=None if init is None else init.path),
+              lambda m=member, k=k: train(m, out.tokens, (f"train.seed={config.train.seed + k - 1}",)),
               extra_inputs=(f"../../{out.relative(out.tokens / 'index.json')}",), kind="train")
     if info.is_main and members:
         write_json(out.ensemble, {"members": [out.relative(m.root) for m in members],

@@ -197,12 +197,6 @@ def _pooled_runs(args, command: str):
     if dist_env().world_size > 1:
         raise ConfigError(f"{command} --runs runs in one process (the pool's temperature is chosen in memory); "
                           "launch it without torchrun")
-    for path in args.runs:
-        if Path(path).exists() and not Path(path).is_dir():
-            raise ConfigError(f"--runs: {path} is a file, not a run; give trained run directories (or forecaster "
-                              "folders)")
-        if not Path(path).exists() and "/" in path.replace("\\", "/"):
-            raise ConfigError(f"--runs: {path} not found; give trained run directories (or forecaster folders)")
     pool = EnsembleForecaster.from_runs(args.runs)
     recorded = next((m.run.meta for m in pool.members if m.run.meta.get("data")), {})
     pool.run.meta = {**recorded, **pool.run.meta}  # a member trained on another's tokens records no data, horizon

@@ -67,6 +67,13 @@ def check_number(value, what: str, lo: float, hi: float, *, lo_open: bool = Fals
     return number
 
 
+def check_path(value, what: str):
+    """A caller's path argument: a non-empty str or os.PathLike, returned as given (ConfigError otherwise)."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ConfigError(f"{what} must be a path (a str or os.PathLike), got {show(value)}")
+    return value
+
+
 def check_bool(value, what: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{what} must be true or false, got {show(value)}")

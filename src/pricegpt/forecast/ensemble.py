@@ -69,6 +69,11 @@ class EnsembleForecaster(Forecaster):
         members = []
         for source in sources:
             path = str(source)
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise ConfigError(f"{path} is a file, not a run; pool trained run directories (or forecaster "
+                                  "folders)")
+            if not os.path.exists(path) and "/" in path.replace("\\", "/"):  # a built-in model's name has none
+                raise ConfigError(f"{path} not found; pool trained run directories (or forecaster folders)")
             member = (Forecaster.from_run(path) if os.path.isfile(os.path.join(path, "run.json"))
                       or os.path.isdir(os.path.join(path, "checkpoints")) else Forecaster.from_pretrained(path))
             members += member.members if isinstance(member, EnsembleForecaster) else [member]
@@ -106,7 +111,6 @@ class EnsembleForecaster(Forecaster):
             members.append(Forecaster(load_run(member_dir, device=device, need_tokenizer=True), autocast=autocast))
         ensemble = cls(members, directory=run.dir)
         ensemble.run.calibration = dict(run.calibration)
-        ensemble.run.meta["ensemble"] = {"members": ["."] + names}
         return ensemble
 
     @property

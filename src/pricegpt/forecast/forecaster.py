@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import check_int, check_temperature, show
+from ..config import check_int, check_path, check_temperature, show
 from ..config.schema import SIDE_CHANNELS
 from ..data import iso, load_prices, parse_time
 from ..data.calendar import calendar_ids, future_times
@@ -173,7 +173,7 @@ class Forecaster:
                  autocast: torch.dtype | None = None) -> Forecaster:
         """The run's best model on `device` (None: the enclosing `sampling_on`'s, else the CPU); a run directory
         with ensemble.json (`pipeline --ensemble K`) forecasts as the EnsembleForecaster of its members."""
-        run = load_run(_check_path(run_dir, "run_dir"), device=_load_device(device), need_tokenizer=True)
+        run = load_run(check_path(run_dir, "run_dir"), device=_load_device(device), need_tokenizer=True)
         return forecaster_of(run, autocast=autocast) if cls is Forecaster else cls(run, autocast=autocast)
 
     @property
@@ -279,14 +279,9 @@ class Forecaster:
         `origin` (the last bar's time), `variance` and `volatility` (its square root). One forward pass per
         symbol, no sampling; a model without a head is a ConfigError."""
         horizon_bars = check_int(horizon_bars, "horizon_bars", 1, 10**6)
-        context_frame = load_prices(context_frame)
-        per_symbol = self.features(context_frame)
-        symbols = sorted(per_symbol)
-        variance = self.variance_of_contexts([per_symbol[s][1] for s in symbols], symbols, horizon_bars,
-                                             context_times=[per_symbol[s][0] for s in symbols])
-        origins = [pd.Timestamp(per_symbol[s][0][-1]).tz_localize("UTC") for s in symbols]
-        return pd.DataFrame({"symbol": symbols, "origin": origins, "variance": variance,
-                             "volatility": np.sqrt(variance)})
+        symbols, contexts, times, frame = self._last_origins(context_frame)
+        variance = self.variance_of_contexts(contexts, symbols, horizon_bars, context_times=times)
+        return frame.assign(variance=variance, volatility=np.sqrt(variance))
 
     @torch.no_grad()
     def variance_of_contexts(self, contexts, symbols, horizon: int, *, context_times=None) -> np.ndarray:
@@ -326,18 +321,22 @@ class Forecaster:
         a head is a ConfigError."""
         if not self.has_shock_head:
             raise ConfigError("this model has no shock head; train one with --set model.shock_bins=K")
-        context_frame = load_prices(context_frame)
-        per_symbol = self.features(context_frame)
-        symbols = sorted(per_symbol)
-        contexts, sides, ctx_times, _, _, tokens = self._prepare(
-            [per_symbol[s][1] for s in symbols], symbols, 1, [per_symbol[s][0] for s in symbols], None, 1)
+        symbols, contexts, times, frame = self._last_origins(context_frame)
+        _, sides, ctx_times, _, _, tokens = self._prepare(contexts, symbols, 1, times, None, 1)
         with torch.no_grad():
             probs = torch.softmax(self.model.shock_logits(self._last_hidden(tokens, ctx_times, sides)), dim=-1)
-        frame = pd.DataFrame({"symbol": symbols,
-                              "origin": [pd.Timestamp(per_symbol[s][0][-1]).tz_localize("UTC") for s in symbols]})
         for k, column in enumerate(probs.double().cpu().numpy().T):
             frame[f"p_class_{k}"] = column
         return frame
+
+    def _last_origins(self, context_frame) -> tuple[list[str], list, list, pd.DataFrame]:
+        """The heads' forecasts after the last bar of each symbol of `context_frame`: (symbols in order, their
+        features, their bar times, a frame of `symbol` and `origin` (the last bar's time) to add the forecasts to)."""
+        per_symbol = self.features(load_prices(context_frame))
+        symbols = sorted(per_symbol)
+        origins = [pd.Timestamp(per_symbol[s][0][-1]).tz_localize("UTC") for s in symbols]
+        return (symbols, [per_symbol[s][1] for s in symbols], [per_symbol[s][0] for s in symbols],
+                pd.DataFrame({"symbol": symbols, "origin": origins}))
 
     def _last_hidden(self, tokens, ctx_times, sides) -> torch.Tensor:
         """(origins, E) the trunk's final hidden state at each context's last token, contexts of equal length
@@ -569,7 +568,7 @@ class Forecaster:
 
         An existing non-empty `directory` is an OutputExistsError unless `overwrite` and it is a forecaster folder
         pricegpt wrote (never a run directory or anything else)."""
-        directory = Path(_check_path(directory, "directory"))
+        directory = Path(check_path(directory, "directory"))
         if directory.is_dir() and not directory.is_symlink() and not any(directory.iterdir()):
             directory.rmdir()  # an empty folder holds nothing to protect
         train_end, val_end = run_cutoffs(self.run)
@@ -624,12 +623,6 @@ def _is_forecaster_folder(directory: Path) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return kind == KIND and names <= {CONFIG_FILE, MODEL_DIR, TOKENIZER_DIR, OUTPUT_MARKER}
-
-
-def _check_path(value, what: str):
-    if not isinstance(value, (str, os.PathLike)) or not str(value):
-        raise ConfigError(f"{what} must be a path (a str or os.PathLike), got {show(value)}")
-    return value
 
 
 def forecaster_of(run: Run, autocast: torch.dtype | None = None) -> Forecaster:

@@ -287,13 +287,19 @@ def check_vocab(series: dict[str, tuple], vocab_size: int, where: str) -> None:
             )
 
 
+def shortest_window(wanted: int) -> int:
+    """The fewest consecutive tokens of one symbol a split needs for a window (`window_length`): `wanted`
+    (model.sequence_len + 1), or MIN_CONTEXT tokens of context and a target when that is fewer."""
+    return min(wanted, MIN_CONTEXT + 1)
+
+
 def window_length(segments: list[np.ndarray], wanted: int, split: str, where: str) -> int:
     """`wanted` when some segment holds a full window; else the longest segment if it gives MIN_CONTEXT tokens of
     context; else a DataError saying how many tokens are needed."""
     longest = max((len(s) for s in segments), default=0)
     if longest >= wanted:
         return wanted
-    needed = min(wanted, MIN_CONTEXT + 1)
+    needed = shortest_window(wanted)
     if longest >= needed:
         log.warning(f"{where}: no symbol has {wanted} tokens (model.sequence_len + 1) in its {split} split; the "
                     f"longest has {longest}, so {split} windows are {longest} tokens long. Set "
