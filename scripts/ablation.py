@@ -18,13 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from pricegpt.config import preset_tokenizer_options
+from ablation_runs import finish_run, tokenizer_store
+
 from pricegpt.data import load_prices, time_splits
-from pricegpt.evaluate import evaluate_run
-from pricegpt.forecast import calibrate_temperature
-from pricegpt.runs import load_run
-from pricegpt.tokenizer import fit_to_dir, load_tokenizer, write_token_store
-from pricegpt.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {"stocks-daily": "sample:stocks-daily", "eurusd-hourly": "sample:eurusd-hourly",
@@ -51,24 +47,11 @@ def run_one(name: str, source: str, config: str, out: Path, num_samples: int, sp
     run = out / name / config
     frame = load_prices(source)
     splits = time_splits(frame)
-    options = {**preset_tokenizer_options("tiny"), **CONFIGS[config]}
+    options = dict(CONFIGS[config])
     overrides = options.pop("set", [])
-    if not (run / "tokenizer" / "report.json").is_file():
-        fit_to_dir(frame, run / "tokenizer", kind="vqvae", train_end=splits.train_end, val_end=splits.val_end,
-                   seed=0, overwrite=(run / "tokenizer").exists(), **options)
-    if not (run / "tokens" / "index.json").is_file():
-        write_token_store(load_tokenizer(run / "tokenizer"), frame, run / "tokens", splits,
-                          overwrite=(run / "tokens").exists())
-    meta = run / "model" / "meta.json"
-    if not meta.is_file() or not json.loads(meta.read_text()).get("finished", True):
-        train_run(tokens=run / "tokens", out=run, preset="tiny", allow_existing=True, overrides=overrides,
-                  resume=(run / "checkpoints").exists())
-    if not (run / "calibration.json").is_file():
-        calibrate_temperature(load_run(run), frame, splits, horizon=HORIZON, num_samples=num_samples)
-    eval_dir = run / f"eval-{split}"
-    if not (eval_dir / "metrics.json").is_file():
-        evaluate_run(run, data=frame, split=split, horizons=[HORIZON], num_samples=num_samples, out=eval_dir)
-    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    tokens = tokenizer_store(run, frame, splits, **options)
+    metrics, _ = finish_run(run, tokens, frame, splits, overrides, split=split, horizon=HORIZON,
+                            num_samples=num_samples)
     forecast, tokens = metrics["forecast"], metrics["tokens"]
     verdict = forecast.get("verdict") or {}
     return {"dataset": name, "config": config, "split": split, "n_origins": forecast["n_origins"],

@@ -16,11 +16,11 @@ import shutil
 import time
 from pathlib import Path
 
-from pricegpt.config import preset_tokenizer_options
+from ablation_runs import tokenizer_store
+
 from pricegpt.data import load_prices, time_splits
 from pricegpt.evaluate import evaluate_run
 from pricegpt.forecast import EnsembleForecaster, Forecaster, calibrate_temperature
-from pricegpt.tokenizer import fit_to_dir, load_tokenizer, write_token_store
 from pricegpt.train import train_run
 
 DATASETS = {"stocks-daily": "sample:stocks-daily", "eurusd-hourly": "sample:eurusd-hourly"}
@@ -33,11 +33,7 @@ def member(root: Path, frame, splits, k: int) -> Path:
         return run
     run.mkdir(parents=True, exist_ok=True)
     shared = root / "shared"
-    if not (shared / "tokens" / "index.json").is_file():
-        fit_to_dir(frame, shared / "tokenizer", kind="vqvae", train_end=splits.train_end, val_end=splits.val_end,
-                   seed=0, overwrite=(shared / "tokenizer").exists(), **preset_tokenizer_options("tiny"))
-        write_token_store(load_tokenizer(shared / "tokenizer"), frame, shared / "tokens", splits,
-                          overwrite=(shared / "tokens").exists())
+    tokenizer_store(shared, frame, splits)
     for name in ("tokenizer", "tokens"):
         if not (run / name).exists():
             shutil.copytree(shared / name, run / name)

@@ -26,15 +26,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from ablation_runs import finish_run, tokenizer_store
 
-from pricegpt.config import preset_tokenizer_options
 from pricegpt.data import load_prices, time_splits
-from pricegpt.evaluate import evaluate_run
 from pricegpt.evaluate.significance import compare
-from pricegpt.forecast import calibrate_temperature
-from pricegpt.runs import load_run
-from pricegpt.tokenizer import fit_to_dir, load_tokenizer, write_token_store
-from pricegpt.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 HORIZON, NUM_SAMPLES = 4, 128
@@ -50,30 +45,10 @@ VARIANTS = {"plain": [], "side": ["model.side=true"], "vol": [f"model.vol_bars={
             "side-lr30": ["model.side=true", "train.side_lr_scale=30"]}
 
 
-def shared_store(root: Path, frame, splits) -> Path:
-    shared = root / "shared"
-    if not (shared / "tokens" / "index.json").is_file():
-        fit_to_dir(frame, shared / "tokenizer", kind="vqvae", train_end=splits.train_end, val_end=splits.val_end,
-                   seed=0, overwrite=(shared / "tokenizer").exists(), **preset_tokenizer_options("tiny"))
-        write_token_store(load_tokenizer(shared / "tokenizer"), frame, shared / "tokens", splits,
-                          overwrite=(shared / "tokens").exists())
-    return shared / "tokens"
-
-
 def run_variant(root: Path, tokens: Path, frame, splits, variant: str, split: str) -> dict:
     run = root / variant
-    meta = run / "model" / "meta.json"
-    start = time.perf_counter()
-    if not meta.is_file() or not json.loads(meta.read_text()).get("finished", True):
-        train_run(tokens=tokens, out=run, preset="tiny", allow_existing=True, overrides=VARIANTS[variant],
-                  resume=(run / "checkpoints").exists())
-    train_s = time.perf_counter() - start
-    if not (run / "calibration.json").is_file():
-        calibrate_temperature(load_run(run), frame, splits, horizon=HORIZON, num_samples=NUM_SAMPLES)
-    eval_dir = run / f"eval-{split}"
-    if not (eval_dir / "metrics.json").is_file():
-        evaluate_run(run, data=frame, split=split, horizons=[HORIZON], num_samples=NUM_SAMPLES, out=eval_dir)
-    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    metrics, train_s = finish_run(run, tokens, frame, splits, VARIANTS[variant], split=split, horizon=HORIZON,
+                                  num_samples=NUM_SAMPLES)
     f = metrics["forecast"]
     return {"variant": variant, "run": str(run), "train_s": round(train_s, 1), "crps": f["model"]["crps"],
             "verdict": f["verdict"], "coverage_90": f["model"]["coverage_90"], "temperature": f["temperature"],
@@ -104,7 +79,7 @@ def main() -> int:
         frame = load_prices(DATASETS[name])
         splits = time_splits(frame)
         root = Path(args.out) / name
-        tokens = shared_store(root, frame, splits)
+        tokens = tokenizer_store(root / "shared", frame, splits)
         results = {}
         for variant in args.variants.split(","):
             start = time.perf_counter()

@@ -12,7 +12,7 @@ import torch
 
 from pricegpt.config import GPTConfig, TrainConfig, resolve_config
 from pricegpt.config.schema import CALENDAR_ROWS
-from pricegpt.data import load_prices, time_splits
+from pricegpt.data import time_splits
 from pricegpt.data.calendar import TOD_SLOTS, calendar_ids
 from pricegpt.errors import ConfigError, DataError
 from pricegpt.model import GPT, generate
@@ -24,6 +24,7 @@ from train_helpers import (
     TINY,
     assert_same_weights,
     markov_tokens,
+    quantile_store,
     read_weights,
     single_and_two_process_weights,
     torch_threads_kept,
@@ -193,14 +194,7 @@ def test_calendar_dropout_is_seeded_and_leaves_the_window_ids_alone():
 @pytest.fixture(scope="module")
 def eurusd_store(tmp_path_factory):
     """sample:eurusd-hourly tokenized one bar per token (the tiny preset's tokenizer shape)."""
-    root = tmp_path_factory.mktemp("calendar")
-    frame = load_prices("sample:eurusd-hourly")
-    splits = time_splits(frame)
-    fit_to_dir(frame, root / "tokenizer", kind="quantile", patch_len=1, codebook_size=32,
-               train_end=splits.train_end, val_end=splits.val_end)
-    tokenizer = load_tokenizer(root / "tokenizer")
-    write_token_store(tokenizer, frame, root / "tokens", splits)
-    return root / "tokens", frame, tokenizer
+    return quantile_store(tmp_path_factory.mktemp("calendar"), "sample:eurusd-hourly")
 
 
 def test_store_records_each_tokens_last_bar(eurusd_store, tmp_path):

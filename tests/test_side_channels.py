@@ -19,7 +19,7 @@ from pricegpt.evaluate.volatility import mse_log, qlike, volatility_block
 from pricegpt.forecast import Forecaster
 from pricegpt.model import GPT, generate
 from pricegpt.model.gpt import CalendarInputError
-from pricegpt.tokenizer import TokenStore, fit_to_dir, load_tokenizer, write_token_store
+from pricegpt.tokenizer import TokenStore, write_token_store
 from pricegpt.tokenizer.side import SIDE_HALFLIFE, SIDE_WARMUP, fit_side_edges, patch_side, side_ids, side_values
 from pricegpt.train import TokenData, Trainer, latest_checkpoint, read_token_source, train_run
 from pricegpt.train.vol_targets import VolTargets
@@ -28,6 +28,7 @@ from train_helpers import (
     TINY,
     assert_same_weights,
     cli_main,
+    quantile_store,
     read_weights,
     single_and_two_process_weights,
     torch_threads_kept,
@@ -99,14 +100,7 @@ def test_binning_and_patches():
 @pytest.fixture(scope="module")
 def stocks_store(tmp_path_factory):
     """sample:stocks-daily (open/high/low/volume) tokenized one bar per token, EWMA-scaled."""
-    root = tmp_path_factory.mktemp("side")
-    frame = load_prices("sample:stocks-daily")
-    splits = time_splits(frame)
-    fit_to_dir(frame, root / "tokenizer", kind="quantile", patch_len=1, codebook_size=32, scaling="ewma",
-               train_end=splits.train_end, val_end=splits.val_end)
-    tokenizer = load_tokenizer(root / "tokenizer")
-    write_token_store(tokenizer, frame, root / "tokens", splits)
-    return root / "tokens", frame, tokenizer
+    return quantile_store(tmp_path_factory.mktemp("side"), "sample:stocks-daily", scaling="ewma")
 
 
 def test_the_store_holds_each_tokens_side_ids(stocks_store, tmp_path):

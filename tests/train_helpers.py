@@ -17,6 +17,21 @@ TINY = [
 ]
 
 
+def quantile_store(root: Path, sample: str, **options):
+    """`sample` (a sample:NAME) tokenized one bar per token by a 32-code quantile tokenizer fit on its train split
+    (`options`: more tokenizer settings) into root/tokenizer and root/tokens: (the store, the frame, the tokenizer)."""
+    from pricegpt.data import load_prices, time_splits
+    from pricegpt.tokenizer import fit_to_dir, load_tokenizer, write_token_store
+
+    frame = load_prices(sample)
+    splits = time_splits(frame)
+    fit_to_dir(frame, root / "tokenizer", kind="quantile", patch_len=1, codebook_size=32,
+               train_end=splits.train_end, val_end=splits.val_end, **options)
+    tokenizer = load_tokenizer(root / "tokenizer")
+    write_token_store(tokenizer, frame, root / "tokens", splits)
+    return root / "tokens", frame, tokenizer
+
+
 def markov_tokens(n: int, vocab: int = 16, p_follow: float = 0.9, seed: int = 0) -> np.ndarray:
     """A Markov chain: the next token is (3 * current + 1) % vocab with probability p_follow, else uniform.
 
