@@ -157,15 +157,34 @@ def test_generate_lines():
         assert_measured(kv_vs_hf)
 
 
-def test_decode_lines_compare_batched_origins_with_the_per_origin_loop():
+def test_decode_lines_compare_batched_origins_with_the_per_origin_loop_and_the_decode_before():
     # bench_decode itself checks that the batched call gives the per-origin loop's paths before timing them.
-    tok_s, share, bf16 = bench.bench_decode(TINY, "tiny", origins=3, paths=4, context_len=10, new_tokens=3, rounds=1,
-                                            peak_size=32, tok_s_goal=1.0)
-    assert [r.name for r in (tok_s, share, bf16)] == ["decode tiny tok/s", "decode tiny peak share",
-                                                       "decode tiny bf16 tok/s"]
-    for result in (tok_s, share, bf16):
+    lines = bench.bench_decode(TINY, "tiny", origins=3, paths=4, context_len=10, new_tokens=3, rounds=1,
+                               peak_size=32, before_goal=3.0)
+    assert [r.name for r in lines] == ["decode tiny tok/s", "decode tiny vs before", "decode tiny peak share",
+                                       "decode tiny bf16 tok/s"]
+    for result in lines:
         assert_measured(result)
-    assert tok_s.goal == 1.0 and "one call per origin" in tok_s.detail and share.goal is None
+    tok_s, before, share, _ = lines
+    assert tok_s.goal is None and "one call per origin" in tok_s.detail and share.goal is None
+    assert before.goal == 3.0 and "1446cd9" not in before.detail and "decode_before_issue15" in before.detail
+
+
+def test_the_decode_before_issue15_samples_its_model():
+    # The frozen peer is a real sampler: a model that puts all its mass on one token draws only that token.
+    model = GPT(TINY).eval()
+    with torch.no_grad():
+        model.lm_head.weight.fill_(-1.0)
+        model.lm_head.weight[7].fill_(1.0)  # logits +15 and -15 after the softcap: token 7 has all but 1e-12
+        for block in model.blocks:
+            block.mlp.c_proj.weight.zero_()
+            block.attn.c_proj.weight.zero_()
+        model.wte.weight.fill_(1.0)
+    paths = bench.decode_before_issue15(model, torch.arange(5), 3, 4, seed=0)
+    assert paths.shape == (4, 3) and bool((paths == 7).all())
+    assert torch.equal(bench.decode_before_issue15(model, torch.arange(5), 3, 4, seed=1), paths)
+
+
     model = GPT(TINY)
     # a third of the training FLOPs: 2 per weight plus attention over 10, 11, 12 cached positions (mean 11)
     assert bench.decode_flops_per_token(model, 10, 3) == 2 * model.num_params(non_embedding=True) + 4 * 32 * 11

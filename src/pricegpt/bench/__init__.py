@@ -22,6 +22,7 @@ from .harness import (
 )
 from .peers import (
     LeanGPT,
+    decode_before_issue15,
     lean_optimizer,
     lean_train_step,
     llama_config,
@@ -41,8 +42,7 @@ from .scaling import (
 )
 from .sections import (
     DECODE_PEAK_GOAL,
-    DECODE_TINY_BEFORE,
-    DECODE_TINY_GOAL,
+    DECODE_VS_BEFORE_GOAL,
     ENCODE_GOAL,
     HF_SKIPPED,
     KV_VS_HF_GOAL,
@@ -93,6 +93,7 @@ __all__ = [
     "pricegpt_train_step",
     "llama_train_step",
     "LeanGPT",
+    "decode_before_issue15",
     "lean_optimizer",
     "lean_train_step",
     "LEAN_GOAL",
@@ -108,8 +109,7 @@ __all__ = [
     "recompute_scale",
     "bench_generate",
     "section_generate",
-    "DECODE_TINY_BEFORE",
-    "DECODE_TINY_GOAL",
+    "DECODE_VS_BEFORE_GOAL",
     "DECODE_PEAK_GOAL",
     "decode_flops_per_token",
     "bench_decode",

@@ -177,3 +177,25 @@ def lean_train_step(config, batch_size: int, autocast: torch.dtype | None, seed:
     optimizers = [lean_optimizer(model)]
     return _windows_step(model, optimizers, config, batch_size, autocast, seed, compiled), model.flops_per_token(
         config.sequence_len)
+
+
+def decode_before_issue15(model: GPT, context: torch.Tensor, max_new_tokens: int, num_samples: int,
+                          seed: int) -> torch.Tensor:
+    """The decode loop the forecaster ran when issue 15 was filed (the engine of commit 1446cd9), on today's model:
+    one call per forecast origin, the context's keys and values copied to every sample row after the prefill, every
+    row decoded on its own (no shared prefix, no merging of equal paths) and `torch.multinomial` sampling at
+    temperature 1. context (T,) -> (num_samples, max_new_tokens). Kept frozen as the peer of "3x the decode
+    throughput of then" (the model's own forward is today's, so the ratio credits only the engine)."""
+    from ..model.engine import KVCache
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        cache = KVCache.for_model(model, rows=1, max_len=context.numel() + max_new_tokens)
+        logits = model(context[None], kv_cache=cache)[:, -1].repeat_interleave(num_samples, dim=0)
+        cache = cache.repeat_rows(num_samples)
+        tokens = torch.empty(num_samples, max_new_tokens, dtype=torch.long)
+        for n in range(max_new_tokens):
+            tokens[:, n] = torch.multinomial(torch.softmax(logits.float(), dim=-1), 1, generator=generator)[:, 0]
+            if n + 1 < max_new_tokens:
+                logits = model(tokens[:, n : n + 1], kv_cache=cache)[:, -1]
+    return tokens
