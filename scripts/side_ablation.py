@@ -1,6 +1,6 @@
-"""The side-channel and volatility-head ablation of MODEL_README: tiny models that differ only in what they see or
-predict, on one shared tokenizer and token store per dataset, chosen on the VALIDATION split; the test split is
-reported once with --split test.
+"""The side-channel, volatility-head and asset-identity ablation of MODEL_README: tiny models that differ only in
+what they see or predict, on one shared tokenizer and token store per dataset, chosen on the VALIDATION split; the
+test split is reported once with --split test.
 
     .venv/bin/python scripts/side_ablation.py --out runs/side-ablation [--datasets a,b] [--variants a,b] [--split val]
 
@@ -11,6 +11,8 @@ Variants (--set overrides of the tiny preset; the same training seed):
     vol       + a volatility head (model.vol_bars = the horizon; its QLIKE loss weighted 0.1)
     side+vol  both
     side-lr10, side-lr30   side channels whose tables learn at 10x / 30x train.lr
+    symbol    + asset identity (model.symbol_embedding: a row per training symbol, "unknown" for 10% of windows;
+              its table learns at train.side_lr_scale x train.lr, as the side channels'); symbol-lr1 at train.lr
 Per variant: the verdict against the best baseline, coverage, the PAIRED CRPS ratio to `plain` on the same origins
 (date-block bootstrap interval of evaluate/significance.py), and for a head its QLIKE against GARCH and EWMA.
 Resumable: finished steps are kept. Writes OUT/side-ablation-SPLIT.json and prints Markdown tables.
@@ -42,7 +44,10 @@ VARIANTS = {"plain": [], "side": ["model.side=true"], "vol": [f"model.vol_bars={
             "side+vol": ["model.side=true", f"model.vol_bars={HORIZON}"],
             # the side tables start at zero and AdamW moves them about lr a step: larger learning rates for them
             "side-lr10": ["model.side=true", "train.side_lr_scale=10"],
-            "side-lr30": ["model.side=true", "train.side_lr_scale=30"]}
+            "side-lr30": ["model.side=true", "train.side_lr_scale=30"],
+            # asset identity: a symbol embedding (and an "unknown" row, 10% of training windows)
+            "symbol": ["model.symbol_embedding=true"],
+            "symbol-lr1": ["model.symbol_embedding=true", "train.side_lr_scale=1"]}
 
 
 def run_variant(root: Path, tokens: Path, frame, splits, variant: str, split: str) -> dict:

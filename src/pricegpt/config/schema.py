@@ -68,6 +68,11 @@ class GPTConfig:
     # the side channels' bin edges, fit on the token store's train split and copied in by the trainer (not a
     # setting: the model reads new data's side values through them)
     side_edges: list | None = None
+    # asset identity: a learned embedding of each series' symbol (one row per training symbol and a last "unknown"
+    # row, for symbols the model never saw) added to every token embedding; it starts at zero
+    symbol_embedding: bool = False
+    # the training symbols, in row order, copied in by the trainer from the token store (not a setting)
+    symbols: list | None = None
     # a volatility head: from the same trunk, the log of the mean squared return of the next vol_bars bars in units
     # of the volatility scale at the forecast origin (QLIKE loss, weighted by train.vol_loss_weight); 0: no head
     vol_bars: int = 0
@@ -112,6 +117,7 @@ class GPTConfig:
         check_bool(self.zero_init_head, "model.zero_init_head")
         check_bool(self.calendar, "model.calendar")
         check_bool(self.side, "model.side")
+        check_bool(self.symbol_embedding, "model.symbol_embedding")
         check_int(self.vol_bars, "model.vol_bars", 0, 4096, "0 builds no volatility head")
         check_int(self.shock_bins, "model.shock_bins", 0, 64, "0 builds no shock head; 2 to 64 bins")
         if self.shock_bins == 1:
@@ -121,6 +127,11 @@ class GPTConfig:
                 self.side_edges = None
             else:
                 check_side_edges(self.side_edges, "model.side_edges")
+        if self.symbols is not None:
+            if not self.symbol_embedding:  # as side_edges: a reused config.yaml of a symbol model
+                self.symbols = None
+            else:
+                check_symbols(self.symbols, "model.symbols")
 
     @property
     def head_dim(self) -> int:
@@ -135,7 +146,13 @@ class GPTConfig:
         side = SIDE_CHANNELS * (SIDE_BINS + 1) * E if self.side else 0
         vol = E if self.vol_bars else 0
         shock = E * self.shock_bins
-        return 2 * self.vocab_size * E + calendar + side + vol + shock + self.n_layer * (attention + mlp)
+        symbol = self.symbol_rows * E if self.symbol_embedding else 0
+        return 2 * self.vocab_size * E + calendar + side + symbol + vol + shock + self.n_layer * (attention + mlp)
+
+    @property
+    def symbol_rows(self) -> int:
+        """Rows of the symbol embedding: one per training symbol and a last "unknown" row."""
+        return len(self.symbols or ()) + 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,6 +171,21 @@ class GPTConfig:
         if missing:
             raise ConfigError(f"{where} lacks the model config key(s) {missing}")
         return cls(**d)
+
+
+MAX_SYMBOLS = 100_000  # rows of a symbol embedding
+
+
+def check_symbols(symbols, where: str) -> None:
+    """ConfigError unless `symbols` is a list of distinct non-empty strings, at most MAX_SYMBOLS of them."""
+    if not isinstance(symbols, (list, tuple)) or not all(isinstance(s, str) and s for s in symbols):
+        raise ConfigError(f"{where} must be a list of symbol names (the trainer copies them from the token store), "
+                          f"got {show(symbols)}")
+    if len(symbols) > MAX_SYMBOLS:
+        raise ConfigError(f"{where} lists {len(symbols):,} symbols, more than {MAX_SYMBOLS:,}; train a pooled model "
+                          "(model.symbol_embedding=false) on so many series")
+    if len(set(symbols)) != len(symbols):
+        raise ConfigError(f"{where} lists a symbol twice; each symbol has one row")
 
 
 def check_side_edges(edges, where: str) -> None:
@@ -208,13 +240,17 @@ class TrainConfig:
     # fraction of training tokens whose side channels are hidden (model.side): generated positions have none, so
     # the model must forecast well both ways
     side_dropout: float = 0.5
-    # the side channels' tables learn at train.lr times this: they start at zero and AdamW moves them about lr a step
+    # the side channels' tables (and the symbol embedding's) learn at train.lr times this: they start at zero and
+    # AdamW moves them about lr a step
     # (10 had the lowest mean paired CRPS of 1, 10 and 30 on five validation sets, none significant; MODEL_README)
     side_lr_scale: float = 10.0
     # weight of the volatility head's QLIKE loss (model.vol_bars) next to the next-token cross-entropy
     vol_loss_weight: float = 0.1
     # weight of the shock head's cross-entropy (model.shock_bins) next to the next-token cross-entropy
     shock_loss_weight: float = 0.1
+    # fraction of training windows whose symbol is hidden (model.symbol_embedding): they read the "unknown" row,
+    # which then forecasts symbols the model never saw
+    symbol_dropout: float = 0.1
 
     def __post_init__(self):
         check_choice(self.optimizer, "train.optimizer", OPTIMIZERS)
@@ -244,6 +280,8 @@ class TrainConfig:
         check_number(self.peak_flops, "train.peak_flops", 0, 1e18, hint="FLOP/s of one device, 0 when unknown")
         check_number(self.calendar_dropout, "train.calendar_dropout", 0, 1, hi_open=True,
                      hint="the fraction of training windows whose calendar is hidden; 0.1 is the default")
+        check_number(self.symbol_dropout, "train.symbol_dropout", 0, 1, hi_open=True,
+                     hint="the fraction of training windows whose symbol is hidden; 0.1 is the default")
         check_number(self.side_dropout, "train.side_dropout", 0, 1, hi_open=True,
                      hint="the fraction of training tokens whose side channels are hidden; 0.5 is the default")
         check_number(self.side_lr_scale, "train.side_lr_scale", 0, 1000, lo_open=True,
@@ -347,7 +385,8 @@ def coerce(cls: type, section: str, key: str, value):
 
 
 _FAIL = object()
-DERIVED_KEYS = {"side_edges": "the trainer copies the side channels' bin edges from the token store"}
+DERIVED_KEYS = {"side_edges": "the trainer copies the side channels' bin edges from the token store",
+                "symbols": "the trainer copies the training symbols from the token store"}
 
 
 def _convert(kind: type, value):

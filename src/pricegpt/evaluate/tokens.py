@@ -45,10 +45,11 @@ def token_streams(tokenizer, frame: pd.DataFrame, splits: Splits,
 
 @torch.inference_mode()
 def model_logits_at(model, stream: np.ndarray, positions: np.ndarray, calendar: np.ndarray | None = None,
-                    side: np.ndarray | None = None) -> torch.Tensor:
+                    side: np.ndarray | None = None, symbol: str | None = None) -> torch.Tensor:
     """Logits (len(positions), V) predicting stream[q] from up to sequence_len tokens before q, positions >= 1.
     calendar: (n, 2) [time of day, weekday] of every token of the stream, for a calendar model; side: (n, 3)
-    side-channel ids of every token, for a side model."""
+    side-channel ids of every token, for a side model; symbol: the stream's symbol, for a model with asset identity
+    (its row, or the "unknown" row for a symbol it was not trained on)."""
     T = model.config.sequence_len
     group = max(1, T // 2)
     device = next(model.parameters()).device
@@ -73,6 +74,8 @@ def model_logits_at(model, stream: np.ndarray, positions: np.ndarray, calendar: 
             idx = torch.stack([stream_t[windows[w][0]:windows[w][1]] for w in batch]).to(device)
             extra = {name: torch.stack([values[windows[w][0]:windows[w][1]] for w in batch]).to(device)
                      for name, values in inputs.items()}
+            if getattr(model.config, "symbol_embedding", False) and symbol is not None:
+                extra["symbol"] = model.symbol_ids([symbol] * len(batch)).to(device)
             logits = model(idx, **extra).float().cpu()
             for j, w in enumerate(batch):
                 out[w] = logits[j, torch.as_tensor(picks[w])]
@@ -119,7 +122,8 @@ def token_metrics(model, tokenizer, frame: pd.DataFrame, splits: Splits, split: 
         if len(positions) == 0:
             continue
         side = None if sides is None else sides[symbol]
-        model_lp.append(torch.log_softmax(model_logits_at(model, ids, positions, calendar, side), dim=-1))
+        model_lp.append(torch.log_softmax(model_logits_at(model, ids, positions, calendar, side, symbol),
+                                          dim=-1))
         uni_lp.append(torch.as_tensor(np.broadcast_to(unigram, (len(positions), V)).copy()))
         bi_lp.append(torch.as_tensor(bigram[ids[positions - 1]]))
         targets.append(torch.as_tensor(ids[positions]))

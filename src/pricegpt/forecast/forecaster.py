@@ -255,7 +255,8 @@ class Forecaster:
             for jobs in self._engine_calls(tokens, symbols, keys, num_samples, seed):
                 idx = torch.as_tensor(np.stack([tokens[i] for i, _, _ in jobs]), dtype=torch.long)
                 rows = jobs[0][2].stop - jobs[0][2].start
-                extra = self._model_inputs([i for i, _, _ in jobs], tokens, ctx_times, tgt_times, sides, n_new)
+                extra = self._model_inputs([i for i, _, _ in jobs], tokens, ctx_times, tgt_times, sides, n_new,
+                                           symbols)
                 generated = generate(self.model, idx, n_new, num_samples=rows, temperature=temperature,
                                      seed=[job_seed for _, job_seed, _ in jobs], autocast=self.autocast, **extra)
                 generated = generated.cpu().numpy()
@@ -298,7 +299,7 @@ class Forecaster:
         symbols = [str(s) for s in symbols]
         contexts, sides, ctx_times, _, profiles, tokens = self._prepare(list(contexts), symbols, horizon,
                                                                         context_times, None, horizon)
-        hidden = self._last_hidden(tokens, ctx_times, sides)
+        hidden = self._last_hidden(tokens, ctx_times, sides, symbols)
         out = self.model.log_variance(hidden).double().cpu().numpy()
         for i, (c, s, t, p) in enumerate(zip(contexts, symbols, ctx_times, profiles)):
             s0 = self.tokenizer.origin_state(np.asarray(c, dtype=np.float64), s, times=t, profile=p)
@@ -324,7 +325,7 @@ class Forecaster:
         symbols, contexts, times, frame = self._last_origins(context_frame)
         _, sides, ctx_times, _, _, tokens = self._prepare(contexts, symbols, 1, times, None, 1)
         with torch.no_grad():
-            probs = torch.softmax(self.model.shock_logits(self._last_hidden(tokens, ctx_times, sides)), dim=-1)
+            probs = torch.softmax(self.model.shock_logits(self._last_hidden(tokens, ctx_times, sides, symbols)), dim=-1)
         for k, column in enumerate(probs.double().cpu().numpy().T):
             frame[f"p_class_{k}"] = column
         return frame
@@ -338,7 +339,7 @@ class Forecaster:
         return (symbols, [per_symbol[s][1] for s in symbols], [per_symbol[s][0] for s in symbols],
                 pd.DataFrame({"symbol": symbols, "origin": origins}))
 
-    def _last_hidden(self, tokens, ctx_times, sides) -> torch.Tensor:
+    def _last_hidden(self, tokens, ctx_times, sides, symbols) -> torch.Tensor:
         """(origins, E) the trunk's final hidden state at each context's last token, contexts of equal length
         batched (the heads read it)."""
         device = self.device
@@ -351,7 +352,7 @@ class Forecaster:
             for lo in range(0, len(members), ROWS_PER_CALL):
                 batch = members[lo:lo + ROWS_PER_CALL]
                 extra = {name: values.to(device) for name, values in
-                         self._model_inputs(batch, tokens, ctx_times, None, sides, 0).items()}
+                         self._model_inputs(batch, tokens, ctx_times, None, sides, 0, symbols).items()}
                 idx = torch.as_tensor(np.stack([tokens[i] for i in batch]), dtype=torch.long, device=device)
                 with (torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None
                       else contextlib.nullcontext()):
@@ -400,6 +401,12 @@ class Forecaster:
         return context_times, target_times
 
     @property
+    def uses_symbol(self) -> bool:
+        """Whether the model has a symbol embedding (model.symbol_embedding): each origin then reads its symbol's
+        row, or the "unknown" row for a symbol the model never saw."""
+        return bool(getattr(self.model.config, "symbol_embedding", False))
+
+    @property
     def uses_calendar(self) -> bool:
         """Whether the model reads calendar ids (model.calendar)."""
         return bool(getattr(self.model.config, "calendar", False))
@@ -416,10 +423,15 @@ class Forecaster:
         tokens = self._context_tokens(contexts, symbols, horizon, ctx_times, profiles)
         return contexts, sides, ctx_times, tgt_times, profiles, tokens
 
-    def _model_inputs(self, origins: list[int], tokens, ctx_times, tgt_times, sides, n_new: int) -> dict:
-        """The per-position inputs of one model call over `origins` (CPU tensors): calendar ids for a calendar
-        model given context times, side-channel ids for a side model; each (len(origins), tokens + n_new, ...)."""
+    def _model_inputs(self, origins: list[int], tokens, ctx_times, tgt_times, sides, n_new: int,
+                      symbols: list[str]) -> dict:
+        """The inputs of one model call over `origins` (CPU tensors) besides the tokens: calendar ids for a calendar
+        model given context times, side-channel ids for a side model, each (len(origins), tokens + n_new, ...);
+        each origin's symbol row (len(origins),) for a model with asset identity (-1, "unknown", for a symbol it
+        was not trained on)."""
         extra = {}
+        if self.uses_symbol:
+            extra["symbol"] = self.model.symbol_ids([symbols[i] for i in origins])
         if self.uses_calendar and ctx_times[origins[0]] is not None:
             extra["calendar"] = torch.as_tensor(np.stack([
                 self._calendar(ctx_times[i], None if tgt_times is None else tgt_times[i], len(tokens[i]), n_new)

@@ -44,6 +44,7 @@ request whose estimated peak memory (`generation_bytes`) exceeds half of the fre
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -62,7 +63,7 @@ from ..config import (
     memory_budget_bytes,
 )
 from ..errors import DataError
-from .gpt import GPT, CalendarInputError, check_calendar, check_side, check_token_ids
+from .gpt import GPT, CalendarInputError, check_calendar, check_side, check_symbol, check_token_ids
 
 # A decode step computes at least this many rows (or all of them): MKL's fp32 GEMM rounds a row otherwise when the
 # product has few rows (measured: under 6 to 16 rows on one thread, under 348 rows at K=3072 on two), and a path
@@ -391,6 +392,24 @@ def as_side(side, batch: int, length: int, model: GPT, device: torch.device | st
     return _as_positions(side, batch, device, "side", "side-channel", check)
 
 
+def as_symbol(symbol, batch: int, length: int, model: GPT,
+              device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """The (batch, length) int64 symbol ids of a generate call (every position of a context carries its symbol)
+    from one id per context, a (batch,) tensor, array or list (-1: unknown), checked against the model
+    (CalendarInputError); None stays None."""
+    if symbol is None:
+        return None
+    if isinstance(symbol, numbers.Integral) and not isinstance(symbol, bool):
+        symbol = [int(symbol)] * batch
+    try:
+        values = torch.as_tensor(symbol)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise CalendarInputError(f"symbol must be one integer id per context ({err})") from err
+    check_symbol(values, (batch, length), model.config)
+    values = values.to(device=device, dtype=torch.long)
+    return values[:, None].expand(batch, length) if values.dim() == 1 else values
+
+
 def _as_positions(values, batch: int, device, what: str, ids_text: str, check) -> torch.Tensor | None:
     """A per-position input as an int64 tensor on `device` after `check`; an array becomes a tensor and a 2-D input
     of one context gets its batch axis."""
@@ -464,6 +483,7 @@ class Engine:
         autocast: torch.dtype | None = None,
         calendar=None,
         side=None,
+        symbol=None,
     ) -> torch.Tensor:
         """Sample `num_samples` continuations of each context: idx (B, T) -> (B, num_samples, max_new_tokens).
 
@@ -481,14 +501,16 @@ class Engine:
         samples of a context share its calendar. None: no calendar input.
         `side` (B, T + max_new_tokens, 3) (or (T + max_new_tokens, 3)): the side-channel ids of every position, for
         a side model, -1 where unknown (the generated positions); None: all unknown.
+        `symbol` (B,) (or one int for every context): each context's symbol id (GPT.symbol_ids; -1 unknown), for a
+        model with a symbol embedding; None: unknown.
         """
         with torch.inference_mode():
             paths = self._generate(idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache,
-                                   refill_len, autocast, calendar, side)
+                                   refill_len, autocast, calendar, side, symbol)
         return paths.clone()  # cloned outside inference mode: callers get an ordinary, writable tensor
 
     def _generate(self, idx, max_new_tokens, num_samples, temperature, top_k, top_p, seed, use_cache, refill_len,
-                  autocast, calendar, side):
+                  autocast, calendar, side, symbol):
         model, L = self.model, self.model.config.sequence_len
         args = check_sampling_args(max_new_tokens, num_samples, temperature, top_k, top_p)
         max_new_tokens, num_samples = args["max_new_tokens"], args["num_samples"]
@@ -501,7 +523,8 @@ class Engine:
         length = contexts.size(1) + max_new_tokens
         inputs = {name: values[:, max(0, contexts.size(1) - L):]  # cropped with its context
                   for name, values in (("calendar", as_calendar(calendar, contexts.size(0), length, model, device)),
-                                       ("side", as_side(side, contexts.size(0), length, model, device)))
+                                       ("side", as_side(side, contexts.size(0), length, model, device)),
+                                       ("symbol", as_symbol(symbol, contexts.size(0), length, model, device)))
                   if values is not None}
         contexts = contexts[:, -L:]
         B, T = contexts.shape

@@ -90,6 +90,24 @@ def check_calendar(calendar: torch.Tensor, shape: tuple[int, int], calendar_mode
                         "compute them with pricegpt.data.calendar.calendar_ids")
 
 
+def check_symbol(symbol: torch.Tensor, shape: tuple[int, int], config, check_range: bool = True) -> None:
+    """CalendarInputError unless `symbol` is (B,) or (B, T) integer ids in [-1, config.symbol_rows - 1) for a model
+    with a symbol embedding."""
+    if not config.symbol_embedding:
+        raise CalendarInputError("symbol ids given to a model without a symbol embedding "
+                                 "(model.symbol_embedding=false); pass symbol=None, or train a model with --set "
+                                 "model.symbol_embedding=true")
+    if symbol.dtype.is_floating_point or symbol.dtype == torch.bool or tuple(symbol.shape) not in (
+            shape[:1], tuple(shape)):
+        raise CalendarInputError(f"symbol must be integer ids of shape {shape[:1]} or {tuple(shape)}, got "
+                                 f"{symbol.dtype} {tuple(symbol.shape)}")
+    if check_range and symbol.numel():
+        lo, hi = int(symbol.min()), int(symbol.max())
+        if lo < -1 or hi >= config.symbol_rows - 1:
+            raise CalendarInputError(f"symbol ids must lie in [0, {config.symbol_rows - 1}) or be -1 (unknown), "
+                                     f"found values in [{lo}, {hi}]; map names with GPT.symbol_ids")
+
+
 def check_side(side: torch.Tensor, shape: tuple[int, int], side_model: bool, what: str = "side",
                check_range: bool = True) -> None:
     """Raise CalendarInputError unless `side` is an integer tensor of shape (*shape, SIDE_CHANNELS) of side-channel
@@ -270,6 +288,8 @@ class GPT(nn.Module):
             self.side_tables = nn.ModuleList(
                 nn.Embedding.from_pretrained(torch.zeros(SIDE_BINS + 1, config.n_embd), False)
                 for _ in range(SIDE_CHANNELS))
+        if config.symbol_embedding:  # one row per training symbol and a last "unknown" row; zeros, as above
+            self.symbol_table = nn.Embedding.from_pretrained(torch.zeros(config.symbol_rows, config.n_embd), False)
         # Not saved with the weights: they are a pure function of the config.
         cos, sin = rotary_tables(config.sequence_len, config.head_dim, config.rope_base)
         self.register_buffer("cos", cos, persistent=False)
@@ -280,8 +300,8 @@ class GPT(nn.Module):
     def init_weights(self):
         c = self.config
         nn.init.normal_(self.wte.weight, mean=0.0, std=c.embedding_init_std)
-        for table in self.calendar_tables() + self.side_embedding_tables():
-            nn.init.zeros_(table.weight)  # a fresh calendar / side model is the model without them, exactly
+        for table in self.calendar_tables() + self.side_embedding_tables() + self.symbol_tables():
+            nn.init.zeros_(table.weight)  # a fresh calendar / side / symbol model is the model without them
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 fan_out, fan_in = module.weight.shape
@@ -335,6 +355,23 @@ class GPT(nn.Module):
             out = out + table(ids[..., i])
         return out
 
+    def symbol_tables(self) -> list[nn.Embedding]:
+        """[the symbol embedding] of a model with asset identity (model.symbol_embedding), [] otherwise."""
+        return [self.symbol_table] if self.config.symbol_embedding else []
+
+    def symbol_ids(self, names) -> torch.Tensor:
+        """Symbol names -> (len(names),) int64 rows of the symbol embedding, -1 (the "unknown" row) for a symbol
+        the model was not trained on."""
+        rows = {name: i for i, name in enumerate(self.config.symbols or ())}
+        return torch.tensor([rows.get(str(name), -1) for name in names], dtype=torch.long)
+
+    def symbol_embedding(self, symbol: torch.Tensor) -> torch.Tensor:
+        """symbol (B,) or (B, T) ids, -1 for unknown -> (B, 1, E) or (B, T, E) rows of the symbol embedding."""
+        ids = symbol.long()
+        ids = torch.where(ids < 0, self.config.symbol_rows - 1, ids)
+        out = self.symbol_table(ids)
+        return out.unsqueeze(1) if ids.dim() == 1 else out
+
     def side_ids(self, values) -> torch.Tensor:
         """(..., SIDE_CHANNELS) side values (tokenizer/side.py; NaN unknown) -> int64 ids through the model's bin
         edges (model.side_edges, copied from its training store), -1 where unknown."""
@@ -344,7 +381,7 @@ class GPT(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache=None, reduction: str = "mean",
-        calendar: torch.Tensor | None = None, side: torch.Tensor | None = None,
+        calendar: torch.Tensor | None = None, side: torch.Tensor | None = None, symbol: torch.Tensor | None = None,
         vol_targets: torch.Tensor | None = None, shock_targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx (B, T) int64 -> logits (B, T, V) fp32, or with targets (B, T) the cross-entropy loss; with
@@ -357,9 +394,11 @@ class GPT(nn.Module):
         calendar (B, T, 2): [time of day, day of week] ids (data.calendar.calendar_ids) of the last bar of each
         token of idx, -1 where unknown; None is no calendar input (the same as all -1). Only for a model built
         with calendar=True (CalendarInputError otherwise). side (B, T, SIDE_CHANNELS): each token's side-channel ids
-        (`side_ids`), -1 where unknown; None: all unknown. Only for a model built with side=True.
+        (`side_ids`), -1 where unknown; None: all unknown. Only for a model built with side=True. symbol (B,) or
+        (B, T): each row's symbol id (`symbol_ids`), -1 for unknown; None: unknown. Only for a model built with
+        symbol_embedding=True.
         """
-        x = self.hidden(idx, kv_cache=kv_cache, calendar=calendar, side=side)
+        x = self.hidden(idx, kv_cache=kv_cache, calendar=calendar, side=side, symbol=symbol)
         B, T = idx.shape
         logits = self.lm_head(x).float()
         softcap = self.config.logit_softcap
@@ -375,7 +414,7 @@ class GPT(nn.Module):
         return torch.stack(losses)
 
     def hidden(self, idx: torch.Tensor, *, kv_cache=None, calendar: torch.Tensor | None = None,
-               side: torch.Tensor | None = None) -> torch.Tensor:
+               side: torch.Tensor | None = None, symbol: torch.Tensor | None = None) -> torch.Tensor:
         """The trunk: idx (B, T) -> the final normed hidden states (B, T, E) that the heads read (arguments as
         `forward`'s)."""
         B, T = idx.shape
@@ -392,6 +431,12 @@ class GPT(nn.Module):
             x = x + self.side_embedding(side).to(x.dtype)
         elif self.config.side:  # no side input: every position reads the "unknown" rows
             x = x + sum(table.weight[SIDE_BINS] for table in self.side_tables).to(x.dtype)
+        if symbol is not None:
+            check_symbol(symbol, (B, T), self.config,
+                         check_range=symbol.device.type == "cpu" and not torch.compiler.is_compiling())
+            x = x + self.symbol_embedding(symbol).to(x.dtype)
+        elif self.config.symbol_embedding:  # no symbol given: the "unknown" row
+            x = x + self.symbol_table.weight[-1].to(x.dtype)
         for block in self.blocks:
             x = block(x, cos, sin, kv_cache)
         if kv_cache is not None:
@@ -453,6 +498,8 @@ class GPT(nn.Module):
             counts["calendar"] = sum(t.weight.numel() for t in self.calendar_tables())
         if self.config.side:
             counts["side"] = sum(t.weight.numel() for t in self.side_embedding_tables())
+        if self.config.symbol_embedding:
+            counts["symbol"] = self.symbol_table.weight.numel()
         counts["total"] = self.num_params()
         return counts
 
@@ -477,15 +524,16 @@ class GPT(nn.Module):
 
     def embedding_params(self) -> list[nn.Parameter]:
         """The input lookups: the token embedding and, in a calendar or side model, their tables."""
-        return [self.wte.weight] + [t.weight for t in self.calendar_tables() + self.side_embedding_tables()]
+        return [self.wte.weight] + [t.weight for t in self.calendar_tables() + self.side_embedding_tables()
+                                    + self.symbol_tables()]
 
     def head_params(self) -> list[nn.Parameter]:
         return [self.lm_head.weight] + ([self.vol_head.weight] if self.config.vol_bars else []) \
             + ([self.shock_head.weight] if self.config.shock_bins else [])
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW parameter groups named "matrix", "embedding", "side" (a side model's tables), "head" (so each can
-        get its own lr or optimizer).
+        """AdamW parameter groups named "matrix", "embedding", "side" (a side model's tables and a symbol model's
+        table), "head" (so each can get its own lr or optimizer).
 
         Weight decay applies to 2-D tensors only; 1-D tensors (none in this architecture) would go in "no_decay".
         """
@@ -493,7 +541,8 @@ class GPT(nn.Module):
         for name, params in (
             ("matrix", self.matrix_params()),
             ("embedding", [self.wte.weight] + [t.weight for t in self.calendar_tables()]),
-            ("side", [t.weight for t in self.side_embedding_tables()]),  # the trainer may give it a larger lr
+            # the side channels' and the symbol's tables (zero-initialised): the trainer may give them a larger lr
+            ("side", [t.weight for t in self.side_embedding_tables() + self.symbol_tables()]),
             ("head", self.head_params()),
         ):
             decay = [p for p in params if p.dim() >= 2]

@@ -17,6 +17,9 @@ Side channels. For a side model (model.side) every token also carries its side-c
 tokenizer/side.py), read from the store's memory-mapped int8 arrays (`WindowSet.gather_side`); the trainer hides
 a `train.side_dropout` fraction of them.
 
+Asset identity. For a model with a symbol embedding (model.symbol_embedding) every window also carries its symbol's
+row (`WindowSet.gather_symbol`); the trainer hides a `train.symbol_dropout` fraction of them.
+
 Memory. The windows are gathered straight from the store's memory-mapped uint8/uint16 arrays (only a batch is ever
 converted to int64), and a store's calendar ids are computed per gathered batch from its memory-mapped end times
 (`EndCalendar`), so training takes no memory per token beyond the pages of the maps.
@@ -86,9 +89,12 @@ class WindowSet:
     """
 
     def __init__(self, segments: list[np.ndarray], length: int, calendars: list | None = None,
-                 sides: list | None = None):
+                 sides: list | None = None, names: list[str] | None = None):
         assert length >= 2, f"a window needs an input and a target token, got length {length}"
         self.length = length
+        # each segment's symbol (TokenData.from_series: one segment per symbol), for a model with asset identity
+        self.names = list(names) if names is not None else [str(i) for i in range(len(segments))]
+        assert len(self.names) == len(segments), "one name per segment"
         self.segments = [np.asarray(s) for s in segments]  # views: a memmap stays a map
         assert all(s.ndim == 1 and s.dtype.kind in "ui" for s in self.segments), "segments are 1-D integer arrays"
         lengths = np.array([len(s) for s in segments], dtype=np.int64)
@@ -147,6 +153,12 @@ class WindowSet:
         only."""
         assert self.side is not None, "this window set has no side channels"
         return torch.from_numpy(self._gather(window_ids, self.side, (SIDE_CHANNELS,), lambda c, i: c[i]))
+
+    def gather_symbol(self, window_ids: np.ndarray, rows: dict[str, int]) -> torch.Tensor:
+        """(len(window_ids),) int64: the row of each window's symbol in `rows` (a model's symbol -> embedding row),
+        -1 for a symbol it does not hold."""
+        of_segment = np.array([rows.get(name, -1) for name in self.names], dtype=np.int64)
+        return torch.from_numpy(of_segment[self._locate(window_ids)[0]])
 
     def sample(self, seed: int, step: int, n: int, calendar_dropout: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """The batch of optimizer step `step`, a pure function of the arguments: n window ids drawn uniformly (with
@@ -207,7 +219,8 @@ class TokenData:
                     assert len(ids) > 1, f"{symbol}: no side ids; read the source with read_token_source(side=True)"
                     sides.append(ids[1][start:stop])
             length = window_length(segments, sequence_len + 1, split, where)
-            windows[split] = WindowSet(segments, length, calendars if calendar else None, sides if side else None)
+            windows[split] = WindowSet(segments, length, calendars if calendar else None, sides if side else None,
+                                       names=[str(symbol) for symbol in series])
         n_tokens = {split: int(sum(stop - start for entry in series.values()
                                    for start, stop in [entry[1].get(split, (0, 0))]))
                     for split in ("train", "val")}

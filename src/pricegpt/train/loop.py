@@ -27,6 +27,10 @@ Side channels (model.side): each window's side-channel ids go to the model with 
 token's are hidden (-1, the "unknown" rows) with probability `train.side_dropout`, drawn as a pure function of
 (seed, step), because generated positions have none.
 
+Asset identity (model.symbol_embedding): each window's symbol row goes to the model; in training a
+`train.symbol_dropout` fraction of the windows reads the "unknown" row instead (a stream of its own), so the model
+also forecasts symbols it never saw. The rows are the training store's symbols, copied into model.symbols.
+
 Volatility head (model.vol_bars) and shock head (model.shock_bins): the loss minimised is the cross-entropy plus
 train.vol_loss_weight times the volatility head's QLIKE loss and train.shock_loss_weight times the shock head's
 cross-entropy, against targets computed from each window's own next tokens (vol_targets.py, shock_targets.py);
@@ -119,6 +123,10 @@ class Trainer:
                               "and low columns")
         if config.model.side and config.model.side_edges is None and data.source.get("side_edges") is not None:
             config.model = dataclasses.replace(config.model, side_edges=data.source["side_edges"])
+        if config.model.symbol_embedding and config.model.symbols is None:
+            config.model = dataclasses.replace(config.model, symbols=[str(s) for s in data.source.get(
+                "symbols", data.train.names)])
+        self.symbol_rows = {name: i for i, name in enumerate(config.model.symbols or ())}
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.device = pick_device(t.device, self.dist)
@@ -172,7 +180,8 @@ class Trainer:
         """Copy a trained model's weights in (cast to the training weights' fp32 and moved to the device), before
         the optimizer, torch.compile and DDP see the model."""
         mine, theirs = self.config.model.to_dict(), init_model.config.to_dict()
-        differ = [key for key in (*ARCHITECTURE_KEYS, "calendar", "side") if mine[key] != theirs[key]]
+        differ = [key for key in (*ARCHITECTURE_KEYS, "calendar", "side", "symbol_embedding", "symbols")
+                  if mine[key] != theirs[key]]
         assert not differ, f"the init model's architecture differs from model config in {differ}"
         self.model.load_state_dict(init_model.state_dict())
 
@@ -299,12 +308,19 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _batch(self, windows, ids: np.ndarray, hidden: np.ndarray | None = None,
-               side_hidden: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+               side_hidden: np.ndarray | None = None, symbol_hidden: np.ndarray | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """inputs (B, T), targets (B, T) and the model's other inputs: for a calendar model the inputs' calendar
         ids (B, T, 2), -1 in the windows `hidden` marks; for a side model their side-channel ids (B, T, 3), -1
-        where `side_hidden` (B, T) is True."""
+        where `side_hidden` (B, T) is True; for a symbol model each window's symbol row (B,), -1 where
+        `symbol_hidden` (B,) is True."""
         batch = windows.gather(ids)
         extra = {}
+        if self.config.model.symbol_embedding:
+            symbol = windows.gather_symbol(ids, self.symbol_rows)
+            if symbol_hidden is not None:
+                symbol[torch.from_numpy(symbol_hidden)] = -1
+            extra["symbol"] = symbol
         if self.config.model.calendar:
             calendar = windows.gather_calendar(ids)[:, :-1]
             if hidden is not None and hidden.any():
@@ -328,13 +344,17 @@ class Trainer:
         if self.config.model.side:  # its own stream: the windows drawn never depend on it
             side_hidden = np.random.default_rng([t.seed, step, 1]).random(
                 (self.global_batch, self.data.train.length - 1)) < t.side_dropout
+        symbol_hidden = None
+        if self.config.model.symbol_embedding:  # a third stream, for the same reason
+            symbol_hidden = np.random.default_rng([t.seed, step, 2]).random(self.global_batch) < t.symbol_dropout
         torch.manual_seed(_step_seed(t.seed, step, rank))  # dropout: a pure function of the step too
         set_lr(self.optimizers, self._lr_factor(step))
         B = t.batch_size
         for micro in range(self.accum_steps):
             lo = (micro * world + rank) * B
             x, y, extra = self._batch(self.data.train, ids[lo : lo + B], hidden[lo : lo + B],
-                                      None if side_hidden is None else side_hidden[lo : lo + B])
+                                      None if side_hidden is None else side_hidden[lo : lo + B],
+                                      None if symbol_hidden is None else symbol_hidden[lo : lo + B])
             last = micro == self.accum_steps - 1
             no_sync = self.forward_model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
             weights = []  # of the heads' losses, in the order forward returns them after the cross-entropy

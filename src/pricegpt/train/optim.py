@@ -54,8 +54,9 @@ def build_optimizers(model: nn.Module, config: TrainConfig) -> list[torch.optim.
 
 
 def _group_lr(group: dict, config: TrainConfig) -> float:
-    """A group's peak lr: train.lr, times train.side_lr_scale for the side channels' tables (zero-initialised
-    lookups that AdamW grows by about lr per step: MODEL_README, "Side channels and the volatility head")."""
+    """A group's peak lr: train.lr, times train.side_lr_scale for the side channels' and the symbol's tables
+    (zero-initialised lookups that AdamW grows by about lr per step: MODEL_README, "Side channels and the volatility
+    head")."""
     return config.lr * (config.side_lr_scale if group["name"].startswith("side") else 1.0)
 
 

@@ -120,6 +120,9 @@ def train_run(tokens: str | os.PathLike, out: str | os.PathLike, preset: str | N
             config.model = _with_side_edges(config.model, source["side_edges"], tokens,
                                             fixed_by=str(out) if checkpoint is not None else
                                             (str(start.path) if start is not None else None))
+        if config.model.symbol_embedding and checkpoint is None and start is None:
+            # a fresh run's rows are its store's symbols (a config.yaml reused from another run brings its own)
+            config.model = dataclasses.replace(config.model, symbols=[str(s) for s in series])
         if start is not None:
             _check_init_tokens(start, source, tokens)
         elif "model.vocab_size" not in explicit and source.get("vocab_size"):
@@ -177,7 +180,7 @@ def _init_model_config(start: InitModel, model: GPTConfig, explicit: set[str], r
     config.yaml already holds the choice: it must describe the init model's network)."""
     theirs = start.model.config
     if restarted:
-        differ = [key for key in (*ARCHITECTURE_KEYS, "calendar", "side")
+        differ = [key for key in (*ARCHITECTURE_KEYS, "calendar", "side", "symbol_embedding", "symbols")
                   if getattr(model, key) != getattr(theirs, key)]
         if differ:
             raise CheckpointError(f"the init model {start.path} is no longer the network this run was started "
