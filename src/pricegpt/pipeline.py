@@ -439,7 +439,7 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
     stage("backtest", out, out.backtest_metrics.is_file,
           lambda: run_backtest(out.root, data=source, cost_bps=settings.cost_bps, horizon=horizon,
                                seed=settings.seed, num_samples=num_samples), extra_inputs=pooled)
-    if info.is_main and ({"evaluate", "backtest"} & set(timings) or not out.report_html.is_file()):
+    if info.is_main and ({"evaluate", "backtest"} & set(timings) or _report_stale(out)):
         refresh_report(out.root)  # the report shows the backtest, which runs after the evaluation
         if "evaluate" in timings and load_config(out.config).train.mlflow:
             log_evaluation(out.root)  # the verdicts and the report on the training's MLflow run
@@ -447,6 +447,15 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
         write_json(out.timings, {**_read_json_dict(out.timings), **{k: round(v, 2) for k, v in timings.items()}})
     dist.barrier(info)
     return timings
+
+
+def _report_stale(out: RunDir) -> bool:
+    """Whether RUN/eval/report.html is missing or older than the evaluation or backtest it shows (a refresh that
+    was interrupted): a rerun of the pipeline renders it again."""
+    if not out.report_html.is_file():
+        return True
+    shown = out.report_html.stat().st_mtime
+    return any(path.is_file() and path.stat().st_mtime > shown for path in (out.eval_metrics, out.backtest_metrics))
 
 
 def _training_finished(run: RunDir) -> bool:

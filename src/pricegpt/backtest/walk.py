@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -327,6 +327,22 @@ def _iso(ts) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ driver
+def unknown_options(options: dict) -> None:
+    """ConfigError naming keyword arguments that are no BacktestConfig field (a typo would otherwise be a
+    TypeError)."""
+    names = {f.name for f in fields(BacktestConfig)}
+    unknown = sorted(str(k) for k in set(options) - names)
+    if unknown:
+        raise ConfigError(f"unknown backtest option(s) {', '.join(unknown)}; valid options are "
+                          f"{', '.join(sorted(names))}")
+
+
+def backtest_config(**values) -> BacktestConfig:
+    """BacktestConfig(**values), an unknown name being a ConfigError."""
+    unknown_options(values)
+    return BacktestConfig(**values)
+
+
 def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float = 1.0, slippage_bps: float = 0.0,
                  horizon: int | None = None, rebalance: int | None = None, num_samples: int | None = 256,
                  seed: int = 0, out=None, forecaster=None, val_end=None, write: bool = True, train_end=None,
@@ -344,6 +360,8 @@ def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float
     top-level keys for metrics.json. Every value, the output folder and the leakage rule are checked before
     anything is forecast. Returns the metrics.json dict (None on the processes of a torchrun launch other than
     rank 0). A pretrained model on a new file: `backtest_model`."""
+    check_bool(allow_overlap, "allow_overlap")
+    unknown_options(options)
     if run is not None and not hasattr(run, "meta"):
         run = load_run(run, need_tokenizer=forecaster is None)
     if forecaster is None:
@@ -352,9 +370,9 @@ def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float
         forecaster = forecaster_of(run)
     meta = run.meta if run is not None else {}
     horizon = horizon if horizon is not None else (meta.get("horizon") or getattr(forecaster, "patch_len", 1))
-    config = BacktestConfig(strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps, horizon=horizon,
-                            rebalance=rebalance, num_samples=256 if num_samples is None else num_samples, seed=seed,
-                            **options)
+    config = backtest_config(strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps, horizon=horizon,
+                             rebalance=rebalance, num_samples=256 if num_samples is None else num_samples, seed=seed,
+                             **options)
     pretrained = bool(getattr(run, "pretrained", False))
     if out is None and pretrained and write:
         raise ConfigError("a pretrained model's folder is not a run directory: give the backtest an --out DIR")
@@ -412,9 +430,10 @@ def backtest_model(model, data, out, *, train_end=None, val_end=None, calibrate:
     if temperature is not None:
         temperature = check_temperature(temperature, "temperature")
     # every value is checked before the model is loaded (the horizon again once the model's default is known)
-    BacktestConfig(strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps,
-                   horizon=1 if horizon is None else horizon, rebalance=rebalance, num_samples=num_samples,
-                   seed=seed, **options)
+    check_bool(allow_overlap, "allow_overlap")
+    backtest_config(strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps,
+                    horizon=1 if horizon is None else horizon, rebalance=rebalance, num_samples=num_samples,
+                    seed=seed, **options)
     if write:
         check_output_dir(out)
     forecaster = Forecaster.from_pretrained(model)

@@ -37,6 +37,7 @@ class BenchSettings:
     decode_tiny_origins: int = 64  # x decode_paths rows at the tiny preset's shape, 4 tokens after 60
     decode_paths: int = 256  # samples per origin (the forecaster's default), tiny and seed shapes
     decode_seed_tokens: int = 16  # 4 origins x decode_paths rows after 192 tokens at the seed shape
+    decode_rounds: int = 7  # alternating rounds of the decode lines (their peers' times vary run to run)
     encode_bars: int = 10_000_000
     encode_naive_patches: int = 20_000
     encode_rounds: int = 3

@@ -21,7 +21,7 @@ SECTIONS = ("train", "generate", "decode", "encode", "e2e", "scaling")
 
 FULL = BenchSettings()
 QUICK = BenchSettings(train_batch=4, train_rounds=2, train_bf16_gqa=False, peak_size=2048, gen_recompute_tokens=2,
-                      gen_rounds=2, decode_seed_tokens=8, encode_rounds=2, encode_fit_steps=300,
+                      gen_rounds=2, decode_seed_tokens=8, decode_rounds=3, encode_rounds=2, encode_fit_steps=300,
                       e2e_args=("--max-steps", "50", "--num-samples", "32"),
                       scaling_base_tokens=10_000, scaling_steps=20, train_compile=("fp32",))
 

@@ -15,6 +15,7 @@ from .. import CurrentStderrHandler
 from ..config import check_num_generate, check_num_samples, check_seed, check_temperature, check_top_k, check_top_p
 from ..config.checks import MAX_ENSEMBLE
 from ..errors import ConfigError, PriceGPTError
+from ..forecast.sampling import MAX_HORIZON_BARS
 from . import commands
 from .corpus import add_corpus_parser
 
@@ -74,6 +75,7 @@ def _number(text: str) -> float:
 
 _positive_int = _bounded_int(1, MAX_COUNT, "a whole number")
 _ensemble = _bounded_int(1, MAX_ENSEMBLE, "a whole number")
+_horizon = _bounded_int(1, MAX_HORIZON_BARS, "a whole number")  # the API's bound on generated bars
 _seed = _checked(_whole, check_seed)
 _num_samples = _checked(_whole, check_num_samples)
 _num_generate = _checked(_whole, check_num_generate)
@@ -93,7 +95,7 @@ def _horizons(text: str) -> list[int]:
     values = [part.strip() for part in text.split(",") if part.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"'{text}' names no horizon; write them like 1,4,16")
-    return [_positive_int(value) for value in values]
+    return [_horizon(value) for value in values]
 
 
 def _runs(text: str) -> list[str]:
@@ -300,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="token and forecast metrics vs baselines; writes RUN/eval/")
     _add_run_or_model(p, train_end_help=" (baselines fit on it)", val_end_help="")
     p.add_argument("--split", choices=["val", "test"], default="test")
-    p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: the run's)")
+    p.add_argument("--horizon", type=_horizon, help="forecast horizon in bars (default: the run's)")
     p.add_argument("--horizons", type=_horizons,
                    help="several horizons in one evaluation, e.g. 1,4,16 (default: the run's horizon and 1)")
     p.add_argument("--num-samples", type=_num_samples)
@@ -316,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "RUN/calibration.json")
     p.add_argument("--run", required=True)
     p.add_argument("--data", help="price data (default: the data the run was built from)")
-    p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: the run's)")
+    p.add_argument("--horizon", type=_horizon, help="forecast horizon in bars (default: the run's)")
     p.add_argument("--num-samples", type=_num_samples, default=256)
     p.add_argument("--max-origins", type=_positive_int,
                    help="cap on validation origins per symbol (default 50, more when few symbols would give "
@@ -333,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "--run: pricegpt-small, shipped with the package)")
     p.add_argument("--data", required=True)
     p.add_argument("--symbol", required=True)
-    p.add_argument("--horizon", type=_positive_int, required=True)
+    p.add_argument("--horizon", type=_horizon, required=True)
     p.add_argument("--num-samples", type=_num_samples, default=512)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", help="fan chart PNG (default: RUN/forecast/SYMBOL.png; with a pretrained model: none)")
@@ -357,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-bps", type=_bps, default=1.0)
     p.add_argument("--slippage-bps", type=_bps, default=0.0)
     p.add_argument("--strategy", choices=["sign", "kelly"], default="sign")
-    p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: the run's horizon)")
+    p.add_argument("--horizon", type=_horizon, help="forecast horizon in bars (default: the run's horizon)")
     p.add_argument("--rebalance", type=_positive_int, help="bars between decisions (default: the horizon)")
     p.add_argument("--long-above", type=_unit_float, default=0.55, help="sign: long when P(up) > this")
     p.add_argument("--short-below", type=_probability, default=0.45, help="sign: short when P(up) < this")
@@ -384,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-len", type=_positive_int, help="bars per token (default: the preset's)")
     p.add_argument("--codebook-size", type=_positive_int, help="tokenizer codes (default: the preset's)")
     _add_scaling(p)
-    p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: 4)")
+    p.add_argument("--horizon", type=_horizon, help="forecast horizon in bars (default: 4)")
     p.add_argument("--num-samples", type=_num_samples)
     p.add_argument("--cost-bps", type=_bps, default=1.0)
     p.add_argument("--seed", type=_seed, default=0)
@@ -424,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every run")
     p.add_argument("--max-steps", type=_positive_int)
     p.add_argument("--num-samples", type=_num_samples)
-    p.add_argument("--horizon", type=_positive_int, help="forecast horizon in bars (default: 4)")
+    p.add_argument("--horizon", type=_horizon, help="forecast horizon in bars (default: 4)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--force", action="store_true", help="replace a dataset's run made with other settings")
     _add_device(p, " in the calibrate, evaluate and backtest stages of every dataset (training: train.device and "

@@ -56,6 +56,7 @@ _CLOCK = re.compile(r"(?a)(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:[.,](?P<
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _MAX_SHAPE_LEN = 48  # longer text is no date these patterns read; it keeps the character matrix small
 _MAX_DAYS = 106_750  # |days from 1970| whose nanoseconds fit in 64 bits (1677-09-22 .. 2262-04-10)
+_FIRST_PLAUSIBLE_UNIX = 1e8  # 1973-03-03 as Unix seconds: smaller whole numbers in a date column count bars
 _EXCEL_SERIALS = (10_000, 100_000)  # Excel day numbers 1927 .. 2173; as Unix seconds, the first 28 hours of 1970
 _DIGIT_FORMATS = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
 _HINT = "use ISO (2020-01-31 or 2020-01-31T15:30:00Z), US (1/31/2020) or Unix seconds, or pass --date-format"
@@ -163,6 +164,11 @@ def _parse_numbers(strings: np.ndarray, numbers: np.ndarray, rows: Rows, col: st
                         "(format the column as yyyy-mm-dd) or convert them with "
                         "pandas.to_datetime(values, unit='D', origin='1899-12-30')")
     magnitude = np.nanmax(np.abs(numbers))
+    if magnitude < _FIRST_PLAUSIBLE_UNIX:
+        raise DataError(f"{rows.name}: column '{col}': whole numbers from {strings[0][:20]} to "
+                        f"{str(np.nanmax(numbers))[:20]} are bar numbers or a counter, not times: as Unix seconds "
+                        "they would all fall before March 1973. Give each bar its date and time (e.g. "
+                        "2024-01-31 15:30), or, for Unix times, the full number of seconds since 1970")
     unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
     parsed = pd.Series(pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce"))
     return _checked(parsed, original, rows, col)

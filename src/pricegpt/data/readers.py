@@ -367,8 +367,15 @@ def _done(frame: pd.DataFrame, report: LoadReport, path: Path | None = None) -> 
     return _finish(frame, report, path)
 
 
+# files a folder of prices often carries beside them, never price data (README.txt, LICENSE.txt, ...)
+_NOT_DATA_STEMS = ("readme", "license", "licence", "changelog", "copying")
+
+
 def _is_data_file(path: Path) -> bool:
     name = path.name.lower()
+    if name.split(".")[0] in _NOT_DATA_STEMS:
+        log.info(f"{path}: skipped, not price data")
+        return False
     return not name.startswith(".") and name.endswith(DATA_SUFFIXES)
 
 
@@ -395,6 +402,12 @@ def _shown(symbol: str) -> str:
 
 def _table_of_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """An in-memory frame as a table of columns: a DatetimeIndex (or a named index) becomes a column."""
+    if isinstance(frame.columns, pd.MultiIndex):
+        levels = ", ".join(str(name) for name in frame.columns.names)
+        raise DataError(f"{IN_MEMORY} has {frame.columns.nlevels}-level columns ({levels}), as yfinance.download "
+                        "returns for several tickers; make one row per bar and ticker first, e.g. "
+                        "frame.stack(level=1, future_stack=True).rename_axis(['Date', 'symbol']).reset_index(), "
+                        "or download one ticker at a time (or use `pricegpt data download`)")
     if frame.columns.duplicated().any():
         names = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
         raise DataError(f"{IN_MEMORY}: duplicate column name(s) {', '.join(names)}; give each column one name")
@@ -637,8 +650,11 @@ def _parse_numbers(series: pd.Series, rows: Rows, col: str) -> tuple[np.ndarray,
     # pandas parses 'inf' / 'infinity' as numbers; they are caught later by the price check.
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{rows.name}: {rows.at(i)}, column '{col}': '{text.iloc[i][:40]}' is not a number; "
-                        "price columns must hold numbers only")
+        hint = "price columns must hold numbers only"
+        if re.fullmatch(r"[-+]?\d{1,3}(\.\d{3})*,\d+|[-+]?\d+,\d+", text.iloc[i]):
+            hint = ("it looks like a decimal comma: save the file with decimal points, or read it with "
+                    "pandas.read_csv(path, sep=';', decimal=',', thousands='.') and pass the DataFrame")
+        raise DataError(f"{rows.name}: {rows.at(i)}, column '{col}': '{text.iloc[i][:40]}' is not a number; {hint}")
     return values, empty
 
 

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import check_int, check_memory
+from ..config import check_bool, check_int, check_memory, show
 from ..data import iso, load_prices
 from ..data.windows import (
     Origins,
@@ -249,6 +249,9 @@ def check_eval_dir(out: Path) -> None:
 def _forecaster(run) -> Forecaster:
     if isinstance(run, Forecaster):
         return run
+    if not isinstance(run, (str, os.PathLike)) and not hasattr(run, "meta"):
+        raise ConfigError(f"the run to evaluate must be a run directory, a loaded Run or a Forecaster, got "
+                          f"{show(run)}; to evaluate a pretrained model use evaluate_model")
     return forecaster_of(load_run(run, need_tokenizer=True) if isinstance(run, (str, os.PathLike)) else run)
 
 
@@ -256,6 +259,7 @@ def _setup(run, data, split, allow_overlap, num_samples, horizon, horizons, max_
            val_end=None) -> _Setup:
     if split not in ("val", "test"):
         raise ConfigError(f"--split must be val or test, got {split!r}")
+    check_bool(allow_overlap, "allow_overlap (--allow-overlap)")
     num_samples = DEFAULT_NUM_SAMPLES if num_samples is None else num_samples
     if max_origins is not None:
         max_origins = check_int(max_origins, "--max-origins", 1, 2**31 - 1)

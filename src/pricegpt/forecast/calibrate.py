@@ -42,6 +42,7 @@ TEMPERATURE_GRID = (0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)
 # MIN_CALIBRATION_ORIGINS in all (a single 15-minute series calibrated on 50 origins picked its temperature by noise)
 MAX_ORIGINS_PER_SYMBOL = 50
 MIN_CALIBRATION_ORIGINS = 400
+FEW_CALIBRATION_ORIGINS = 30  # fewer than this: a warning
 
 
 def crps_samples(samples: np.ndarray, y: np.ndarray, fair: bool = True) -> np.ndarray:
@@ -95,6 +96,10 @@ def calibrate_temperature(run, frame, splits, horizon: int, num_samples: int = 2
         max_origins = max(MAX_ORIGINS_PER_SYMBOL, -(-MIN_CALIBRATION_ORIGINS // max(1, len(series))))
     origins = select_origins(series, "val", horizon, max_origins=max_origins, min_context=forecaster.patch_len)
     require_origins(origins, series, cutoffs, horizon)
+    if origins.n < FEW_CALIBRATION_ORIGINS:
+        log.warning(f"calibration: only {origins.n} validation origin(s); on so few the temperature is picked by "
+                    f"noise (the default aims at {MIN_CALIBRATION_ORIGINS}): raise --max-origins or give the data a "
+                    "longer validation split")
     check_leakage(origins, series, cutoffs, horizon)
     check_paths_memory(origins.n, num_samples, horizon)
     contexts, ends, times = origins.contexts(series), origins.context_end(series), origins.context_times(series)

@@ -26,7 +26,7 @@ import os
 import numpy as np
 import torch
 
-from ..config import derive_seed
+from ..config import derive_seed, show
 from ..data.windows import run_cutoffs
 from ..errors import CheckpointError, ConfigError
 from ..rundir import RunDir
@@ -41,6 +41,9 @@ class EnsembleForecaster(Forecaster):
     """Members' paths pooled equally at one temperature (module docstring)."""
 
     def __init__(self, members: list[Forecaster], directory: str | os.PathLike | None = None):
+        if not isinstance(members, (list, tuple)) or not all(isinstance(m, Forecaster) for m in members):
+            raise ConfigError(f"an ensemble's members must be a list of Forecasters, got {show(members)}; pool "
+                              "run directories with EnsembleForecaster.from_runs")
         members = list(members)
         if len(members) < 2:
             raise ConfigError(f"an ensemble needs at least 2 members, got {len(members)}")

@@ -21,9 +21,9 @@ by its own generator inside engine calls that many origins share (`Engine.genera
 an origin's paths are the same whether it is forecast alone or among thousands, whatever --max-origins, the symbol
 set, their order or how many share a call. Its samples are drawn from one seed unless they exceed what the KV-cache
 budget allows in one call; then each block of them has its own seed. Origins are packed into calls of about
-ROWS_PER_CALL sample rows: in benchmarks/README.md (2 CPU cores, tiny model, 256 samples, 4 tokens after 60) 8
-origins per call decoded fastest, both 1 (per-call overhead) and 32 (activations and keys that no longer fit in
-the CPU caches) slower.
+ROWS_PER_CALL sample rows: on 2 CPU cores (tiny model, 256 samples, 4 tokens after 60; 2026-12-02) 16 origins per
+call decoded fastest (4096 rows: 1.06x 8 origins, 1.03x 32, 1.2x 64), one origin per call (per-call overhead) and
+64 (activations and keys that no longer fit in the CPU caches) slowest.
 
 Values (horizon, num_samples, seed, temperature) are checked before any work: ConfigErrors naming the bound
 (config.py's checks), and the paths' memory against half of the free memory (`check_paths_memory`).
@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import check_int, check_path, check_temperature, show
+from ..config import check_bool, check_int, check_path, check_temperature, show
 from ..config.schema import SIDE_CHANNELS
 from ..data import iso, load_prices, parse_time
 from ..data.calendar import calendar_ids, future_times
@@ -71,6 +71,7 @@ from ..rundir import RunDir
 from ..runs import Run, load_run
 from ..tokenizer import bar_features, load_tokenizer
 from ..tokenizer.side import patch_side, side_values
+from ..train.checkpoint import BUILTIN_MODELS
 from ..train.checkpoint import resolve_init as resolve_model
 from ..train.device import resolve_device
 from .frames import DF_QUANTILE_LEVELS, check_levels, paths_frame, paths_html, quantile_frame, target_times, utc_index
@@ -85,7 +86,7 @@ from .sampling import (
 )
 
 KV_CACHE_BUDGET_BYTES = 512 * 2**20  # bounds the KV cache (and so memory) of one engine call
-ROWS_PER_CALL = 2048  # sample rows (origins x samples) one engine call aims at; see the module docstring
+ROWS_PER_CALL = 4096  # sample rows (origins x samples) one engine call aims at; see the module docstring
 KIND = "pricegpt.forecaster"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -580,6 +581,7 @@ class Forecaster:
 
         An existing non-empty `directory` is an OutputExistsError unless `overwrite` and it is a forecaster folder
         pricegpt wrote (never a run directory or anything else)."""
+        check_bool(overwrite, "overwrite")
         directory = Path(check_path(directory, "directory"))
         if directory.is_dir() and not directory.is_symlink() and not any(directory.iterdir()):
             directory.rmdir()  # an empty folder holds nothing to protect
@@ -608,7 +610,8 @@ class Forecaster:
         directory = resolve_model(directory)
         if not directory.is_dir():
             raise CheckpointError(f"forecaster folder {directory} not found; write one with "
-                                  "Forecaster.save_pretrained(DIR)")
+                                  "Forecaster.save_pretrained(DIR), or load a built-in model: "
+                                  f"{', '.join(BUILTIN_MODELS)}")
         config = _read_config(directory / CONFIG_FILE)
         model = GPT.from_pretrained(directory / MODEL_DIR, map_location=device)
         model.eval()

@@ -206,7 +206,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate pairs (x[..., i], x[..., i + D/2]) of x (B, T, heads, D) by the angles of cos/sin (1, T, 1, D/2)."""
     d = x.size(-1) // 2
     x1, x2 = x[..., :d], x[..., d:]
-    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+    if torch.is_grad_enabled():
+        return torch.cat([torch.addcmul(x1 * cos, x2, sin), torch.addcmul(x2 * cos, x1, sin, value=-1)], dim=-1)
+    # Without autograd the two halves are written in place: no temporaries and no concatenation (the same
+    # arithmetic, so the same values)
+    out = torch.empty_like(x)
+    first, second = out[..., :d], out[..., d:]
+    torch.mul(x1, cos, out=first).addcmul_(x2, sin)
+    torch.mul(x2, cos, out=second).addcmul_(x1, sin, value=-1)
+    return out
 
 
 class CausalSelfAttention(nn.Module):
