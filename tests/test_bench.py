@@ -60,18 +60,22 @@ def test_train_lines_compare_with_llama(config, dtype):
 
 
 def test_train_without_transformers_skips_only_the_peer(no_transformers):
-    ratio, lean, mfu, lean_mfu = bench.bench_train(TINY, batch_size=2, dtype="fp32", rounds=1, peak_size=32)
+    ratio, lean, mfu, ceiling, lean_mfu = bench.bench_train(TINY, batch_size=2, dtype="fp32", rounds=1,
+                                                            peak_size=32)
     assert ratio.value is None and ratio.line().endswith("skipped: pip install 'pricegpt[bench]'")
-    for result in (lean, mfu, lean_mfu):
+    for result in (lean, mfu, ceiling, lean_mfu):
         assert_measured(result)
+    assert ceiling.name == "train fp32 MFU ceiling" and ceiling.goal is None and "matrix products alone" in \
+        ceiling.detail
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_train_lines_compare_with_the_lean_gpt(dtype):
     results = bench.bench_train(TINY, batch_size=2, dtype=dtype, rounds=1, peak_size=32)
     assert [r.name for r in results] == [f"train {dtype} vs HF Llama", f"train {dtype} vs lean GPT",
-                                         f"train {dtype} MFU", f"train {dtype} lean GPT MFU"]
-    lean, lean_mfu = results[1], results[3]
+                                         f"train {dtype} MFU", f"train {dtype} MFU ceiling",
+                                         f"train {dtype} lean GPT MFU"]
+    lean, lean_mfu = results[1], results[4]
     assert_measured(lean)
     assert_measured(lean_mfu)
     assert "tok/s" in lean.detail and lean_mfu.goal is None

@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, assert_user_error, run_cli
 
 PIPELINE_ARGS = ("pipeline", "--data", "sample:stocks-daily", "--out", "runs/quickstart", "--preset", "tiny",
-                 "--max-steps", "40", "--num-samples", "32")
+                 "--max-steps", "40", "--calibration-max-origins", "25", "--num-samples", "32")
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,8 @@ def test_pipeline_writes_every_documented_output(workdir):
         assert set(forecast[name]) >= {"crps", "coverage_50", "coverage_90", "directional_accuracy", "mae_median"}
     backtest = json.loads((run / "backtest" / "metrics.json").read_text())
     assert {"cost_bps", "strategy", "buy_and_hold"} <= set(backtest)
+    calibration = json.loads((run / "calibration.json").read_text())  # --calibration-max-origins 25, 4 symbols
+    assert calibration["max_origins_per_symbol"] == 25 and 50 < calibration["n_origins"] <= 100
     # the pipeline trains a volatility head for its horizon; its QLIKE against GARCH and EWMA is in the report
     assert json.loads((run / "model" / "config.json").read_text())["vol_bars"] == 4
     volatility = forecast["volatility"]

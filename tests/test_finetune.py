@@ -169,7 +169,7 @@ def test_the_pipeline_finetunes_with_the_init_tokenizer(pretrained, prices, tmp_
     csv = tmp_path / "prices.csv"
     prices.to_csv(csv, index=False)
     settings = dict(preset="tiny", overrides=[*TINY, "train.eval_every=5"], max_steps=5, num_samples=8,
-                    tokenizer_kind="quantile", init=str(folder))
+                    tokenizer_kind="quantile", init=str(folder), calibration_max_origins=20)
     out = tmp_path / "run"
     with pytest.raises(ConfigError, match="no such folder"):  # checked before the run directory exists
         run_pipeline(csv, out, **{**settings, "init": str(tmp_path / "nowhere")})

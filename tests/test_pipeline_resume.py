@@ -33,7 +33,8 @@ def prices(tmp_path_factory, stocks_frame) -> Path:
 
 def pipeline_args(prices: Path, out: Path, max_steps: int) -> list[str]:
     args = ["pipeline", "--data", str(prices), "--out", str(out), "--preset", "tiny", "--max-steps", str(max_steps),
-            "--num-samples", "16", "--tokenizer-kind", "quantile", "--codebook-size", "32"]
+            "--num-samples", "16", "--tokenizer-kind", "quantile", "--codebook-size", "32",
+            "--calibration-max-origins", "25"]
     for setting in SETTINGS:
         args += ["--set", setting]
     return args

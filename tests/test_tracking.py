@@ -191,7 +191,7 @@ def test_mlflow_records_the_pipeline_run_and_its_evaluation(mlflow_store, tmp_pa
                  "train.warmup_steps=5", "train.num_threads=1", "train.mlflow=true"]
     with torch_threads_kept():
         run_pipeline(csv, out, preset="tiny", overrides=overrides, max_steps=10, num_samples=16,
-                     tokenizer_kind="quantile", codebook_size=32)
+                     tokenizer_kind="quantile", codebook_size=32, calibration_max_origins=20)
 
     run = _only_run(client, out)  # the training's
     assert run.info.status == "FINISHED"

@@ -109,6 +109,7 @@ class PipelineSettings:
     date_format: str | None = None       # strptime format of the data's timestamps (default: inferred)
     init: str | None = None              # fine-tune this model (forecaster folder, built-in name or run directory)
     ensemble: int = 1                    # models trained with consecutive seeds and forecasting as their pool
+    calibration_max_origins: int | None = None  # validation origins per symbol for the temperature (calibrate.py)
 
 
 @dataclass
@@ -169,6 +170,8 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
         record["date_format"] = settings.date_format
     if settings.ensemble > 1:  # likewise
         record["ensemble"] = settings.ensemble
+    if settings.calibration_max_origins is not None:  # likewise
+        record["calibration_max_origins"] = settings.calibration_max_origins
     init = _check_init(settings, splits) if settings.init is not None else None
     if init is not None:  # the tokenizer is the init's, whatever the preset's options
         c = init.tokenizer.config
@@ -208,6 +211,9 @@ def run_pipeline(data, out, settings: PipelineSettings | None = None, **override
 def _check_settings(settings: PipelineSettings) -> None:
     """Every numeric setting that is given, checked before any work (0 is a value, not "the default")."""
     settings.ensemble = check_int(settings.ensemble, "--ensemble", 1, MAX_ENSEMBLE)
+    if settings.calibration_max_origins is not None:
+        settings.calibration_max_origins = check_int(settings.calibration_max_origins, "--calibration-max-origins",
+                                                     1, 2**31 - 1)
     for name, flag, lo, hi in (("horizon", "--horizon", 1, MAX_HORIZON_BARS), ("patch_len", "--patch-len", 1, 4096),
                                ("codebook_size", "--codebook-size", 2, 65536), ("max_steps", "--max-steps", 1, 10**9)):
         if getattr(settings, name) is not None:
@@ -417,7 +423,8 @@ def _run_stages(settings: PipelineSettings, data, out: RunDir, frame, splits, re
     num_samples = settings.num_samples or 256
     stage("calibrate", out, out.calibration.is_file,
           lambda: calibrate_temperature(Forecaster.from_run(out.root), frame, splits, horizon=horizon,
-                                        num_samples=num_samples), extra_inputs=pooled)
+                                        num_samples=num_samples, max_origins=settings.calibration_max_origins),
+          extra_inputs=pooled)
     ablation_runs, extra = None, ()
     if settings.ablation:
         # The same pipeline with the quantile tokenizer, scored on the same origins in the report.

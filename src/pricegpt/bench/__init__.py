@@ -17,6 +17,7 @@ from .harness import (
     cold_compile,
     machine_header,
     matmul_contender,
+    model_matmuls_contender,
     paired_ratio,
     wall,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "bench_threads",
     "machine_header",
     "matmul_contender",
+    "model_matmuls_contender",
     "_transformers",
     "llama_config",
     "llama_flops_per_token",

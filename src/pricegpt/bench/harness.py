@@ -180,3 +180,32 @@ def matmul_contender(size: int, dtype: torch.dtype) -> tuple[Callable[[], float]
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     out = torch.empty(size, size, dtype=dtype)
     return wall(lambda: torch.matmul(a, b, out=out)), 2.0 * size**3
+
+
+def model_matmuls_contender(config, batch_size: int, dtype: torch.dtype) -> tuple[Callable[[], float], float]:
+    """Every matrix product of one training step of a GPT of `config` and nothing else, as a contender: per layer
+    the q/k/v, output and two MLP weight products forward and their two backward products, and the attention's
+    QK^T and AV over the full T x T square (per head, forward and backward), then the head's; and their FLOPs,
+    which are GPT.flops_per_token x tokens. Its time is what the step would take if norms, activations, softmax,
+    rotary, the loss and the optimizer cost nothing: flops over it is the highest MFU the shape can reach here."""
+    c, tokens = config, batch_size * config.sequence_len
+    E, D, T = c.n_embd, c.head_dim, c.sequence_len
+    shapes = [(E, (c.n_head + 2 * c.n_kv_head) * D), (E, E), (E, c.mlp_ratio * E), (c.mlp_ratio * E, E)]
+    x = {k: torch.randn(tokens, k).to(dtype) for k in {E, c.mlp_ratio * E}}
+    weights = [torch.randn(k, n).to(dtype) for k, n in shapes]
+    grads = {n: torch.randn(tokens, n).to(dtype) for _, n in shapes}
+    head, head_grad = torch.randn(E, c.vocab_size).to(dtype), torch.randn(tokens, c.vocab_size).to(dtype)
+    q = torch.randn(batch_size * c.n_head, T, D).to(dtype)
+    scores = torch.randn(batch_size * c.n_head, T, T).to(dtype)
+
+    def step():
+        for _ in range(c.n_layer):
+            for (k, n), w in zip(shapes, weights):
+                x[k] @ w, grads[n] @ w.T, x[k].T @ grads[n]  # forward, input grad, weight grad
+            for _ in range(3):  # forward, and the two products of each backward
+                q @ q.transpose(1, 2), scores @ q
+        x[E] @ head, head_grad @ head.T, x[E].T @ head_grad
+
+    weight_macs = c.n_layer * sum(k * n for k, n in shapes) + E * c.vocab_size
+    flops = tokens * (6 * weight_macs + 12 * c.n_layer * E * T)
+    return wall(step), float(flops)

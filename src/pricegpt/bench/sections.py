@@ -43,6 +43,7 @@ from .harness import (
     break_even_steps,
     cold_compile,
     matmul_contender,
+    model_matmuls_contender,
     paired_ratio,
     quiet_log,
     wall,
@@ -81,6 +82,9 @@ def bench_train(config, batch_size: int, dtype: str, rounds: int, peak_size: int
         lean, lean_flops = lean_train_step(config, batch_size, autocast)
         contenders["lean"] = wall(lean)
     contenders["matmul"], matmul_flops = matmul_contender(peak_size, torch.bfloat16 if autocast else torch.float32)
+    if not gqa:  # the MFU a step that did nothing but its matrix products would reach
+        contenders["matmuls_only"], chain_flops = model_matmuls_contender(
+            config, batch_size, torch.bfloat16 if autocast else torch.float32)
     warmup = list(contenders.values())
     compile_seconds: dict[str, float] = {}
     no_compiler = compile_unavailable() if compiled and not gqa else None
@@ -125,6 +129,12 @@ def bench_train(config, batch_size: int, dtype: str, rounds: int, peak_size: int
         detail=f"{our_flops * tok_s('pricegpt') / 1e9:,.1f} of {peak / 1e9:,.1f} GFLOP/s ({peak_size}^2 {dtype} "
                f"matmul peak, same rounds){their_text}"))
     if not gqa:
+        assert chain_flops == our_flops * tokens, "the matmul chain counts the model's FLOPs"
+        results.append(Result(
+            f"{label} MFU ceiling", mfu("matmuls_only", our_flops), f"{mfu('matmuls_only', our_flops):.1%}",
+            detail="the same step's matrix products alone (weights forward and backward, QK^T and AV over T x T, "
+                   "the head), without norms, activations, softmax, rotary, loss or optimizer: the highest MFU "
+                   "this shape reaches on this machine"))
         results.append(Result(
             f"{label} lean GPT MFU", mfu("lean", lean_flops), f"{mfu('lean', lean_flops):.1%}",
             detail=f"{lean_flops * tok_s('lean') / 1e9:,.1f} of {peak / 1e9:,.1f} GFLOP/s (LeanGPT's own FLOPs "

@@ -375,7 +375,8 @@ def cmd_pipeline(args) -> int:
         patch_len=args.patch_len, codebook_size=args.codebook_size, scaling=args.scaling,
         halflife=args.halflife, decode=args.decode, seasonal=_on_off(args.seasonal), horizon=args.horizon,
         num_samples=args.num_samples, cost_bps=args.cost_bps, seed=args.seed, ablation=args.ablation,
-        force=args.force, date_format=args.date_format, init=args.init, ensemble=args.ensemble)
+        force=args.force, date_format=args.date_format, init=args.init, ensemble=args.ensemble,
+        calibration_max_origins=args.calibration_max_origins)
     with _sampling_on(args):  # the sampling stages; training follows train.device / train.dtype
         result = run_pipeline(args.data, args.out, settings)
     if result is None:  # a process of a torchrun launch other than rank 0

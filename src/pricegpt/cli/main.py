@@ -397,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="MODEL",
                    help="fine-tune this model (forecaster folder, built-in name or run directory): its tokenizer "
                         "is used instead of fitting one")
+    p.add_argument("--calibration-max-origins", type=_positive_int, metavar="N",
+                   help="validation origins per symbol for the temperature (default 50, more when few symbols would "
+                        "give fewer than 400 in all); fewer calibrate faster and noisier")
     p.add_argument("--ensemble", type=_ensemble, default=1, metavar="K",
                    help="train K models with consecutive training seeds on the same tokens and forecast with their "
                         "pool (paths split equally, one temperature); default 1")
