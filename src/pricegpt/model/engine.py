@@ -198,6 +198,8 @@ class PrefixKVCache:
         ... of context i): row j becomes row rows[j]. A row may be kept several times or dropped."""
         contexts = self.prefix.rows
         assert rows.numel() % contexts == 0, f"{rows.numel()} rows do not split into {contexts} contexts"
+        if rows.numel() == self.kv.size(2) and torch.equal(rows, torch.arange(rows.numel(), device=rows.device)):
+            return  # every row kept in place (each path has one continuation): nothing to gather
         self.rows_per_context = rows.numel() // contexts
         shape = (*self.kv.shape[:2], rows.numel(), *self.kv.shape[3:])
         spare = 1 if self.kv.data_ptr() == self.buffers[0].data_ptr() else 0
