@@ -42,6 +42,10 @@ def test_a_decimal_comma_file_says_so(tmp_path):
     path.write_text("date;close\n2024-01-02;101,25\n2024-01-03;102,50\n2024-01-04;101,75\n")
     with pytest.raises(DataError, match="decimal comma.*decimal=','"):
         load_prices(path)
+    us = tmp_path / "us.csv"
+    us.write_text('date,close\n2024-01-02,"1,101.25"\n2024-01-03,"1,102.50"\n2024-01-04,"1,101.75"\n')
+    with pytest.raises(DataError, match="thousands separators.*thousands=','"):
+        load_prices(us)
 
 
 def test_yfinance_two_level_columns_say_how_to_flatten():
@@ -49,7 +53,7 @@ def test_yfinance_two_level_columns_say_how_to_flatten():
     wide = pd.concat({"Close": frame[["close"]].rename(columns={"close": "AAPL"}),
                       "Open": frame[["close"]].rename(columns={"close": "AAPL"})}, axis=1)
     wide.columns.names = ["Price", "Ticker"]
-    with pytest.raises(DataError, match="2-level columns.*yfinance.*stack"):
+    with pytest.raises(DataError, match="2-level columns.*yfinance.*droplevel.*stack"):
         load_prices(wide)
 
 

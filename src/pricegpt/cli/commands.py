@@ -140,9 +140,12 @@ def cmd_generate(args) -> int:
     if args.decode and args.symbol is not None:
         run.tokenizer.check_symbol(args.symbol, "--symbol")
     ids = parse_token_ids(args.seed_tokens, run.model.config.vocab_size)
+    # a model with asset identity reads --symbol's row (the "unknown" row without one, or for a symbol it never saw)
+    symbol = run.model.symbol_ids([args.symbol]) \
+        if args.symbol is not None and run.model.config.symbol_embedding else None
     out = generate(run.model, torch.tensor([ids], dtype=torch.long), args.num_generate,
                    num_samples=args.num_samples, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   seed=args.seed, autocast=autocast)
+                   seed=args.seed, autocast=autocast, symbol=symbol)
     samples = out[0].tolist()
     for i, row in enumerate(samples):
         print(" ".join(map(str, row)) if args.num_samples == 1 else f"sample {i}: " + " ".join(map(str, row)))

@@ -13,9 +13,8 @@ import sys
 
 from .. import CurrentStderrHandler
 from ..config import check_num_generate, check_num_samples, check_seed, check_temperature, check_top_k, check_top_p
-from ..config.checks import MAX_ENSEMBLE
+from ..config.checks import MAX_ENSEMBLE, MAX_HORIZON_BARS
 from ..errors import ConfigError, PriceGPTError
-from ..forecast.sampling import MAX_HORIZON_BARS
 from . import commands
 from .corpus import add_corpus_parser
 

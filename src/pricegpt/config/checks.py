@@ -22,6 +22,7 @@ MAX_THREADS = 1024  # torch.set_num_threads(100000) crashes the interpreter
 MAX_STEPS = 10**9
 MAX_NUM_SAMPLES = 1_000_000  # sample paths per call; memory bounds it further (check_memory)
 MAX_NUM_GENERATE = 100_000  # tokens generated per call: one decode step each (minutes for the seed model)
+MAX_HORIZON_BARS = 100_000  # a horizon is generated token by token; the engine's bound on new tokens
 MAX_ENSEMBLE = 16  # models of pipeline --ensemble K: each is a full training run
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0  # below: logits / T overflow; above: uniform noise
 MIN_TOP_P = 1e-3

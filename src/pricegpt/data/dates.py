@@ -168,7 +168,8 @@ def _parse_numbers(strings: np.ndarray, numbers: np.ndarray, rows: Rows, col: st
         raise DataError(f"{rows.name}: column '{col}': whole numbers from {strings[0][:20]} to "
                         f"{str(np.nanmax(numbers))[:20]} are bar numbers or a counter, not times: as Unix seconds "
                         "they would all fall before March 1973. Give each bar its date and time (e.g. "
-                        "2024-01-31 15:30), or, for Unix times, the full number of seconds since 1970")
+                        "2024-01-31 15:30), dates written as digits with --date-format (e.g. %Y%m for 202401), or, "
+                        "for Unix times, the full number of seconds since 1970")
     unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
     parsed = pd.Series(pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce"))
     return _checked(parsed, original, rows, col)

@@ -405,9 +405,10 @@ def _table_of_frame(frame: pd.DataFrame) -> pd.DataFrame:
     if isinstance(frame.columns, pd.MultiIndex):
         levels = ", ".join(str(name) for name in frame.columns.names)
         raise DataError(f"{IN_MEMORY} has {frame.columns.nlevels}-level columns ({levels}), as yfinance.download "
-                        "returns for several tickers; make one row per bar and ticker first, e.g. "
-                        "frame.stack(level=1, future_stack=True).rename_axis(['Date', 'symbol']).reset_index(), "
-                        "or download one ticker at a time (or use `pricegpt data download`)")
+                        "returns; make one row per bar and ticker first: for one ticker "
+                        "frame.droplevel(1, axis=1) (or yfinance.download(..., multi_level_index=False)), for "
+                        "several frame.stack(level=1).rename_axis(['Date', 'symbol']).reset_index() (or use "
+                        "`pricegpt data download`)")
     if frame.columns.duplicated().any():
         names = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
         raise DataError(f"{IN_MEMORY}: duplicate column name(s) {', '.join(names)}; give each column one name")
@@ -651,7 +652,10 @@ def _parse_numbers(series: pd.Series, rows: Rows, col: str) -> tuple[np.ndarray,
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         hint = "price columns must hold numbers only"
-        if re.fullmatch(r"[-+]?\d{1,3}(\.\d{3})*,\d+|[-+]?\d+,\d+", text.iloc[i]):
+        if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", text.iloc[i]):
+            hint = ("it has thousands separators: read it with pandas.read_csv(path, thousands=',') and pass the "
+                    "DataFrame, or save the file without them (a decimal comma would need decimal=',')")
+        elif re.fullmatch(r"[-+]?\d{1,3}(\.\d{3})*,\d+|[-+]?\d+,\d+", text.iloc[i]):
             hint = ("it looks like a decimal comma: save the file with decimal points, or read it with "
                     "pandas.read_csv(path, sep=';', decimal=',', thousands='.') and pass the DataFrame")
         raise DataError(f"{rows.name}: {rows.at(i)}, column '{col}': '{text.iloc[i][:40]}' is not a number; {hint}")

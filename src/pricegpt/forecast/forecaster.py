@@ -87,6 +87,7 @@ from .sampling import (
 
 KV_CACHE_BUDGET_BYTES = 512 * 2**20  # bounds the KV cache (and so memory) of one engine call
 ROWS_PER_CALL = 4096  # sample rows (origins x samples) one engine call aims at; see the module docstring
+HIDDEN_WINDOWS_PER_CALL = 2048  # whole context windows per forward pass of the heads (`_last_hidden`)
 KIND = "pricegpt.forecaster"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -350,8 +351,8 @@ class Forecaster:
             by_length.setdefault(len(ids), []).append(i)
         self.model.eval()
         for members in by_length.values():
-            for lo in range(0, len(members), ROWS_PER_CALL):
-                batch = members[lo:lo + ROWS_PER_CALL]
+            for lo in range(0, len(members), HIDDEN_WINDOWS_PER_CALL):
+                batch = members[lo:lo + HIDDEN_WINDOWS_PER_CALL]
                 extra = {name: values.to(device) for name, values in
                          self._model_inputs(batch, tokens, ctx_times, None, sides, 0, symbols).items()}
                 idx = torch.as_tensor(np.stack([tokens[i] for i in batch]), dtype=torch.long, device=device)

@@ -9,9 +9,9 @@ import hashlib
 import sys
 
 from ..config import check_int, check_memory, check_num_samples, check_seed, derive_seed, show
+from ..config.checks import MAX_HORIZON_BARS
 from ..errors import ConfigError, DataError
 
-MAX_HORIZON_BARS = 100_000  # a horizon is generated token by token; the engine's bound on new tokens
 PATH_COPIES = 3  # float64 copies of all paths alive at once (paths, cumulative, sorted for the scores)
 
 

@@ -370,7 +370,9 @@ class GPT(nn.Module):
     def symbol_ids(self, names) -> torch.Tensor:
         """Symbol names -> (len(names),) int64 rows of the symbol embedding, -1 (the "unknown" row) for a symbol
         the model was not trained on."""
-        rows = {name: i for i, name in enumerate(self.config.symbols or ())}
+        rows = self.__dict__.get("_symbol_rows")
+        if rows is None or len(rows) != len(self.config.symbols or ()):  # built once per model
+            rows = self.__dict__["_symbol_rows"] = {name: i for i, name in enumerate(self.config.symbols or ())}
         return torch.tensor([rows.get(str(name), -1) for name in names], dtype=torch.long)
 
     def symbol_embedding(self, symbol: torch.Tensor) -> torch.Tensor:

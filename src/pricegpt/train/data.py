@@ -154,10 +154,13 @@ class WindowSet:
         assert self.side is not None, "this window set has no side channels"
         return torch.from_numpy(self._gather(window_ids, self.side, (SIDE_CHANNELS,), lambda c, i: c[i]))
 
-    def gather_symbol(self, window_ids: np.ndarray, rows: dict[str, int]) -> torch.Tensor:
-        """(len(window_ids),) int64: the row of each window's symbol in `rows` (a model's symbol -> embedding row),
-        -1 for a symbol it does not hold."""
-        of_segment = np.array([rows.get(name, -1) for name in self.names], dtype=np.int64)
+    def symbol_rows(self, rows: dict[str, int]) -> np.ndarray:
+        """(segments,) int64: each segment's symbol's row in `rows` (a model's symbol -> embedding row), -1 for a
+        symbol it does not hold; what `gather_symbol` reads."""
+        return np.array([rows.get(name, -1) for name in self.names], dtype=np.int64)
+
+    def gather_symbol(self, window_ids: np.ndarray, of_segment: np.ndarray) -> torch.Tensor:
+        """(len(window_ids),) int64: the symbol row of each window, from `symbol_rows`'s per-segment array."""
         return torch.from_numpy(of_segment[self._locate(window_ids)[0]])
 
     def sample(self, seed: int, step: int, n: int, calendar_dropout: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

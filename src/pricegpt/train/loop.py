@@ -126,7 +126,8 @@ class Trainer:
         if config.model.symbol_embedding and config.model.symbols is None:
             config.model = dataclasses.replace(config.model, symbols=[str(s) for s in data.source.get(
                 "symbols", data.train.names)])
-        self.symbol_rows = {name: i for i, name in enumerate(config.model.symbols or ())}
+        rows = {name: i for i, name in enumerate(config.model.symbols or ())}
+        self.symbol_rows = {id(w): w.symbol_rows(rows) for w in (data.train, data.val)}  # per segment, once
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.device = pick_device(t.device, self.dist)
@@ -317,7 +318,7 @@ class Trainer:
         batch = windows.gather(ids)
         extra = {}
         if self.config.model.symbol_embedding:
-            symbol = windows.gather_symbol(ids, self.symbol_rows)
+            symbol = windows.gather_symbol(ids, self.symbol_rows[id(windows)])
             if symbol_hidden is not None:
                 symbol[torch.from_numpy(symbol_hidden)] = -1
             extra["symbol"] = symbol
