@@ -35,3 +35,12 @@ def stocks_frame():
     from pricegpt.data import load_prices
 
     return load_prices("sample:stocks-daily")
+
+
+@pytest.fixture(scope="session")
+def stocks_store(tmp_path_factory):
+    """sample:stocks-daily (open/high/low/volume) tokenized one bar per token, EWMA-scaled, by a 32-code quantile
+    tokenizer: (the store, the frame, the tokenizer). Tests read it and write elsewhere."""
+    from train_helpers import quantile_store
+
+    return quantile_store(tmp_path_factory.mktemp("stocks-ewma"), "sample:stocks-daily", scaling="ewma")

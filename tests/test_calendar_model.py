@@ -22,6 +22,7 @@ from pricegpt.train import TokenData, Trainer, WindowSet, latest_checkpoint, rea
 from test_model import tiny_config, tiny_model
 from train_helpers import (
     TINY,
+    assert_close_weights,
     assert_same_weights,
     markov_tokens,
     quantile_store,
@@ -272,8 +273,7 @@ def test_two_processes_train_a_calendar_model_as_one(eurusd_store, tmp_path):
     settings = [*EXACT, "model.dropout=0.0", "train.global_batch_size=8"]  # dropout draws differ by process
     single, ddp = single_and_two_process_weights(path, tmp_path, settings, max_steps=10)
     assert ddp.keys() == single.keys() and single["calendar_tod.weight"].abs().max() > 0
-    for name, weight in single.items():
-        torch.testing.assert_close(ddp[name], weight, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    assert_close_weights(single, ddp)
 
 
 def test_analyze_shows_a_calendar_models_learned_time_of_day_profile(eurusd_store, tmp_path, capsys):

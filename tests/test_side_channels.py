@@ -26,9 +26,9 @@ from pricegpt.train.vol_targets import VolTargets
 from test_model import tiny_model
 from train_helpers import (
     TINY,
+    assert_close_weights,
     assert_same_weights,
     cli_main,
-    quantile_store,
     read_weights,
     single_and_two_process_weights,
     torch_threads_kept,
@@ -97,12 +97,6 @@ def test_binning_and_patches():
 
 
 # ------------------------------------------------------------------------------------------------- store
-@pytest.fixture(scope="module")
-def stocks_store(tmp_path_factory):
-    """sample:stocks-daily (open/high/low/volume) tokenized one bar per token, EWMA-scaled."""
-    return quantile_store(tmp_path_factory.mktemp("side"), "sample:stocks-daily", scaling="ewma")
-
-
 def test_the_store_holds_each_tokens_side_ids(stocks_store, tmp_path):
     path, frame, tokenizer = stocks_store
     store = TokenStore.open(path)
@@ -245,8 +239,7 @@ def test_two_processes_train_a_side_model_with_a_volatility_head_as_one(stocks_s
     settings = [*SIDE, "model.dropout=0.0", "train.global_batch_size=8"]
     single, ddp = single_and_two_process_weights(path, tmp_path, settings, max_steps=6)
     assert single["side_tables.0.weight"].abs().max() > 0 and single["vol_head.weight"].abs().max() > 0
-    for name, weight in single.items():
-        torch.testing.assert_close(ddp[name], weight, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    assert_close_weights(single, ddp)
 
 
 def test_a_reused_config_yaml_takes_the_new_stores_edges_and_a_too_long_head_is_refused(stocks_store, tmp_path):

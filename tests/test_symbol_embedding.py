@@ -17,9 +17,9 @@ from pricegpt.train import TokenData, Trainer, latest_checkpoint, train_run
 from test_model import tiny_model
 from train_helpers import (
     TINY,
+    assert_close_weights,
     assert_same_weights,
     cli_main,
-    quantile_store,
     read_weights,
     single_and_two_process_weights,
     torch_threads_kept,
@@ -132,11 +132,6 @@ def test_a_symbol_model_learns_what_only_the_symbol_tells(tmp_path):
     assert 0.2 < probs["unseen"][rows, up].mean() < 0.7 and 0.2 < probs["unseen"][rows, down].mean() < 0.7
 
 
-@pytest.fixture(scope="module")
-def stocks_store(tmp_path_factory):
-    return quantile_store(tmp_path_factory.mktemp("symbol"), "sample:stocks-daily", scaling="ewma")
-
-
 def test_a_symbol_run_resumes_exactly_keeps_its_symbols_and_forecasts_any_symbol(stocks_store, tmp_path):
     path, frame, _ = stocks_store
     settings = [*TINY, "model.symbol_embedding=true", "train.save_every=5", "train.eval_every=5",
@@ -175,5 +170,4 @@ def test_two_processes_train_a_symbol_model_as_one(stocks_store, tmp_path):
                 "train.batch_size=4", "train.warmup_steps=0"]
     single, ddp = single_and_two_process_weights(stocks_store[0], tmp_path, settings, max_steps=6)
     assert single["symbol_table.weight"].abs().max() > 0
-    for name, weight in single.items():
-        torch.testing.assert_close(ddp[name], weight, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    assert_close_weights(single, ddp)

@@ -71,6 +71,12 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         assert torch.equal(a[name], b[name]), f"{name} differs: max |diff| {(a[name] - b[name]).abs().max()}"
 
 
+def assert_close_weights(single: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> None:
+    """Every weight of `single` matches `other`'s to the tolerance of a 2-process run against one process."""
+    for name, weight in single.items():
+        torch.testing.assert_close(other[name], weight, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
 @contextlib.contextmanager
 def torch_threads_kept():
     """Training sets torch's thread count from its config; give the rest of the test session its own back."""

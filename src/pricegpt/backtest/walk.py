@@ -337,12 +337,6 @@ def unknown_options(options: dict) -> None:
                           f"{', '.join(sorted(names))}")
 
 
-def backtest_config(**values) -> BacktestConfig:
-    """BacktestConfig(**values), an unknown name being a ConfigError."""
-    unknown_options(values)
-    return BacktestConfig(**values)
-
-
 def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float = 1.0, slippage_bps: float = 0.0,
                  horizon: int | None = None, rebalance: int | None = None, num_samples: int | None = 256,
                  seed: int = 0, out=None, forecaster=None, val_end=None, write: bool = True, train_end=None,
@@ -370,9 +364,9 @@ def run_backtest(run=None, data=None, *, strategy: str = "sign", cost_bps: float
         forecaster = forecaster_of(run)
     meta = run.meta if run is not None else {}
     horizon = horizon if horizon is not None else (meta.get("horizon") or getattr(forecaster, "patch_len", 1))
-    config = backtest_config(strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps, horizon=horizon,
-                             rebalance=rebalance, num_samples=256 if num_samples is None else num_samples, seed=seed,
-                             **options)
+    config = BacktestConfig(strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps, horizon=horizon,
+                            rebalance=rebalance, num_samples=256 if num_samples is None else num_samples, seed=seed,
+                            **options)
     pretrained = bool(getattr(run, "pretrained", False))
     if out is None and pretrained and write:
         raise ConfigError("a pretrained model's folder is not a run directory: give the backtest an --out DIR")
@@ -431,9 +425,10 @@ def backtest_model(model, data, out, *, train_end=None, val_end=None, calibrate:
         temperature = check_temperature(temperature, "temperature")
     # every value is checked before the model is loaded (the horizon again once the model's default is known)
     check_bool(allow_overlap, "allow_overlap")
-    backtest_config(strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps,
-                    horizon=1 if horizon is None else horizon, rebalance=rebalance, num_samples=num_samples,
-                    seed=seed, **options)
+    unknown_options(options)
+    BacktestConfig(strategy=strategy, cost_bps=cost_bps, slippage_bps=slippage_bps,
+                   horizon=1 if horizon is None else horizon, rebalance=rebalance, num_samples=num_samples,
+                   seed=seed, **options)
     if write:
         check_output_dir(out)
     forecaster = Forecaster.from_pretrained(model)

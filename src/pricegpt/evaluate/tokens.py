@@ -64,6 +64,8 @@ def model_logits_at(model, stream: np.ndarray, positions: np.ndarray, calendar: 
     stream_t = torch.as_tensor(stream, dtype=torch.long)
     inputs = {name: torch.as_tensor(np.asarray(values), dtype=torch.long)
               for name, values in (("calendar", calendar), ("side", side)) if values is not None}
+    row = model.symbol_ids([symbol]).to(device) \
+        if getattr(model.config, "symbol_embedding", False) and symbol is not None else None
     out = [None] * len(windows)
     by_len: dict[int, list[int]] = {}
     for w, (start, stop) in enumerate(windows):
@@ -74,8 +76,8 @@ def model_logits_at(model, stream: np.ndarray, positions: np.ndarray, calendar: 
             idx = torch.stack([stream_t[windows[w][0]:windows[w][1]] for w in batch]).to(device)
             extra = {name: torch.stack([values[windows[w][0]:windows[w][1]] for w in batch]).to(device)
                      for name, values in inputs.items()}
-            if getattr(model.config, "symbol_embedding", False) and symbol is not None:
-                extra["symbol"] = model.symbol_ids([symbol] * len(batch)).to(device)
+            if row is not None:
+                extra["symbol"] = row.expand(len(batch))
             logits = model(idx, **extra).float().cpu()
             for j, w in enumerate(batch):
                 out[w] = logits[j, torch.as_tensor(picks[w])]

@@ -403,13 +403,20 @@ def as_symbol(symbol, batch: int, length: int, model: GPT,
         return None
     if isinstance(symbol, numbers.Integral) and not isinstance(symbol, bool):
         symbol = [int(symbol)] * batch
-    try:
-        values = torch.as_tensor(symbol)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise CalendarInputError(f"symbol must be one integer id per context ({err})") from err
+    values = _as_tensor(symbol, "symbol must be one integer id per context")
     check_symbol(values, (batch, length), model.config)
     values = values.to(device=device, dtype=torch.long)
     return values[:, None].expand(batch, length) if values.dim() == 1 else values
+
+
+def _as_tensor(values, mistake: str) -> torch.Tensor:
+    """`values` as a tensor (a tensor stays itself), or a CalendarInputError `mistake` (with torch's reason)."""
+    if isinstance(values, torch.Tensor):
+        return values
+    try:
+        return torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise CalendarInputError(f"{mistake} ({err})") from err
 
 
 def _as_positions(values, batch: int, device, what: str, ids_text: str, check) -> torch.Tensor | None:
@@ -417,11 +424,7 @@ def _as_positions(values, batch: int, device, what: str, ids_text: str, check) -
     of one context gets its batch axis."""
     if values is None:
         return None
-    if not isinstance(values, torch.Tensor):
-        try:
-            values = torch.as_tensor(values)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise CalendarInputError(f"{what} must be an integer array of {ids_text} ids ({err})") from err
+    values = _as_tensor(values, f"{what} must be an integer array of {ids_text} ids")
     if values.dim() == 2 and batch == 1:
         values = values[None]
     check(values)

@@ -97,15 +97,13 @@ def check_symbol(symbol: torch.Tensor, shape: tuple[int, int], config, check_ran
         raise CalendarInputError("symbol ids given to a model without a symbol embedding "
                                  "(model.symbol_embedding=false); pass symbol=None, or train a model with --set "
                                  "model.symbol_embedding=true")
-    if symbol.dtype.is_floating_point or symbol.dtype == torch.bool or tuple(symbol.shape) not in (
-            shape[:1], tuple(shape)):
+    if not isinstance(symbol, torch.Tensor) or tuple(symbol.shape) not in (shape[:1], tuple(shape)):
         raise CalendarInputError(f"symbol must be integer ids of shape {shape[:1]} or {tuple(shape)}, got "
-                                 f"{symbol.dtype} {tuple(symbol.shape)}")
-    if check_range and symbol.numel():
-        lo, hi = int(symbol.min()), int(symbol.max())
-        if lo < -1 or hi >= config.symbol_rows - 1:
-            raise CalendarInputError(f"symbol ids must lie in [0, {config.symbol_rows - 1}) or be -1 (unknown), "
-                                     f"found values in [{lo}, {hi}]; map names with GPT.symbol_ids")
+                                 f"{getattr(symbol, 'dtype', type(symbol).__name__)} "
+                                 f"{tuple(getattr(symbol, 'shape', ()))}")
+    # one id per row or per position: the per-position check of one column of ids
+    _check_position_ids(symbol[..., None], tuple(symbol.shape), (("symbol", config.symbol_rows - 1),), "symbol",
+                        "symbol", check_range, "map names with GPT.symbol_ids")
 
 
 def check_side(side: torch.Tensor, shape: tuple[int, int], side_model: bool, what: str = "side",
@@ -298,6 +296,7 @@ class GPT(nn.Module):
                 for _ in range(SIDE_CHANNELS))
         if config.symbol_embedding:  # one row per training symbol and a last "unknown" row; zeros, as above
             self.symbol_table = nn.Embedding.from_pretrained(torch.zeros(config.symbol_rows, config.n_embd), False)
+        self._symbol_rows = {name: i for i, name in enumerate(config.symbols or ())}  # symbol_ids' lookup
         # Not saved with the weights: they are a pure function of the config.
         cos, sin = rotary_tables(config.sequence_len, config.head_dim, config.rope_base)
         self.register_buffer("cos", cos, persistent=False)
@@ -370,10 +369,7 @@ class GPT(nn.Module):
     def symbol_ids(self, names) -> torch.Tensor:
         """Symbol names -> (len(names),) int64 rows of the symbol embedding, -1 (the "unknown" row) for a symbol
         the model was not trained on."""
-        rows = self.__dict__.get("_symbol_rows")
-        if rows is None or len(rows) != len(self.config.symbols or ()):  # built once per model
-            rows = self.__dict__["_symbol_rows"] = {name: i for i, name in enumerate(self.config.symbols or ())}
-        return torch.tensor([rows.get(str(name), -1) for name in names], dtype=torch.long)
+        return torch.tensor([self._symbol_rows.get(str(name), -1) for name in names], dtype=torch.long)
 
     def symbol_embedding(self, symbol: torch.Tensor) -> torch.Tensor:
         """symbol (B,) or (B, T) ids, -1 for unknown -> (B, 1, E) or (B, T, E) rows of the symbol embedding."""

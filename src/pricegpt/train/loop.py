@@ -124,10 +124,9 @@ class Trainer:
         if config.model.side and config.model.side_edges is None and data.source.get("side_edges") is not None:
             config.model = dataclasses.replace(config.model, side_edges=data.source["side_edges"])
         if config.model.symbol_embedding and config.model.symbols is None:
-            config.model = dataclasses.replace(config.model, symbols=[str(s) for s in data.source.get(
-                "symbols", data.train.names)])
+            config.model = dataclasses.replace(config.model, symbols=list(data.train.names))
         rows = {name: i for i, name in enumerate(config.model.symbols or ())}
-        self.symbol_rows = {id(w): w.symbol_rows(rows) for w in (data.train, data.val)}  # per segment, once
+        self.symbol_rows = {w: w.symbol_rows(rows) for w in (data.train, data.val)}  # per segment, once
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.device = pick_device(t.device, self.dist)
@@ -318,7 +317,7 @@ class Trainer:
         batch = windows.gather(ids)
         extra = {}
         if self.config.model.symbol_embedding:
-            symbol = windows.gather_symbol(ids, self.symbol_rows[id(windows)])
+            symbol = windows.gather_symbol(ids, self.symbol_rows[windows])
             if symbol_hidden is not None:
                 symbol[torch.from_numpy(symbol_hidden)] = -1
             extra["symbol"] = symbol
