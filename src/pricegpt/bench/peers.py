@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import TrainConfig
-from ..model import GPT
+from ..model import GPT, KVCache
 from ..train.optim import build_optimizers
 from .harness import cpu_autocast
 
@@ -186,8 +186,6 @@ def decode_before_issue15(model: GPT, context: torch.Tensor, max_new_tokens: int
     row decoded on its own (no shared prefix, no merging of equal paths) and `torch.multinomial` sampling at
     temperature 1. context (T,) -> (num_samples, max_new_tokens). Kept frozen as the peer of "3x the decode
     throughput of then" (the model's own forward is today's, so the ratio credits only the engine)."""
-    from ..model.engine import KVCache
-
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         cache = KVCache.for_model(model, rows=1, max_len=context.numel() + max_new_tokens)
